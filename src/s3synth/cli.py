@@ -1,0 +1,185 @@
+"""The `s3synth` command line. Status and progress go to stderr, results to stdout.
+
+Exit codes: 0 done, 1 unexpected error (a bug: please report it with -v output), 2 bad input or
+setting (the message says what to fix), 3 a token or cost budget was reached (everything is saved;
+re-run with a larger budget to go on), 130 interrupted (re-run the same command to resume).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import click
+
+from .errors import BudgetExceeded, S3Error
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(package_name="s3synth")
+def cli():
+    """Synthesize a training set with an LLM by extrapolating a small model's errors (S3).
+
+    \b
+    Quick start (offline, embedded models):
+      s3synth tasks
+      s3synth run --task rte --gold-eval gold.jsonl --test test.jsonl --out runs/rte
+    """
+
+
+def _fmt(x):
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def print_result(result: dict, task) -> None:
+    hm = result["headline_metric"]
+    lines = [f"task {result['task']}: seed {result['seed_size']} + added {result['added']} synthetic examples",
+             f"{'stage':<10} {'train':>6} {'held-out ' + hm:>18} {'test ' + hm:>14}  test predictions per class"]
+
+    def row(name, r):
+        share = ""
+        if r.get("test") and r["test"].get("pred_share"):
+            share = "  ".join(f"{k} {100 * v:.1f}%" for k, v in r["test"]["pred_share"].items())
+        h = r.get("holdout") or {}
+        t = r.get("test") or {}
+        lines.append(f"{name:<10} {r.get('train_size', 0):>6} {_fmt(h.get(hm)):>18} {_fmt(t.get(hm)):>14}  {share}")
+
+    for r in result["rounds"]:
+        row(f"round {r['round']}", r)
+    row("final", result["final"])
+    if task.kind == "qa" and result["final"].get("test"):
+        t = result["final"]["test"]
+        lines.append(f"final test: exact match {_fmt(t['exact_match'])}, F1 {_fmt(t['f1'])}")
+    lines.append(f"why the loop stopped: {result['stop_reason']}")
+    lines.append(f"run directory: {result['out']}")
+    click.echo("\n".join(lines))
+
+
+def _learner_settings(epochs, lr, batch_size, max_length):
+    d = {}
+    for k, v in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size), ("max_length", max_length)):
+        if v is not None:
+            d[k] = v
+    return d
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--task", "task_name", required=True, help="Built-in task (see `s3synth tasks`) or a task YAML/TOML file.")
+@click.option("--gold-eval", required=True, type=click.Path(), help="Real labelled examples (JSONL, CSV or Parquet) whose errors are extrapolated.")
+@click.option("--test", type=click.Path(), help="Real test set for the reported metrics (never used for choices).")
+@click.option("--llm", default="embedded", show_default=True, help="embedded | openai:MODEL | any registered BACKEND:MODEL.")
+@click.option("--learner", default="minilm", show_default=True, help="minilm | distilbert | hf:PATH | fast.")
+@click.option("--learner-path", type=click.Path(), help="Weights folder for --learner distilbert (the paper's model).")
+@click.option("--seed-size", default=200, show_default=True, type=int, help="Seed examples to keep.")
+@click.option("--rounds", default=2, show_default=True, type=int, help="Error-extrapolation rounds (the paper: 2).")
+@click.option("--out", required=True, type=click.Path(), help="Run directory; re-run the same command to resume.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Random seed for sampling, splits and training.")
+@click.option("--max-gold-eval", type=int, help="Use a random subsample of this many gold eval examples.")
+@click.option("--max-test", type=int, help="Use a random subsample of this many test examples.")
+@click.option("--holdout-frac", default=0.3, show_default=True, type=float,
+              help="Share of gold eval kept out of error mining, used to pick epochs and to stop.")
+@click.option("--min-gain", default=0.0, show_default=True, type=float,
+              help="Stop when the held-out metric gains less than this over the previous round.")
+@click.option("--balance", default="fill", show_default=True, type=click.Choice(["fill", "cap", "none"]),
+              help="Label balance of each round's added data (none = the paper).")
+@click.option("--prompt-style", default="auto", show_default=True, type=click.Choice(["auto", "paper", "fewshot"]),
+              help="auto: few-shot completion prompts for the embedded model, the paper's templates otherwise.")
+@click.option("--contexts", type=click.Path(), help="Pair/QA tasks: premises/contexts to write for (default: the gold eval's).")
+@click.option("--temperature", default=0.8, show_default=True, type=float)
+@click.option("--top-p", default=0.95, show_default=True, type=float)
+@click.option("--base-url", help="openai: server URL, e.g. http://localhost:8000/v1.")
+@click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True, help="Environment variable holding the API key.")
+@click.option("--concurrency", default=8, show_default=True, type=int, help="openai: requests in flight.")
+@click.option("--max-tokens", "budget_tokens", type=int, help="Hard budget: LLM tokens over the whole run directory.")
+@click.option("--max-cost", type=float, help="Hard budget in money (needs --price-in/--price-out).")
+@click.option("--price-in", default=0.0, type=float, help="Price per million prompt tokens.")
+@click.option("--price-out", default=0.0, type=float, help="Price per million completion tokens.")
+@click.option("--no-cache", is_flag=True, help="Do not read or write the LLM answer cache.")
+@click.option("--cache-only", is_flag=True, help="Fail instead of calling the LLM for an answer not in the cache.")
+@click.option("--epochs", type=int, help="Learner epochs (default 4).")
+@click.option("--lr", type=float, help="Learner peak learning rate (default 5e-5).")
+@click.option("--batch-size", type=int, help="Learner batch size (default 16).")
+@click.option("--max-length", type=int, help="Learner tokens per input (default: the task's).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or status lines.")
+@click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
+def run(task_name, gold_eval, test, llm, learner, learner_path, seed_size, rounds, out, seed, max_gold_eval,
+        max_test, holdout_frac, min_gain, balance, prompt_style, contexts, temperature, top_p, base_url,
+        api_key_env, concurrency, budget_tokens, max_cost, price_in, price_out, no_cache, cache_only, epochs,
+        lr, batch_size, max_length, quiet, verbose):
+    """Run S3: seed synthesis, then train -> mine errors -> extrapolate, then a final model.
+
+    \b
+    Example (the README's demo, offline):
+      s3synth run --task imdb --gold-eval ../shared/data/s3_release/imdb_round1.jsonl --max-gold-eval 300 \\
+                  --test ../shared/data/s3_release/imdb_round2.jsonl --max-test 1000 --out runs/demo
+    Re-running the same command on a finished directory prints its results and does no new work;
+    on an interrupted one it resumes, taking every LLM answer it already has from the cache.
+    """
+    from .config import RunConfig
+    from .progress import set_quiet
+
+    set_quiet(quiet)
+
+    def go():
+        from .pipeline import S3
+        from .tasks import load_task
+
+        if cache_only and no_cache:
+            raise S3Error("--no-cache and --cache-only exclude each other")
+        cfg = RunConfig(
+            task=task_name, gold_eval=gold_eval, test=test, llm=llm, learner=learner, learner_path=learner_path,
+            seed_size=seed_size, rounds=rounds, seed=seed, max_gold_eval=max_gold_eval, max_test=max_test,
+            holdout_frac=holdout_frac, min_gain=min_gain, balance=balance, prompt_style=prompt_style,
+            contexts=contexts, temperature=temperature, top_p=top_p, base_url=base_url, api_key_env=api_key_env,
+            concurrency=concurrency, cache_mode="off" if no_cache else ("only" if cache_only else "use"),
+            max_tokens=budget_tokens, max_cost=max_cost, price_in=price_in, price_out=price_out,
+            learner_settings=_learner_settings(epochs, lr, batch_size, max_length),
+        )
+        result = S3(cfg).run(out)
+        print_result(result, load_task(task_name))
+
+    _guard(go, verbose)
+
+
+@cli.command(context_settings=CONTEXT)
+def tasks():
+    """List the built-in tasks (a user task is a YAML/TOML file of the same form)."""
+    from .tasks import builtin_tasks, load_task
+
+    for name in builtin_tasks():
+        t = load_task(name)
+        labels = ", ".join(f"{lab.name} ('{lab.word}')" for lab in t.labels) or "extractive span"
+        click.echo(f"{name:<16} {t.kind:<7} labels: {labels}")
+        click.echo(f"{'':<16} {t.description}")
+
+
+def _guard(fn, verbose: bool) -> None:
+    """Run `fn`, turning known errors into one-line messages and exit codes."""
+    try:
+        fn()
+    except BudgetExceeded as e:
+        click.echo(f"s3synth: stopped: {e}", err=True)
+        sys.exit(e.exit_code)
+    except S3Error as e:
+        if verbose:
+            traceback.print_exc()
+        click.echo(f"s3synth: error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("s3synth: interrupted; run the same command again to resume", err=True)
+        sys.exit(130)
+
+
+def main() -> None:
+    cli(prog_name="s3synth")
+
+
+if __name__ == "__main__":
+    main()

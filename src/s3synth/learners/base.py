@@ -1,0 +1,125 @@
+"""The learner seam: a small model trained from scratch on synthetic data, selected on gold eval.
+
+`Learner(task, config, model_path=None)` -> `fit(train, eval)` -> `predict(examples)` -> `save(dir)`.
+Backends register under the entry-point group `s3synth.learners`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Sequence
+
+from ..data import Example
+from ..errors import S3Error
+from ..metrics import evaluate, selection_metric
+from ..tasks import Task
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of a learner. Every field is checked on construction; a bad value is an error
+    that shows it. Defaults suit MiniLM-L6 on a CPU; `PRESETS` holds the paper's per-task values."""
+
+    epochs: int = 4                 # passes over the training set; the best epoch is kept
+    lr: float = 5e-5                # peak learning rate (AdamW), linear warm-up then linear decay
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1       # share of the steps spent warming up
+    grad_clip: float = 1.0          # max gradient norm
+    patience: int = 2               # stop after this many epochs without a better selection metric
+    max_length: int | None = None   # tokens per input; None = the task's default
+    doc_stride: int = 128           # QA: overlap between windows of a long context
+    max_answer_tokens: int = 30     # QA: longest answer span considered
+    seed: int = 0
+    device: str = "auto"            # auto | cpu | cuda
+    bf16: bool = True               # bf16 autocast, used on a GPU only
+    max_train_examples: int | None = None  # cap on training examples (None = all)
+
+    def __post_init__(self):
+        def bad(name, why):
+            raise S3Error(f"learner setting {name}={getattr(self, name)!r}: {why}")
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                bad(name, "must be a whole number >= 1")
+        if not (0 < self.lr < 1):
+            bad("lr", "must be between 0 and 1 (typical: 1e-5 to 1e-4)")
+        if self.weight_decay < 0:
+            bad("weight_decay", "must be >= 0")
+        if not (0 <= self.warmup_ratio < 1):
+            bad("warmup_ratio", "must be in [0, 1)")
+        if self.grad_clip <= 0:
+            bad("grad_clip", "must be > 0")
+        if self.patience < 1:
+            bad("patience", "must be >= 1")
+        if self.max_length is not None and not (16 <= self.max_length <= 4096):
+            bad("max_length", "must be between 16 and 4096")
+        if self.doc_stride < 1 or (self.max_length and self.doc_stride >= self.max_length):
+            bad("doc_stride", "must be >= 1 and below max_length")
+        if self.device not in ("auto", "cpu", "cuda"):
+            bad("device", "must be auto, cpu or cuda")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise S3Error(f"unknown learner setting(s) {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+
+# The paper's released training values (digest section 3.2), for DistilBERT.
+PRESETS = {
+    "paper-imdb": dict(max_length=512, batch_size=8, lr=5e-6, weight_decay=2e-8, epochs=6, patience=10),
+    "paper-qnli": dict(max_length=512, batch_size=32, lr=5e-6, weight_decay=2e-8, epochs=10, patience=20),
+    "paper-rte": dict(max_length=512, batch_size=16, lr=1e-5, weight_decay=1e-2, epochs=20, patience=60),
+    "paper-adversarial_qa": dict(max_length=512, doc_stride=170, batch_size=8, lr=1e-5, weight_decay=1e-2,
+                                 epochs=10, patience=20),
+}
+
+
+@dataclass
+class Prediction:
+    label: str | None = None            # classification
+    probs: dict | None = None           # classification: label -> probability
+    answer: str | None = None           # QA: predicted answer text
+    score: float | None = None          # QA: span score; classification: probability of `label`
+
+
+class Learner(ABC):
+    """Base class: subclasses implement `fit`, `predict` and `save`."""
+
+    name = "base"
+
+    def __init__(self, task: Task, config: TrainConfig | None = None, *, model_path: str | None = None):
+        self.task = task
+        self.config = config or TrainConfig()
+        self.model_path = model_path
+
+    @abstractmethod
+    def fit(self, train: Sequence[Example], eval: Sequence[Example] | None = None) -> dict:
+        """Train a fresh model; choose the best epoch on `eval` by the class-balanced selection metric.
+        Returns a history: {"epochs": [{"epoch", "train_loss", <eval metrics>}...], "best_epoch": int}."""
+
+    @abstractmethod
+    def predict(self, examples: Sequence[Example]) -> list[Prediction]:
+        ...
+
+    @abstractmethod
+    def save(self, directory: str | Path) -> None:
+        """Write the model (safetensors only), its config and tokenizer to `directory`."""
+
+    def check(self) -> None:
+        """Raise S3Error now if this learner cannot run (missing weights or packages); cheap, loads nothing big."""
+
+    def evaluate(self, examples: Sequence[Example]) -> dict:
+        return evaluate(self.task, examples, self.predict(examples))
+
+    @property
+    def selection_metric(self) -> str:
+        return selection_metric(self.task)

@@ -1,0 +1,417 @@
+"""Fine-tune a Hugging Face encoder (MiniLM, DistilBERT, any local encoder folder) on a task.
+
+Classification (single and pair) uses `AutoModelForSequenceClassification`; a pair is fed as
+(text, context), i.e. (hypothesis, premise) as in the paper. Extractive QA uses
+`AutoModelForQuestionAnswering` over overlapping windows of the context (see `qa_windows`).
+Every `fit` starts from the pretrained weights again, seeded by `config.seed`; the best epoch on
+`eval` (by the task's selection metric) is kept.
+
+Not handled: loading pickled (.bin) weights - safetensors only; multi-GPU or gradient accumulation;
+max_length beyond the tokenizer's `model_max_length` (it is capped there); QA questions longer than
+half the window (cut to half the window); QA answers that no window holds whole (trained as "no
+answer at CLS" in every window, as the SQuAD reference scripts do).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Sequence
+
+from ..data import Example, subsample
+from ..errors import S3Error
+from ..progress import bar
+from .base import Learner, Prediction, TrainConfig
+from .qa_windows import answer_tokens, best_answer, context_offsets
+
+META_FILE = "s3synth_learner.json"
+MEGA_BATCH_FACTOR = 8   # batches per length-sorted mega-batch: padding savings vs. batch variety
+
+
+# ---------------------------------------------------------------- pure helpers (unit tested)
+
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, rng: random.Random,
+                           mega_factor: int = MEGA_BATCH_FACTOR) -> list[list[int]]:
+    """Shuffle, cut into mega-batches of `batch_size * mega_factor`, sort each by length (longest
+    first), split into batches and shuffle the batch order. Every index appears exactly once."""
+    idx = list(range(len(lengths)))
+    rng.shuffle(idx)
+    mega = batch_size * mega_factor
+    batches = []
+    for k in range(0, len(idx), mega):
+        chunk = sorted(idx[k:k + mega], key=lambda i: -lengths[i])
+        batches.extend(chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def best_epoch(rows: Sequence[dict], metric: str) -> int:
+    """The epoch number with the highest `metric`; ties go to the earlier epoch.
+
+    Example: [{"epoch": 1, "f1": .5}, {"epoch": 2, "f1": .7}, {"epoch": 3, "f1": .7}] -> 2
+    """
+    if not rows:
+        raise ValueError("no epochs")
+    best = rows[0]
+    for row in rows[1:]:
+        if row[metric] > best[metric]:
+            best = row
+    return best["epoch"]
+
+
+def should_stop(rows: Sequence[dict], metric: str, patience: int) -> bool:
+    """True when the last `patience` epochs brought no improvement over the best one."""
+    return bool(rows) and rows[-1]["epoch"] - best_epoch(rows, metric) >= patience
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise S3Error("learner setting device='cuda' but no CUDA GPU is available; use device=auto or cpu")
+    return device
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Hide transformers' load reports and weight-loading bars (restored afterwards)."""
+    from transformers.utils import logging as tlog
+
+    level = tlog.get_verbosity()
+    bars = tlog.is_progress_bar_enabled()
+    tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        tlog.set_verbosity(level)
+        if bars:
+            tlog.enable_progress_bar()
+
+
+def check_model_dir(path: str | Path) -> Path:
+    p = Path(path)
+    if not p.is_dir():
+        raise S3Error(f"learner model folder {str(p)!r} not found; pass a local folder with config.json "
+                      "and model.safetensors (--learner-path DIR)")
+    if not (p / "config.json").exists():
+        raise S3Error(f"learner model folder {str(p)!r} has no config.json; is it a Hugging Face model folder?")
+    if not any(p.glob("*.safetensors")):
+        raise S3Error(f"learner model folder {str(p)!r} has no .safetensors weights (pickled .bin weights are "
+                      "not loaded); convert them to safetensors first")
+    return p
+
+
+# ---------------------------------------------------------------- the learner
+
+class HFLearner(Learner):
+    """Fine-tunes a local Hugging Face encoder; `model_path` defaults to the packaged all-MiniLM-L6-v2."""
+
+    name = "hf"
+
+    def __init__(self, task, config: TrainConfig | None = None, *, model_path: str | None = None):
+        if model_path is None:
+            from . import minilm_path
+            model_path = minilm_path()
+        super().__init__(task, config, model_path=str(model_path))
+        check_model_dir(self.model_path)
+        from transformers import AutoTokenizer
+
+        with quiet_transformers():
+            self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, local_files_only=True)
+        cap = getattr(self.tokenizer, "model_max_length", None) or 512
+        want = self.config.max_length or task.max_length
+        self.max_length = min(want, cap) if cap < 100_000 else want
+        self.device = resolve_device(self.config.device)
+        self.model = None
+        self.base_model = self.model_path
+        self.history: dict | None = None
+        self._type_ids = "token_type_ids" in getattr(self.tokenizer, "model_input_names", ())
+
+    # ------------------------------------------------------------ model
+
+    def _auto_class(self):
+        from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
+
+        return AutoModelForQuestionAnswering if self.task.kind == "qa" else AutoModelForSequenceClassification
+
+    def _load_model(self, path: str):
+        kwargs = dict(use_safetensors=True, local_files_only=True)
+        if self.task.kind != "qa":
+            names = self.task.label_names
+            kwargs.update(num_labels=len(names), id2label=dict(enumerate(names)),
+                          label2id={n: i for i, n in enumerate(names)})
+        try:
+            with quiet_transformers():
+                model = self._auto_class().from_pretrained(path, **kwargs)
+        except (OSError, ValueError) as e:
+            raise S3Error(f"cannot load learner model from {path!r}: {str(e).splitlines()[0]}") from None
+        return model.to(self.device)
+
+    def _autocast(self):
+        import torch
+
+        if self.device == "cuda" and self.config.bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # ------------------------------------------------------------ features
+
+    def _encode_cls(self, examples: Sequence[Example]) -> list[dict]:
+        texts = [ex.text for ex in examples]
+        pairs = [ex.context or "" for ex in examples] if self.task.kind == "pair" else None
+        enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length)
+        feats = []
+        for i in range(len(examples)):
+            f = {"input_ids": enc["input_ids"][i], "example": i}
+            if self._type_ids and "token_type_ids" in enc:
+                f["token_type_ids"] = enc["token_type_ids"][i]
+            feats.append(f)
+        return feats
+
+    def _encode_qa(self, examples: Sequence[Example], training: bool) -> list[dict]:
+        """One feature per window: input_ids, context-only offsets, the example index, and for training
+        the answer's token start/end (CLS when the window does not hold it whole)."""
+        L = self.max_length
+        special = self.tokenizer.num_special_tokens_to_add(pair=True)
+        feats = []
+        for i, ex in enumerate(examples):
+            question = ex.text.strip()
+            q = self.tokenizer(question, add_special_tokens=False, return_offsets_mapping=True)
+            if len(q["input_ids"]) > L // 2:  # keep at least half of each window for the context
+                question = question[:q["offset_mapping"][L // 2 - 1][1]]
+                q_len = L // 2
+            else:
+                q_len = len(q["input_ids"])
+            room = L - q_len - special
+            stride = max(1, min(self.config.doc_stride, room // 2))
+            enc = self.tokenizer(question, ex.context or "", truncation="only_second", max_length=L,
+                                 stride=stride, return_overflowing_tokens=True, return_offsets_mapping=True)
+            span = _answer_chars(ex) if training else None
+            for w in range(len(enc["input_ids"])):
+                offsets = context_offsets(enc["offset_mapping"][w], enc.sequence_ids(w))
+                f = {"input_ids": enc["input_ids"][w], "example": i, "offsets": offsets}
+                if self._type_ids and "token_type_ids" in enc:
+                    f["token_type_ids"] = enc["token_type_ids"][w]
+                if training:
+                    f["start_positions"], f["end_positions"] = answer_tokens(offsets, *span)
+                feats.append(f)
+        return feats
+
+    def _collate(self, feats: Sequence[dict], targets: Sequence[str] = ()) -> dict:
+        import torch
+
+        pad = self.tokenizer.pad_token_id or 0
+        width = max(len(f["input_ids"]) for f in feats)
+        ids = [f["input_ids"] + [pad] * (width - len(f["input_ids"])) for f in feats]
+        mask = [[1] * len(f["input_ids"]) + [0] * (width - len(f["input_ids"])) for f in feats]
+        batch = {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask)}
+        if "token_type_ids" in feats[0]:
+            batch["token_type_ids"] = torch.tensor(
+                [f["token_type_ids"] + [0] * (width - len(f["token_type_ids"])) for f in feats])
+        for key in targets:
+            batch[key] = torch.tensor([f[key] for f in feats])
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def _train_features(self, train: Sequence[Example]) -> tuple[list[dict], tuple[str, ...]]:
+        if self.task.kind == "qa":
+            for ex in train:
+                if not ex.answer or not ex.answer.get("text") or ex.context is None:
+                    raise S3Error(f"QA training example {ex.id or ex.text[:40]!r} has no answer or context")
+            return self._encode_qa(train, training=True), ("start_positions", "end_positions")
+        index = {n: i for i, n in enumerate(self.task.label_names)}
+        for ex in train:
+            if ex.label not in index:
+                raise S3Error(f"training example {ex.id or ex.text[:40]!r} has label {ex.label!r}; "
+                              f"task {self.task.name} expects one of {self.task.label_names}")
+        feats = self._encode_cls(train)
+        for f, ex in zip(feats, train):
+            f["labels"] = index[ex.label]
+        return feats, ("labels",)
+
+    # ------------------------------------------------------------ training
+
+    def fit(self, train: Sequence[Example], eval: Sequence[Example] | None = None) -> dict:
+        """Train a fresh model from the pretrained weights; keep the best epoch on `eval`."""
+        import torch
+        from transformers import get_linear_schedule_with_warmup
+
+        cfg, t0 = self.config, time.time()
+        train = subsample(list(train), cfg.max_train_examples, cfg.seed)
+        if not train:
+            raise S3Error("no training examples for the learner")
+        eval = list(eval or [])
+        metric = self.selection_metric
+        torch.manual_seed(cfg.seed)
+        if torch.cuda.is_available():
+            torch.cuda.manual_seed_all(cfg.seed)
+        rng = random.Random(cfg.seed)
+        self.model = self._load_model(self.model_path)
+        feats, targets = self._train_features(train)
+        lengths = [len(f["input_ids"]) for f in feats]
+        steps_per_epoch = math.ceil(len(feats) / cfg.batch_size)
+        total = steps_per_epoch * cfg.epochs
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim < 2 or "bias" in name or "norm" in name.lower() else decay).append(p)
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+        sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
+        rows: list[dict] = []
+        best_state, best = None, None
+        trained = 0
+        for epoch in range(1, cfg.epochs + 1):
+            te = time.time()
+            self.model.train()
+            loss_sum = 0.0
+            with bar(len(feats), f"train epoch {epoch}/{cfg.epochs}", "ex") as b:
+                for idx in length_grouped_batches(lengths, cfg.batch_size, rng):
+                    batch = self._collate([feats[i] for i in idx], targets)
+                    with self._autocast():
+                        loss = self.model(**batch).loss
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                    opt.step()
+                    sched.step()
+                    opt.zero_grad(set_to_none=True)
+                    loss_sum += loss.item() * len(idx)
+                    b.advance(len(idx))
+            trained += len(train)
+            row = {"epoch": epoch, "train_loss": loss_sum / len(feats), "seconds": round(time.time() - te, 2)}  # before eval
+            if eval:
+                row.update(self.evaluate(eval))
+            rows.append(row)
+            if eval:
+                k = best_epoch(rows, metric)
+                if k == epoch:
+                    best = k
+                    best_state = {n: t.detach().to("cpu", copy=True) for n, t in self.model.state_dict().items()}
+                if should_stop(rows, metric, cfg.patience):
+                    break
+        if best_state is not None and best != rows[-1]["epoch"]:
+            self.model.load_state_dict(best_state)
+        self.model.eval()
+        seconds = time.time() - t0
+        self.history = {
+            "epochs": rows, "best_epoch": best if eval else rows[-1]["epoch"], "selection_metric": metric,
+            "train_examples": len(train), "train_features": len(feats), "seconds": round(seconds, 2),
+            "train_examples_per_s": round(trained / max(sum(r["seconds"] for r in rows), 1e-9), 2),
+            "stopped_early": len(rows) < cfg.epochs,
+        }
+        return self.history
+
+    # ------------------------------------------------------------ prediction
+
+    def _require_model(self):
+        if self.model is None:
+            raise S3Error("the learner has no trained model yet: call fit() first (or HFLearner.load(dir, task))")
+
+    def _logits(self, feats: list[dict]) -> list:
+        """Model outputs per feature (numpy): logits (classification) or (start, end) logits (QA)."""
+        import torch
+
+        self.model.eval()
+        order = sorted(range(len(feats)), key=lambda i: -len(feats[i]["input_ids"]))
+        out: list = [None] * len(feats)
+        bs = self.config.eval_batch_size
+        with torch.inference_mode(), bar(len(feats), "predict", "ex") as b:
+            for k in range(0, len(order), bs):
+                idx = order[k:k + bs]
+                chunk = [feats[i] for i in idx]
+                with self._autocast():
+                    res = self.model(**self._collate(chunk))
+                if self.task.kind == "qa":
+                    s, e = res.start_logits.float().cpu().numpy(), res.end_logits.float().cpu().numpy()
+                    for j, i in enumerate(idx):
+                        n = len(feats[i]["input_ids"])
+                        out[i] = (s[j, :n], e[j, :n])
+                else:
+                    probs = torch.softmax(res.logits.float(), dim=-1).cpu().numpy()
+                    for j, i in enumerate(idx):
+                        out[i] = probs[j]
+                b.advance(len(idx))
+        return out
+
+    def predict(self, examples: Sequence[Example]) -> list[Prediction]:
+        self._require_model()
+        examples = list(examples)
+        if not examples:
+            return []
+        if self.task.kind == "qa":
+            feats = self._encode_qa(examples, training=False)
+            outs = self._logits(feats)
+            windows: list[list] = [[] for _ in examples]
+            for f, (s, e) in zip(feats, outs):
+                windows[f["example"]].append((s, e, f["offsets"]))
+            preds = []
+            for ex, ws in zip(examples, windows):
+                text, score = best_answer(ws, ex.context or "", self.config.max_answer_tokens)
+                preds.append(Prediction(answer=text, score=score))
+            return preds
+        names = self.task.label_names
+        preds = []
+        for p in self._logits(self._encode_cls(examples)):
+            k = int(p.argmax())
+            preds.append(Prediction(label=names[k], probs={n: float(v) for n, v in zip(names, p)},
+                                    score=float(p[k])))
+        return preds
+
+    # ------------------------------------------------------------ persistence
+
+    def save(self, directory: str | Path) -> None:
+        """Write model.safetensors + config.json, the tokenizer and `s3synth_learner.json`."""
+        self._require_model()
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(d, safe_serialization=True)
+        self.tokenizer.save_pretrained(d)
+        meta = {"learner": self.name, "task": self.task.name, "kind": self.task.kind,
+                "labels": self.task.label_names, "base_model": self.base_model, "max_length": self.max_length,
+                "config": self.config.to_dict(), "history": self.history}
+        (d / META_FILE).write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
+
+    @classmethod
+    def load(cls, directory: str | Path, task) -> "HFLearner":
+        """A trained learner written by `save`, ready to predict (a later `fit` starts from these weights)."""
+        d = Path(directory)
+        meta = _read_meta(d, task)
+        obj = cls(task, TrainConfig.from_dict(meta["config"]), model_path=str(d))
+        obj.base_model = meta.get("base_model", str(d))
+        obj.history = meta.get("history")
+        obj.model = obj._load_model(str(d))
+        obj.model.eval()
+        return obj
+
+
+def _answer_chars(ex: Example) -> tuple[int, int]:
+    """[start, end) of the answer in the context, trimmed of surrounding whitespace."""
+    ctx, text = ex.context or "", ex.answer["text"]
+    start = ex.answer.get("start")
+    if start is None or ctx[start:start + len(text)] != text:
+        start = ctx.find(text)
+        if start < 0:
+            raise S3Error(f"QA example {ex.id or ex.text[:40]!r}: answer {text!r} is not in its context")
+    end = start + len(text)
+    while start < end and ctx[start].isspace():
+        start += 1
+    while end > start and ctx[end - 1].isspace():
+        end -= 1
+    return start, end
+
+
+def _read_meta(d: Path, task) -> dict:
+    f = d / META_FILE
+    if not f.exists():
+        raise S3Error(f"{d} is not a saved s3synth learner (no {META_FILE})")
+    meta = json.loads(f.read_text(encoding="utf-8"))
+    if meta.get("kind") != task.kind or list(meta.get("labels") or []) != task.label_names:
+        raise S3Error(f"{d} was trained for task {meta.get('task')!r} ({meta.get('kind')}, labels "
+                      f"{meta.get('labels')}), not for {task.name!r} ({task.kind}, labels {task.label_names})")
+    return meta

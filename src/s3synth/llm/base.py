@@ -1,0 +1,202 @@
+"""The LLM seam. A backend implements one private batch call; the base class owns the cache,
+per-request seeds, token accounting, budgets and progress.
+
+Backends register under the entry-point group `s3synth.llms` and are named `backend:model` on the
+command line (`embedded`, `openai:gpt-4o-mini`, ...).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+from ..errors import BudgetExceeded, LLMError
+from ..progress import bar
+from .cache import LLMCache
+
+
+@dataclass(frozen=True)
+class GenParams:
+    max_tokens: int = 64
+    temperature: float = 0.8
+    top_p: float = 0.95
+    repeat_penalty: float = 1.15   # local backends (llama.cpp, transformers); >= 1.1 keeps small models from looping
+    stop: tuple = ()
+
+
+@dataclass(frozen=True)
+class Request:
+    """One generation: a plain completion `prompt`, or chat `messages` as ((role, content), ...)."""
+
+    prompt: str | None = None
+    messages: tuple | None = None
+    params: GenParams = field(default_factory=GenParams)
+    sample_index: int = 0
+
+    def __post_init__(self):
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("a Request needs exactly one of prompt or messages")
+
+    @property
+    def is_chat(self) -> bool:
+        return self.messages is not None
+
+    def payload(self) -> dict:
+        return {"prompt": self.prompt, "messages": [list(m) for m in self.messages] if self.messages else None,
+                "params": asdict(self.params), "sample_index": self.sample_index}
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    cached: bool = False
+    error: str | None = None        # set when the request failed for good; the example is a reject
+
+
+@dataclass
+class LLMStats:
+    requests: int = 0        # asked for by the pipeline
+    cache_hits: int = 0
+    calls: int = 0           # answers received from the backend in this process
+    failures: int = 0
+    prompt_tokens: int = 0   # new tokens paid in this process
+    completion_tokens: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Budget:
+    """Hard limits over the whole run directory (counted from its cache, so they hold across resumes)."""
+
+    max_tokens: int | None = None
+    max_cost: float | None = None
+    price_in: float = 0.0     # money per million prompt tokens
+    price_out: float = 0.0    # money per million completion tokens
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.price_in + completion_tokens * self.price_out) / 1e6
+
+    def exceeded(self, spent: dict) -> str | None:
+        total = spent["prompt_tokens"] + spent["completion_tokens"]
+        if self.max_tokens is not None and total >= self.max_tokens:
+            return f"token budget reached ({total:,} of {self.max_tokens:,} tokens)"
+        if self.max_cost is not None and self.cost(spent["prompt_tokens"], spent["completion_tokens"]) >= self.max_cost:
+            return f"cost budget reached ({self.cost(spent['prompt_tokens'], spent['completion_tokens']):.4f} of {self.max_cost})"
+        return None
+
+
+class LLM(ABC):
+    """Base class of every backend. Subclasses set `backend` and implement `_generate_batch`."""
+
+    backend = "base"
+    batch_size = 8          # requests handed to `_generate_batch` at once (and cached together)
+
+    def __init__(self, model: str, *, cache: LLMCache | None = None, seed: int = 0,
+                 cache_mode: str = "use", budget: Budget | None = None):
+        if cache_mode not in ("use", "off", "only"):
+            raise ValueError(f"cache_mode must be use, off or only, not {cache_mode!r}")
+        self.model = model
+        self.cache = cache
+        self.seed = seed
+        self.cache_mode = cache_mode
+        self.budget = budget or Budget()
+        self.stats = LLMStats()
+
+    # -- identity -------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return f"{self.backend}:{self.model}"
+
+    def identity(self) -> dict:
+        """What identifies the answers of this backend in the cache key (override to add e.g. a file hash)."""
+        return {"backend": self.backend, "model": self.model}
+
+    def key(self, request: Request) -> str:
+        blob = json.dumps({"llm": self.identity(), **request.payload()}, sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+    def request_seed(self, key: str) -> int:
+        """A sampling seed per request, from the run seed and the request key (prompt + sample index)."""
+        return int(hashlib.sha256(f"{self.seed}:{key}".encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+
+    # -- the one thing a backend implements -----------------------------------------------------
+    @abstractmethod
+    def _generate_batch(self, requests: Sequence[Request], seeds: Sequence[int]) -> list[Completion]:
+        """Answer every request (same order). A request that fails for good returns Completion(error=...)."""
+
+    def close(self) -> None:
+        """Release resources (models, connections)."""
+
+    # -- shared machinery ----------------------------------------------------------------------
+    def generate(self, requests: Sequence[Request], desc: str = "generate") -> list[Completion]:
+        """Answers for `requests` in order: from the cache where present, else from the backend.
+
+        New answers are written to the cache as each batch returns, so a killed run loses at most
+        one batch in flight. Raises BudgetExceeded (after saving) once a budget is reached.
+        """
+        requests = list(requests)
+        self.stats.requests += len(requests)
+        keys = [self.key(r) for r in requests]
+        use_cache = self.cache is not None and self.cache_mode != "off"
+        found = self.cache.get_many(keys) if use_cache else {}
+        out: list[Completion | None] = [None] * len(requests)
+        todo: list[int] = []
+        seen: dict[str, int] = {}
+        for i, k in enumerate(keys):
+            if k in found:
+                f = found[k]
+                out[i] = Completion(text=f["text"], prompt_tokens=f["prompt_tokens"],
+                                    completion_tokens=f["completion_tokens"], finish_reason=f["finish_reason"],
+                                    cached=True)
+                self.stats.cache_hits += 1
+            elif k in seen:       # the same request twice in one call: answer once
+                continue
+            else:
+                seen[k] = i
+                todo.append(i)
+        if todo and self.cache_mode == "only":
+            raise LLMError(f"--cache-only: {len(todo)} of {len(requests)} answers for '{desc}' are not in the cache")
+        with bar(len(todo), desc, "req") as b:
+            for start in range(0, len(todo), self.batch_size):
+                self._check_budget()
+                idx = todo[start:start + self.batch_size]
+                batch = [requests[i] for i in idx]
+                results = self._generate_batch(batch, [self.request_seed(keys[i]) for i in idx])
+                if len(results) != len(batch):
+                    raise LLMError(f"backend {self.name} returned {len(results)} answers for {len(batch)} requests")
+                rows = []
+                for i, c in zip(idx, results):
+                    out[i] = c
+                    if c.error is not None:
+                        self.stats.failures += 1
+                        continue
+                    self.stats.calls += 1
+                    self.stats.prompt_tokens += c.prompt_tokens
+                    self.stats.completion_tokens += c.completion_tokens
+                    rows.append((keys[i], self.backend, self.model, requests[i].payload(), c.text,
+                                 c.prompt_tokens, c.completion_tokens, c.finish_reason))
+                if rows and use_cache:
+                    self.cache.put_many(rows)
+                b.advance(len(batch))
+        for i, k in enumerate(keys):   # fill in duplicates within the call
+            if out[i] is None:
+                src = out[seen[k]]
+                out[i] = Completion(text=src.text, prompt_tokens=src.prompt_tokens,
+                                    completion_tokens=src.completion_tokens, finish_reason=src.finish_reason,
+                                    cached=True, error=src.error)
+        return out  # type: ignore[return-value]
+
+    def _check_budget(self) -> None:
+        if self.cache is None or (self.budget.max_tokens is None and self.budget.max_cost is None):
+            return
+        why = self.budget.exceeded(self.cache.spent())
+        if why:
+            raise BudgetExceeded(f"{why}; everything so far is saved - run again with a larger budget to go on")

@@ -1,0 +1,210 @@
+"""Prompt building (the paper's templates or few-shot forms) and the cleaning of LLM answers.
+
+Not handled: prompts longer than the model's context window are not shortened here; the embedded
+backend reports them as failed requests (counted as rejects).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from .data import Example
+from .llm.base import GenParams, Request
+from .tasks import StagePrompts, Task
+
+STYLES = ("paper", "fewshot")
+
+
+def cut_words(text: str, n: int | None) -> str:
+    """Example: cut_words("a b c d", 2) -> "a b ..." (newlines become spaces)."""
+    words = text.split()
+    if n is None or len(words) <= n:
+        return " ".join(words)
+    return " ".join(words[:n]) + " ..."
+
+
+_SENT_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def answer_window(context: str, start: int, length: int, neighbours: int = 1) -> str:
+    """The sentence holding the answer plus `neighbours` sentences on each side.
+
+    Example: ("A x. B y. C z. D w.", start of "C", 1) -> "B y. C z. D w."
+    """
+    spans, pos = [], 0
+    for m in _SENT_END.finditer(context):
+        spans.append((pos, m.start()))
+        pos = m.end()
+    spans.append((pos, len(context)))
+    hit = [i for i, (a, b) in enumerate(spans) if a <= start + max(length - 1, 0) and b >= start]
+    if not hit:
+        return context
+    lo, hi = max(min(hit) - neighbours, 0), min(max(hit) + neighbours, len(spans) - 1)
+    return context[spans[lo][0]:spans[hi][1]]
+
+
+def numbered(items: Sequence[str], open_next: bool = False) -> str:
+    """Example: numbered(["a", "b"], open_next=True) -> "1. a\\n2. b\\n3." """
+    lines = [f"{i}. {s}" for i, s in enumerate(items, start=1)]
+    if open_next:
+        lines.append(f"{len(items) + 1}.")
+    return "\n".join(lines)
+
+
+class _Blank(dict):
+    def __missing__(self, key):
+        return ""
+
+
+@dataclass
+class PromptBuilder:
+    """Turns a stage's template and an example's fields into a `Request`.
+
+    `demos[stage]` holds the demonstrations of few-shot completion prompts, fixed for the run.
+    """
+
+    task: Task
+    style: str = "fewshot"
+    temperature: float = 0.8
+    top_p: float = 0.95
+    demos: dict = field(default_factory=dict)   # stage -> list of field dicts
+
+    def __post_init__(self):
+        if self.style not in STYLES:
+            raise ValueError(f"prompt style must be one of {STYLES}, not {self.style!r}")
+
+    def stage_style(self, stage: str) -> str:
+        sp = self.task.stage(stage)
+        if sp is None:
+            raise KeyError(stage)
+        if self.style == "fewshot" and sp.fewshot is None:
+            return "paper"
+        if self.style == "paper" and sp.paper is None:
+            return "fewshot"
+        return self.style
+
+    def fields(self, stage: str, *, text="", context="", answer=None, label=None, rationales=(), n=None,
+               new_text="", shorten: int | None = None) -> dict:
+        sp = self.task.stage(stage)
+        if answer is not None and context and sp.context_window == "sentence":
+            context = answer_window(context, answer["start"], len(answer["text"]))
+        word = self.task.label(label).word if label is not None else ""
+        return _Blank(
+            text=cut_words(text, shorten) if shorten else text, context=context,
+            answer=answer["text"] if answer else "", label=label or "", label_word=word,
+            rationales=rationales if isinstance(rationales, str) else "; ".join(rationales),
+            n=n if n is not None else "", new_text=new_text,
+        )
+
+    def params(self, sp: StagePrompts, chat: bool) -> GenParams:
+        return GenParams(max_tokens=sp.max_tokens, temperature=self.temperature, top_p=self.top_p,
+                         stop=() if chat else tuple(sp.stop))
+
+    def build(self, stage: str, fields: dict, sample_index: int) -> Request:
+        sp = self.task.stage(stage)
+        style = self.stage_style(stage)
+        if style == "paper":
+            return Request(messages=(("user", sp.paper.format_map(fields)),), params=self.params(sp, True),
+                           sample_index=sample_index)
+        fs = sp.fewshot
+        if fs.is_chat:
+            msgs = ((("system", fs.system.format_map(fields)),) if fs.system else ()) + \
+                   (("user", fs.user.format_map(fields)),)
+            return Request(messages=msgs, params=self.params(sp, True), sample_index=sample_index)
+        parts = [fs.demo.format_map(d) for d in self.demos.get(stage, [])]
+        parts.append(fs.query.format_map(fields))
+        return Request(prompt=fs.separator.join(parts), params=self.params(sp, False), sample_index=sample_index)
+
+
+# ------------------------------------------------------------------ cleaning
+
+_PREFIX = re.compile(
+    r"^\s*(?:\*\*)?(?:hypothesis|sentence|question|new question|similar question|another question|review|"
+    r"movie review|answer|output|example|new sentence|similar sentence|a similar sentence|text)"
+    r"(?:\s*\d+)?\s*(?:\*\*)?\s*[:\-]\s*", re.I)
+_PREAMBLE = re.compile(r"^\s*(?:sure|certainly|of course|here(?:'s| is| are)|okay|ok)\b[^\n]*?[:!.]\s*(?:\n|$)", re.I)
+_QUOTES = "\"'“”‘’`«»"
+
+
+def _strip_quotes(s: str) -> str:
+    s = s.strip()
+    while len(s) >= 2 and s[0] in _QUOTES and s[-1] in _QUOTES:
+        s = s[1:-1].strip()
+    if s.count('"') == 1:
+        s = s.replace('"', "").strip()
+    return s
+
+
+def normalize_words(s: str) -> list[str]:
+    return re.findall(r"\w+", s.lower())
+
+
+def similarity(a: str, b: str) -> float:
+    """Word-level similarity ratio in [0, 1] (1 = same words in the same order)."""
+    wa, wb = normalize_words(a), normalize_words(b)
+    if not wa and not wb:
+        return 1.0
+    return difflib.SequenceMatcher(None, wa, wb, autojunk=False).ratio()
+
+
+def clean_answer(raw: str, *, kind: str, min_words: int, context: str | None = None,
+                 shown: str | None = None, answer: str | None = None, single_line: bool = True,
+                 copy_threshold: float = 0.9) -> tuple[str | None, str | None]:
+    """Clean one LLM answer into an example text. Returns (text, None) or (None, reject_reason).
+
+    Example: ' "Hypothesis: The cat sleeps." ' -> ("The cat sleeps.", None)
+    """
+    s = raw.replace("\r", "")
+    s = _PREAMBLE.sub("", s, count=1)
+    if single_line:
+        lines = [ln for ln in s.split("\n") if ln.strip()]
+        s = lines[0] if lines else ""
+    else:
+        s = re.split(r"\n\s*(?:note|word count|\(word count|---)\b", s, maxsplit=1, flags=re.I)[0]
+        s = " ".join(s.split())
+    s = _PREFIX.sub("", s, count=1)
+    s = _strip_quotes(s)
+    s = _PREFIX.sub("", s, count=1)
+    s = _strip_quotes(s)
+    if kind == "question" and "?" in s:
+        s = s[: s.index("?") + 1]
+    s = s.strip()
+    if not s:
+        return None, "empty"
+    if len(normalize_words(s)) < min_words:
+        return None, "too_short"
+    if context and similarity(s, context) >= copy_threshold:
+        return None, "copy_of_context"
+    if shown and similarity(s, shown) >= 0.999:
+        return None, "copy_of_source"
+    if answer and " ".join(normalize_words(s)) == " ".join(normalize_words(answer)):
+        return None, "same_as_answer"
+    return s, None
+
+
+_ITEM = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s*(.+?)\s*$")
+
+
+def parse_rationales(raw: str, first_is_item: bool) -> list[str]:
+    """Reasons from a numbered or bulleted list; `first_is_item` when the prompt ended with an open "3.".
+
+    Example: (" good acting\\n4. nice music", True) -> ["good acting", "nice music"]
+    """
+    out = []
+    for i, line in enumerate(raw.replace("\r", "").split("\n")):
+        m = _ITEM.match(line)
+        if m:
+            item = m.group(1)
+        elif i == 0 and first_is_item:
+            item = line.strip()
+        else:
+            continue
+        item = _strip_quotes(re.sub(r"\*\*", "", item)).rstrip(".").strip()
+        item = re.sub(r"^[A-Z][\w ]{0,30}:\s+", "", item) if len(item.split()) > 6 else item
+        n = len(item.split())
+        if 2 <= n <= 25:
+            out.append(item)
+    return out

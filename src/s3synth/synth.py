@@ -1,0 +1,258 @@
+"""The LLM stages of S3: rationales (Alg. 1), seed synthesis, error extrapolation (Alg. 2/3), and
+label balancing of each round's added data.
+
+Everything random is drawn from `random.Random` seeded by (run seed, stage, pass), and every
+request carries a sample index, so a re-run builds the same requests and the cache answers them.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from .data import Example
+from .llm.base import LLM, Request
+from .prompts import PromptBuilder, clean_answer, cut_words, numbered, parse_rationales
+from .tasks import Task
+
+# sample indices: stage offset + attempt offset keep every request of a run distinct
+_STAGE_BASE = {"rationale": 0, "seed": 10_000_000, "extrapolate": 20_000_000, "zerogen": 30_000_000}
+_ATTEMPT = 1_000_000
+
+
+@dataclass
+class StageReport:
+    """What a stage asked for and what it kept: `rejects` counts reasons (empty, too_short, ...)."""
+
+    requested: int = 0
+    kept: int = 0
+    rejects: Counter = field(default_factory=Counter)
+
+    def to_dict(self) -> dict:
+        return {"requested": self.requested, "kept": self.kept, "rejects": dict(self.rejects),
+                "kept_share": round(self.kept / self.requested, 4) if self.requested else None}
+
+
+@dataclass
+class _Item:
+    """One planned example: the fields for its prompt and how to make the Example from the text."""
+
+    index: int
+    fields: dict
+    make: Callable[[str], Example]
+    check: dict  # keyword arguments for clean_answer (context, shown, answer)
+
+
+class Synthesizer:
+    def __init__(self, task: Task, llm: LLM, builder: PromptBuilder, seed: int):
+        self.task, self.llm, self.builder, self.seed = task, llm, builder, seed
+        self.reports: dict[str, StageReport] = {}
+
+    def _rng(self, *parts) -> random.Random:
+        return random.Random(":".join(map(str, (self.seed, *parts))))
+
+    def _report(self, stage: str) -> StageReport:
+        return self.reports.setdefault(stage, StageReport())
+
+    def _kind(self) -> str:
+        return "question" if (self.task.kind == "qa" or "question" in self.task.fields.get("text", "")) else "text"
+
+    def _run(self, stage: str, items: list[_Item], attempt: int, desc: str, report_as: str | None = None
+             ) -> tuple[dict[int, Example], list[_Item]]:
+        """Ask for every item once; return kept examples by item index and the rejected items."""
+        sp = self.task.stage(stage)
+        rep = self._report(report_as or stage)
+        reqs = [self.builder.build(stage, it.fields, _STAGE_BASE[stage] + attempt * _ATTEMPT + it.index)
+                for it in items]
+        order = sorted(range(len(items)), key=lambda i: (reqs[i].prompt or str(reqs[i].messages)))
+        answers = self.llm.generate([reqs[i] for i in order], desc=desc)
+        kept, rejected = {}, []
+        for i, ans in zip(order, answers):
+            it = items[i]
+            rep.requested += 1
+            if ans.error is not None:
+                rep.rejects["llm_error"] += 1
+                rejected.append(it)
+                continue
+            text, why = clean_answer(ans.text, kind=self._kind(), min_words=sp.min_words,
+                                     single_line=self.task.kind != "single", **it.check)
+            if text is None:
+                rep.rejects[why] += 1
+                rejected.append(it)
+                continue
+            rep.kept += 1
+            kept[it.index] = it.make(text)
+        return kept, rejected
+
+    # ---------------------------------------------------------------- rationales (Alg. 1)
+    def rationales(self) -> dict[str, list[str]]:
+        """label -> up to K distinct reasons, from `calls_per_label` sampled list prompts per label."""
+        task, rep = self.task, self._report("rationale")
+        style = self.builder.stage_style("rationale")
+        sp = task.stage("rationale")
+        reqs, owners = [], []
+        for label in task.label_names:
+            if style == "fewshot":
+                demo = next((d for d in sp.fewshot.demos if d.get("label") == label), None)
+                shown = demo["rationales"] if demo else []
+                f = self.builder.fields("rationale", label=label, rationales=numbered(shown, open_next=True))
+            else:
+                f = self.builder.fields("rationale", label=label, n=task.rationale_keep)
+            for j in range(task.rationale_calls):
+                reqs.append(self.builder.build("rationale", f, _STAGE_BASE["rationale"] + j))
+                owners.append(label)
+        answers = self.llm.generate(reqs, desc="rationales")
+        out: dict[str, list[str]] = {lab: [] for lab in task.label_names}
+        seen: dict[str, set] = {lab: set() for lab in task.label_names}
+        for label, ans in zip(owners, answers):
+            rep.requested += 1
+            if ans.error is not None:
+                rep.rejects["llm_error"] += 1
+                continue
+            items = parse_rationales(ans.text, first_is_item=style == "fewshot")
+            if not items:
+                rep.rejects["no_list"] += 1
+                continue
+            rep.kept += 1
+            for it in items:
+                key = " ".join(it.lower().split())
+                if key not in seen[label] and len(out[label]) < task.rationale_keep:
+                    seen[label].add(key)
+                    out[label].append(it)
+        return out
+
+    # ---------------------------------------------------------------- seed
+    def seed_examples(self, n: int, *, rationales: dict | None = None, contexts: Sequence[dict] | None = None,
+                      stage: str = "seed", max_passes: int = 3) -> list[Example]:
+        """n kept examples; labels uniform; rejected answers are replaced by new plans (up to max_passes)."""
+        task = self.task
+        kept: dict[int, Example] = {}
+        next_index = 0
+        for p in range(max_passes):
+            missing = n - len(kept)
+            if missing <= 0:
+                break
+            count = missing if p == 0 else math.ceil(missing * 1.25)
+            rng = self._rng(stage, "plan", p)
+            items = [self._plan(stage, next_index + j, rng, rationales, contexts) for j in range(count)]
+            next_index += count
+            got, _ = self._run(stage, items, 0, f"{stage} (pass {p + 1})" if p else stage)
+            kept.update(got)
+        return [kept[i] for i in sorted(kept)][:n]
+
+    def _plan(self, stage: str, index: int, rng: random.Random, rationales, contexts) -> _Item:
+        task = self.task
+        label = rng.choice(task.label_names) if task.kind != "qa" else None
+        meta = {"stage": stage}
+        if task.kind == "single":
+            rs: list[str] = []
+            if rationales and rationales.get(label):
+                pool = rationales[label]
+                rs = rng.sample(pool, min(task.rationale_k, len(pool)))
+            f = self.builder.fields(stage, label=label, rationales=rs)
+            meta["rationales"] = rs
+            make = lambda t, label=label, meta=meta: Example(text=t, label=label, meta=dict(meta))  # noqa: E731
+            return _Item(index, f, make, {})
+        c = rng.choice(contexts)
+        f = self.builder.fields(stage, label=label, context=c["context"], answer=c.get("answer"))
+        make = lambda t, c=c, label=label, meta=meta: Example(  # noqa: E731
+            text=t, label=label, context=c["context"], answer=c.get("answer"), meta=dict(meta))
+        return _Item(index, f, make, {"context": c["context"],
+                                      "answer": c["answer"]["text"] if c.get("answer") else None})
+
+    # ---------------------------------------------------------------- error extrapolation (Alg. 2/3)
+    def extrapolate(self, sources: Sequence[Example], round_no: int, attempts: int = 2,
+                    stage: str = "extrapolate") -> list[Example]:
+        """One new example per source (a gold-eval error), keeping its gold label and context.
+        A rejected answer is asked again with a new sample index, up to `attempts` calls in all."""
+        sp = self.task.stage(stage)
+        shorten = sp.fewshot.demo_max_words if (sp.fewshot and self.builder.stage_style(stage) == "fewshot") else None
+        items = []
+        for j, src in enumerate(sources):
+            f = self.builder.fields(stage, text=src.text, context=src.context or "", answer=src.answer,
+                                    label=src.label, shorten=shorten)
+            meta = {"stage": stage, "round": round_no, "source_id": src.id}
+            meta.update({k: v for k, v in src.meta.items() if k == "balance"})
+            make = lambda t, src=src, meta=meta: Example(  # noqa: E731
+                text=t, label=src.label, context=src.context, answer=src.answer, meta=dict(meta))
+            items.append(_Item(j, f, make, {"context": src.context, "shown": src.text,
+                                            "answer": src.answer["text"] if src.answer else None}))
+        kept: dict[int, Example] = {}
+        todo = items
+        for a in range(attempts):
+            if not todo:
+                break
+            got, todo = self._run(stage, todo, a, f"round {round_no}: extrapolate" + (f" (retry {a})" if a else ""),
+                                  report_as=f"{stage}-round-{round_no}")
+            kept.update(got)
+        out = [kept[i] for i in sorted(kept)]
+        for k, ex in enumerate(out):
+            ex.id = f"r{round_no}-{k}"
+        return out
+
+
+def pick_demos(task: Task, pool: Sequence[Example], n: int, seed: int) -> list[Example]:
+    """n demonstrations from gold eval, balanced over labels and interleaved (a, b, a, b ...)."""
+    rng = random.Random(f"{seed}:demos")
+    if task.kind == "qa" or n <= 0:
+        return rng.sample(list(pool), min(n, len(pool)))
+    by_label = {lab: [ex for ex in pool if ex.label == lab] for lab in task.label_names}
+    for v in by_label.values():
+        rng.shuffle(v)
+    out, i = [], 0
+    while len(out) < n and any(len(v) > i for v in by_label.values()):
+        for lab in task.label_names:
+            if len(by_label[lab]) > i and len(out) < n:
+                out.append(by_label[lab][i])
+        i += 1
+    return out
+
+
+def balance_sources(task: Task, errors: list[Example], correct: list[tuple[Example, float]],
+                    mode: str, seed: int, round_no: int) -> tuple[list[Example], dict]:
+    """Choose what to extrapolate this round so that the added data is label-balanced.
+
+    - `none`: every error once (the paper).
+    - `cap`: every label gets as many as the label with the fewest errors (a random subset).
+    - `fill` (default): every label gets as many as the label with the most errors; a label short of
+      errors is topped up with its correctly-predicted gold examples of lowest confidence (nearest the
+      decision boundary), then by extrapolating its errors again.
+    `correct`: (example, confidence in the gold label) for correctly predicted mining examples.
+    Returns (sources, info); a source used twice is a copy with meta["balance"] = "repeat".
+    """
+    by = {lab: [e for e in errors if e.label == lab] for lab in task.label_names}
+    info = {"mode": mode, "errors_per_label": {k: len(v) for k, v in by.items()}}
+    if mode == "none" or task.kind == "qa" or not errors:
+        info["sources_per_label"] = info["errors_per_label"]
+        return list(errors), info
+    rng = random.Random(f"{seed}:balance:{round_no}")
+    out: list[Example] = []
+    if mode == "cap":
+        target = min(len(v) for v in by.values())
+        for lab in task.label_names:
+            out += rng.sample(by[lab], target) if len(by[lab]) > target else by[lab]
+    elif mode == "fill":
+        target = max(len(v) for v in by.values())
+        for lab in task.label_names:
+            got = list(by[lab])
+            near = sorted([(c, e) for e, c in correct if e.label == lab], key=lambda t: t[0])
+            for conf, e in near:
+                if len(got) >= target:
+                    break
+                got.append(Example(text=e.text, label=e.label, context=e.context, answer=e.answer, id=e.id,
+                                   meta={**e.meta, "balance": "near_boundary"}))
+            k = 0
+            base = list(got)
+            while len(got) < target and base:
+                e = base[k % len(base)]
+                got.append(Example(text=e.text, label=e.label, context=e.context, answer=e.answer, id=e.id,
+                                   meta={**e.meta, "balance": "repeat"}))
+                k += 1
+            out += got
+    else:
+        raise ValueError(f"balance mode must be none, cap or fill, not {mode!r}")
+    info["sources_per_label"] = dict(Counter(e.label for e in out))
+    return out, info

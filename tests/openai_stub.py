@@ -1,0 +1,204 @@
+"""A small OpenAI-compatible HTTP server for tests, on 127.0.0.1 with a free port, in a background thread.
+
+Answers POST /v1/chat/completions and /v1/completions deterministically with
+"answer to: " + the last 30 characters of the prompt (or last message) + " #<seed>", records every
+request it receives, and injects faults on demand:
+
+    with OpenAIStub(delay=0.2) as stub:          # stub.url == "http://127.0.0.1:PORT/v1"
+        stub.fail_next("429", 2)                  # the next 2 requests get a fault
+        stub.fail_rate(0.3, ["500", "hang"])      # or a share of all requests, from a fixed seed
+        stub.api_key = "sk-right"                 # 401 (OpenAI-style error JSON) for any other key
+        stub.models = {"m"}                       # 404 model_not_found for any other model
+
+Fault kinds: 429 (with Retry-After: `retry_after`), 500, 503, 400_context (prompt too long),
+hang (sleeps `hang_s` before answering), truncated (cut JSON), not_json, empty_choices,
+empty_content, 401, 404.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+FAULTS = ("429", "500", "503", "400_context", "hang", "truncated", "not_json", "empty_choices",
+          "empty_content", "401", "404")
+
+
+class OpenAIStub:
+    def __init__(self, *, delay: float = 0.0, usage: bool = True, retry_after: str | None = "0.1",
+                 hang_s: float = 1.0, seed: int = 0):
+        self.delay = delay              # seconds each answer takes
+        self.usage = usage              # send `usage` in answers
+        self.retry_after = retry_after  # Retry-After header on 429 (None: no header)
+        self.hang_s = hang_s
+        self.api_key: str | None = None
+        self.models: set[str] | None = None
+        self.received: list[dict] = []  # {"path", "body" (dict or None), "auth", "t"} per request
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._faults: deque[str] = deque()
+        self._rate, self._rate_kinds, self._rng = 0.0, (), random.Random(seed)
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- knobs ---------------------------------------------------------------------------------
+    def fail_next(self, kind: str, n: int = 1) -> None:
+        assert kind in FAULTS, kind
+        with self._lock:
+            self._faults.extend([kind] * n)
+
+    def fail_rate(self, rate: float, kinds, seed: int = 0) -> None:
+        assert all(k in FAULTS for k in kinds), kinds
+        with self._lock:
+            self._rate, self._rate_kinds, self._rng = rate, tuple(kinds), random.Random(seed)
+
+    @property
+    def bodies(self) -> list[dict]:
+        with self._lock:
+            return [r["body"] for r in self.received]
+
+    @property
+    def count(self) -> int:
+        with self._lock:
+            return len(self.received)
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "start() the stub first"
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    # -- life cycle ----------------------------------------------------------------------------
+    def start(self) -> "OpenAIStub":
+        stub = self
+
+        class Handler(_Handler):
+            owner = stub
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._server.block_on_close = False
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> "OpenAIStub":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- behaviour -----------------------------------------------------------------------------
+    def _next_fault(self) -> str | None:
+        with self._lock:
+            if self._faults:
+                return self._faults.popleft()
+            if self._rate and self._rng.random() < self._rate:
+                return self._rng.choice(self._rate_kinds)
+        return None
+
+    def _answer(self, path: str, body: dict) -> dict:
+        chat = path.endswith("/chat/completions")
+        prompt = body["messages"][-1]["content"] if chat else body["prompt"]
+        text = f"answer to: {prompt[-30:]} #{body.get('seed')}"
+        choice = {"index": 0, "finish_reason": "stop"}
+        choice.update({"message": {"role": "assistant", "content": text}} if chat else {"text": text})
+        out = {"id": "stub-1", "object": "chat.completion" if chat else "text_completion",
+               "model": body.get("model"), "choices": [choice]}
+        if self.usage:
+            out["usage"] = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split()),
+                            "total_tokens": len(prompt.split()) + len(text.split())}
+        return out
+
+
+def _error(message: str, type_: str, code: str | None) -> dict:
+    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    owner: OpenAIStub
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:   # keep test output quiet
+        pass
+
+    def _send(self, status: int, payload, headers: dict | None = None) -> None:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:     # the client gave up (timeout) and closed the connection
+            self.close_connection = True
+
+    def do_POST(self) -> None:
+        stub = self.owner
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        with stub._lock:
+            stub.received.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization"),
+                                  "t": time.monotonic()})
+            stub.in_flight += 1
+            stub.max_in_flight = max(stub.max_in_flight, stub.in_flight)
+        try:
+            self._handle(stub, body)
+        finally:
+            with stub._lock:
+                stub.in_flight -= 1
+
+    def _handle(self, stub: OpenAIStub, body) -> None:
+        if self.path not in ("/v1/chat/completions", "/v1/completions"):
+            return self._send(404, _error(f"Unknown path {self.path}", "invalid_request_error", None))
+        if not isinstance(body, dict):
+            return self._send(400, _error("We could not parse the JSON body", "invalid_request_error", None))
+        given = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
+        fault = stub._next_fault()
+        if fault == "401" or (stub.api_key is not None and given != stub.api_key):
+            return self._send(401, _error(f"Incorrect API key provided: {given}.", "invalid_request_error",
+                                          "invalid_api_key"))
+        if fault == "404" or (stub.models is not None and body.get("model") not in stub.models):
+            return self._send(404, _error(f"The model `{body.get('model')}` does not exist", "invalid_request_error",
+                                          "model_not_found"))
+        if stub.delay:
+            time.sleep(stub.delay)
+        if fault == "429":
+            headers = {"Retry-After": stub.retry_after} if stub.retry_after is not None else {}
+            return self._send(429, _error("Rate limit reached", "requests", "rate_limit_exceeded"), headers)
+        if fault in ("500", "503"):
+            return self._send(int(fault), _error("The server had an error", "server_error", None))
+        if fault == "400_context":
+            return self._send(400, _error("This model's maximum context length is 8 tokens", "invalid_request_error",
+                                          "context_length_exceeded"))
+        if fault == "hang":
+            time.sleep(stub.hang_s)
+        answer = stub._answer(self.path, body)
+        if fault == "truncated":
+            return self._send(200, json.dumps(answer).encode()[:40])
+        if fault == "not_json":
+            return self._send(200, b"<html>Bad gateway</html>")
+        if fault == "empty_choices":
+            answer["choices"] = []
+        if fault == "empty_content":
+            choice = answer["choices"][0]
+            if "message" in choice:
+                choice["message"]["content"] = ""
+            else:
+                choice["text"] = ""
+        return self._send(200, answer)
