@@ -38,6 +38,9 @@ class OpenAIStub:
         self.api_key: str | None = None
         self.models: set[str] | None = None
         self.received: list[dict] = []  # {"path", "body" (dict or None), "auth", "t"} per request
+        self.answered: list[dict] = []  # bodies of the requests answered with a full 200 answer
+        self.hold_after: int | None = None   # requests after this many wait for `release` (to kill a client)
+        self.release = threading.Event()
         self.in_flight = 0
         self.max_in_flight = 0
         self._faults: deque[str] = deque()
@@ -155,9 +158,12 @@ class _Handler(BaseHTTPRequestHandler):
         with stub._lock:
             stub.received.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization"),
                                   "t": time.monotonic()})
+            held = stub.hold_after is not None and len(stub.received) > stub.hold_after
             stub.in_flight += 1
             stub.max_in_flight = max(stub.max_in_flight, stub.in_flight)
         try:
+            if held:
+                stub.release.wait(60)
             self._handle(stub, body)
         finally:
             with stub._lock:
@@ -201,4 +207,7 @@ class _Handler(BaseHTTPRequestHandler):
                 choice["message"]["content"] = ""
             else:
                 choice["text"] = ""
+        if fault is None:
+            with stub._lock:
+                stub.answered.append(body)
         return self._send(200, answer)

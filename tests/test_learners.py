@@ -320,11 +320,14 @@ def test_minilm_save_is_safetensors_only_and_reloads(single_fit, imdb, rte, tmp_
     assert not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"))]
     meta = json.loads((tmp_path / "m" / "s3synth_learner.json").read_text())
     assert meta["task"] == "imdb" and meta["labels"] == imdb.label_names and meta["config"]["max_length"] == 64
-    again = HFLearner.load(tmp_path / "m", imdb)
+    again = registry.load_learner(tmp_path / "m", imdb)
+    assert isinstance(again, HFLearner)
     for x, y in zip(learner.predict(data), again.predict(data)):
         assert x.label == y.label and x.probs["positive"] == pytest.approx(y.probs["positive"], abs=1e-6)
     with pytest.raises(S3Error, match="not for 'rte'"):
         HFLearner.load(tmp_path / "m", rte)
+    with pytest.raises(S3Error, match="not a saved s3synth learner"):
+        registry.load_learner(tmp_path, imdb)
 
 
 # ---------------------------------------------------------------- fast learner
@@ -364,7 +367,8 @@ def test_fast_pair_features_and_save_reload(rte, tmp_path):
     learner.save(tmp_path / "f")
     files = {p.name for p in (tmp_path / "f").iterdir()}
     assert files == {"classifier.safetensors", "s3synth_learner.json"}
-    again = FastLearner.load(tmp_path / "f", rte)
+    again = registry.load_learner(tmp_path / "f", rte)
+    assert isinstance(again, FastLearner)
     assert again.C == learner.C
     for x, y in zip(preds, again.predict(data)):
         assert x.label == y.label and x.probs["entailment"] == pytest.approx(y.probs["entailment"], abs=1e-6)

@@ -76,7 +76,10 @@ class S3:
                         self.contexts.append({"context": ex.context, **({"answer": ex.answer} if ex.answer else {})})
         else:
             self.contexts = None
-        self.train_config = TrainConfig.from_dict({"seed": cfg.seed, **cfg.learner_settings})
+        settings = {"seed": cfg.seed, **cfg.learner_settings}
+        if settings.get("max_length") and "doc_stride" not in settings:   # QA window overlap follows a short max length
+            settings["doc_stride"] = min(TrainConfig.doc_stride, max(settings["max_length"] // 4, 1))
+        self.train_config = TrainConfig.from_dict(settings)
         make_learner(cfg.learner, self.task, self.train_config, model_path=cfg.learner_path).check()
         budget = Budget(max_tokens=cfg.max_tokens, max_cost=cfg.max_cost, price_in=cfg.price_in,
                         price_out=cfg.price_out)
@@ -182,6 +185,7 @@ class S3:
                 extrapolated_last = False
                 break
             new = self._extrapolate_round(rd, q, fp)
+            rounds_out[-1] = read_json(rd / f"round-{q}/metrics.json")
             added += new
             prev_fp, prev_sel = fingerprint(fp, "added", len(new)), sel
         m["stop_reason"] = stop_reason

@@ -95,3 +95,17 @@ def make_learner(name: str, task, config: TrainConfig | None = None, model_path:
     else:
         path = arg or model_path
     return cls(task, config, model_path=path)
+
+
+def load_learner(directory: str | Path, task) -> Learner:
+    """A trained learner written by `Learner.save`, of the class recorded in its s3synth_learner.json."""
+    import json
+
+    meta_file = Path(directory) / "s3synth_learner.json"
+    if not meta_file.exists():
+        raise S3Error(f"{directory} is not a saved s3synth learner (no s3synth_learner.json)")
+    kind = json.loads(meta_file.read_text(encoding="utf-8")).get("learner", "hf")
+    cls = learner_class(kind)
+    if not hasattr(cls, "load"):
+        raise S3Error(f"learner '{kind}' cannot be reloaded (its class has no load method)")
+    return cls.load(directory, task)

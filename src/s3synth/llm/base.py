@@ -109,6 +109,7 @@ class LLM(ABC):
         self.cache_mode = cache_mode
         self.budget = budget or Budget()
         self.stats = LLMStats()
+        self._emit = None
 
     # -- identity -------------------------------------------------------------------------------
     @property
@@ -131,6 +132,12 @@ class LLM(ABC):
     @abstractmethod
     def _generate_batch(self, requests: Sequence[Request], seeds: Sequence[int]) -> list[Completion]:
         """Answer every request (same order). A request that fails for good returns Completion(error=...)."""
+
+    def emit(self, j: int, completion: Completion) -> None:
+        """Hand over the answer to request `j` of the current batch as soon as it is ready (optional):
+        it is cached at once, so an answer received just before a crash is not paid for again."""
+        if self._emit is not None:
+            self._emit(j, completion)
 
     def close(self) -> None:
         """Release resources (models, connections)."""
@@ -169,23 +176,34 @@ class LLM(ABC):
                 self._check_budget()
                 idx = todo[start:start + self.batch_size]
                 batch = [requests[i] for i in idx]
-                results = self._generate_batch(batch, [self.request_seed(keys[i]) for i in idx])
-                if len(results) != len(batch):
-                    raise LLMError(f"backend {self.name} returned {len(results)} answers for {len(batch)} requests")
-                rows = []
-                for i, c in zip(idx, results):
+                done: set[int] = set()
+
+                def record(j: int, c: Completion, idx=idx, done=done) -> None:
+                    i = idx[j]
+                    if i in done:
+                        return
+                    done.add(i)
                     out[i] = c
+                    b.advance(1)
                     if c.error is not None:
                         self.stats.failures += 1
-                        continue
+                        return
                     self.stats.calls += 1
                     self.stats.prompt_tokens += c.prompt_tokens
                     self.stats.completion_tokens += c.completion_tokens
-                    rows.append((keys[i], self.backend, self.model, requests[i].payload(), c.text,
-                                 c.prompt_tokens, c.completion_tokens, c.finish_reason))
-                if rows and use_cache:
-                    self.cache.put_many(rows)
-                b.advance(len(batch))
+                    if use_cache:   # committed at once: a killed run keeps every answer it received
+                        self.cache.put_many([(keys[i], self.backend, self.model, requests[i].payload(), c.text,
+                                              c.prompt_tokens, c.completion_tokens, c.finish_reason)])
+
+                self._emit = record
+                try:
+                    results = self._generate_batch(batch, [self.request_seed(keys[i]) for i in idx])
+                finally:
+                    self._emit = None
+                if len(results) != len(batch):
+                    raise LLMError(f"backend {self.name} returned {len(results)} answers for {len(batch)} requests")
+                for j, c in enumerate(results):
+                    record(j, c)
         for i, k in enumerate(keys):   # fill in duplicates within the call
             if out[i] is None:
                 src = out[seen[k]]

@@ -74,7 +74,7 @@ class EmbeddedLLM(LLM):
     def _generate_batch(self, requests: Sequence[Request], seeds: Sequence[int]) -> list[Completion]:
         llm = self._load()
         out = []
-        for req, seed in zip(requests, seeds):
+        for j, (req, seed) in enumerate(zip(requests, seeds)):
             p = req.params
             kw = dict(max_tokens=p.max_tokens, temperature=p.temperature, top_p=p.top_p,
                       repeat_penalty=max(p.repeat_penalty, 1.1), seed=seed, stop=list(p.stop) or None)
@@ -93,6 +93,7 @@ class EmbeddedLLM(LLM):
             out.append(Completion(text=text, prompt_tokens=int(usage.get("prompt_tokens", 0)),
                                   completion_tokens=int(usage.get("completion_tokens", 0)),
                                   finish_reason=r["choices"][0].get("finish_reason")))
+            self.emit(j, out[-1])
         return out
 
     def close(self) -> None:

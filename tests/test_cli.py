@@ -1,0 +1,130 @@
+"""The command line: bad input gives one line and exit code 2 and writes nothing; kill and resume."""
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+from openai_stub import OpenAIStub
+
+from s3synth.cli import cli
+from s3synth.io import read_json, read_jsonl
+
+
+def run_cli(args):
+    return CliRunner().invoke(cli, args)
+
+
+def rows_file(tmp_path, name, rows):
+    p = tmp_path / name
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return p
+
+
+GOOD = [{"premise": f"Premise {i} says the town has {i} bridges.", "hypothesis": f"There are {i} bridges.",
+         "label": ["entailment", "not_entailment"][i % 2]} for i in range(12)]
+
+
+@pytest.mark.parametrize("bad, line, words", [
+    ('{"premise": "P", "hypothesis": "H", "label": 0}\n{"premise": "P", "label": 0}\n', 2, "field 'hypothesis'"),
+    ('{"premise": "P", "hypothesis": "H", "label": "perhaps"}\n', 1, "unknown label 'perhaps'"),
+    ('{"premise": "P", "hypothesis": "H", "label": 0}\n{oops\n', 2, "malformed JSON"),
+    ('', None, "holds no examples"),
+    (b'{"premise": "P\xff", "hypothesis": "H", "label": 0}\n', 1, "not valid UTF-8"),
+])
+def test_bad_gold_eval_one_line_exit_2_nothing_written(tmp_path, bad, line, words):
+    p = tmp_path / "gold.jsonl"
+    p.write_bytes(bad if isinstance(bad, bytes) else bad.encode())
+    out = tmp_path / "run"
+    r = run_cli(["run", "--task", "rte", "--gold-eval", str(p), "--out", str(out), "-q"])
+    assert r.exit_code == 2
+    err = r.stderr.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith(f"s3synth: error: {p}" + (f":{line}:" if line else ":")) and words in err
+    assert not out.exists()
+
+
+def test_bad_qa_answer_and_bad_test_file(tmp_path):
+    qa = rows_file(tmp_path, "qa.jsonl", [{"context": "Oslo is big.", "question": "Q?",
+                                           "answers": {"text": ["Bergen"], "answer_start": [0]}}])
+    r = run_cli(["run", "--task", "adversarial_qa", "--gold-eval", str(qa), "--out", str(tmp_path / "r")])
+    assert r.exit_code == 2 and "not in its context" in r.stderr and not (tmp_path / "r").exists()
+    gold = rows_file(tmp_path, "gold.jsonl", GOOD)
+    test = rows_file(tmp_path, "test.jsonl", [{"premise": "P", "hypothesis": "H", "label": 7}])
+    r = run_cli(["run", "--task", "rte", "--gold-eval", str(gold), "--test", str(test), "--out", str(tmp_path / "r")])
+    assert r.exit_code == 2 and f"{test}:1: field 'label'" in r.stderr and not (tmp_path / "r").exists()
+
+
+def test_verbose_shows_traceback_and_bad_settings(tmp_path):
+    p = tmp_path / "gold.jsonl"
+    p.write_text("{oops\n")
+    r = run_cli(["run", "--task", "rte", "--gold-eval", str(p), "--out", str(tmp_path / "r"), "-v"])
+    assert r.exit_code == 2 and "Traceback" in r.stderr
+    gold = rows_file(tmp_path, "gold.jsonl", GOOD)
+    r = run_cli(["run", "--task", "rte", "--gold-eval", str(gold), "--out", str(tmp_path / "r"), "--lr", "5"])
+    assert r.exit_code == 2 and "lr=5.0" in r.stderr
+    r = run_cli(["run", "--task", "nope", "--gold-eval", str(gold), "--out", str(tmp_path / "r")])
+    assert r.exit_code == 2 and "unknown task 'nope'" in r.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_tasks_and_help():
+    r = run_cli(["tasks"])
+    assert r.exit_code == 0 and [ln.split()[0] for ln in r.stdout.splitlines() if not ln.startswith(" ")] == [
+        "adversarial_qa", "imdb", "qnli", "rte"]
+    r = run_cli(["run", "--help"])
+    assert r.exit_code == 0 and "--seed-size" in r.stdout and "resume" in r.stdout
+
+
+def _cache_rows(path):
+    try:
+        with sqlite3.connect(str(path), timeout=5) as db:
+            return db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def test_killed_run_resumes_and_pays_nothing_twice(tmp_path, shared_data):
+    """SIGKILL a real `s3synth run` talking to a local OpenAI-compatible server mid-seed, run it again,
+    and count at the server that no answered prompt is sent again; the seed equals an uninterrupted run's."""
+    gold = rows_file(tmp_path, "gold.jsonl", read_jsonl(shared_data / "rte" / "validation.jsonl")[:40])
+
+    def cmd(out):
+        return [sys.executable, "-m", "s3synth.cli", "run", "--task", "rte", "--gold-eval", str(gold),
+                "--llm", "openai:stub-model", "--learner", "fast", "--seed-size", "24", "--rounds", "0",
+                "--concurrency", "2", "--out", str(out), "-q"]
+
+    env = {**os.environ, "OPENAI_BASE_URL": "", "OPENAI_API_KEY": "sk-test"}
+    with OpenAIStub() as stub:
+        base = ["--base-url", stub.url]
+        ref = subprocess.run(cmd(tmp_path / "ref") + base, env=env, capture_output=True, text=True, timeout=300)
+        assert ref.returncode == 0, ref.stderr
+        stub.received.clear()
+        stub.answered.clear()
+        stub.hold_after = 10
+        p = subprocess.Popen(cmd(tmp_path / "run") + base, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.time() + 120
+        while time.time() < deadline and not (stub.count > 10 and _cache_rows(tmp_path / "run" / "llm_cache.sqlite") >= 10):
+            time.sleep(0.1)
+        p.kill()
+        p.wait(30)
+        answered_first = [json.dumps([b["messages"], b["seed"]]) for b in stub.answered]
+        assert len(answered_first) == 10 and _cache_rows(tmp_path / "run" / "llm_cache.sqlite") == 10
+        assert not (tmp_path / "run" / "seed.jsonl").exists()
+        stub.hold_after = None
+        stub.release.set()
+        n_before = stub.count
+        again = subprocess.run(cmd(tmp_path / "run") + base, env=env, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stderr
+        sent_again = [json.dumps([b["messages"], b["seed"]]) for b in stub.bodies[n_before:]]
+        assert sent_again and set(answered_first).isdisjoint(sent_again)
+        assert len(sent_again) == len(set(sent_again))
+    assert read_jsonl(tmp_path / "run" / "seed.jsonl") == read_jsonl(tmp_path / "ref" / "seed.jsonl")
+    m = read_json(tmp_path / "run" / "manifest.json")
+    assert m["invocations"][-1]["llm"]["cache_hits"] >= 10
+    assert "sk-test" not in (tmp_path / "run" / "manifest.json").read_text()
+    assert "sk-test" not in (tmp_path / "run" / "config.toml").read_text()

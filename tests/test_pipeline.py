@@ -1,0 +1,166 @@
+"""The S3 loop end to end with a queued fake LLM and real learners on tiny data."""
+
+import json
+import random
+
+import pytest
+from conftest import QueuedLLM
+
+from s3synth.config import RunConfig
+from s3synth.io import read_json, read_jsonl
+from s3synth.pipeline import S3
+from s3synth.progress import set_quiet
+
+set_quiet(True)
+
+WORDS = {"positive": "great wonderful superb loved brilliant".split(),
+         "negative": "awful boring terrible hated dull".split()}
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def tiny_data(tmp_path, task, n=28):
+    rng = random.Random(0)
+    rows = []
+    for i in range(n):
+        if task == "imdb":
+            lab = ["negative", "positive"][i % 2]
+            shown = lab if i % 4 else ("positive" if lab == "negative" else "negative")   # some hard cases
+            rows.append({"text": f"The film was {rng.choice(WORDS[shown])} and {rng.choice(WORDS[shown])}.",
+                         "label": lab})
+        elif task in ("rte", "qnli"):
+            lab = ["entailment", "not_entailment"][i % 2]
+            ctx = f"The town of Place{i} has {i + 3} bridges and a river."
+            txt = f"Place{i} has bridges." if lab == "entailment" else f"Place{i} has no river."
+            rows.append({"premise": ctx, "hypothesis": txt, "label": lab} if task == "rte"
+                        else {"sentence": ctx, "question": txt + "?", "label": lab})
+        else:
+            ctx = f"The bridge in Place{i} was built by Anna{i} in {1900 + i}. It is long."
+            ans = f"Anna{i}"
+            rows.append({"id": f"q{i}", "context": ctx, "question": f"Who built the bridge in Place{i}?",
+                         "answers": {"text": [ans], "answer_start": [ctx.index(ans)]}})
+    gold = write_jsonl(tmp_path / "gold.jsonl", rows[: n - 8])
+    test = write_jsonl(tmp_path / "test.jsonl", rows[n - 8:])
+    return gold, test
+
+
+def fake_answer(task):
+    def fn(r):
+        text = r.prompt or r.messages[-1][1]
+        rng = random.Random(f"{text}|{r.sample_index}")
+        if task == "imdb":
+            if text.rstrip().endswith("3."):
+                return " the acting is fine\n4. the story moves well\n5. the music works"
+            lab = "positive" if "positive" in text.rsplit("\n", 1)[-1] or "positive" in text[-80:] else "negative"
+            return f" This movie was {rng.choice(WORDS[lab])} and quite {rng.choice(WORDS[lab])} overall."
+        if task == "adversarial_qa":
+            return f" Who made the thing number {rng.randint(0, 999)}?"
+        return f" Statement number {rng.randint(0, 9999)} about the place."
+    return fn
+
+
+LEARNER = {"imdb": "fast", "rte": "fast", "qnli": "fast", "adversarial_qa": "minilm"}
+
+
+@pytest.mark.parametrize("task", ["imdb", "rte", "qnli", "adversarial_qa"])
+def test_each_builtin_task_runs_the_loop(tmp_path, task):
+    gold, test = tiny_data(tmp_path, task)
+    cfg = RunConfig(task=task, gold_eval=str(gold), test=str(test), learner=LEARNER[task], seed_size=16, rounds=1,
+                    holdout_frac=0.25, learner_settings={"epochs": 1, "max_length": 64, "batch_size": 8})
+    out = tmp_path / "run"
+    llm = QueuedLLM(fake_answer(task))
+    res = S3(cfg, llm=llm).run(out)
+    for f in ("config.toml", "manifest.json", "seed.jsonl", "round-1/errors.jsonl", "round-1/metrics.json",
+              "final/metrics.json", "llm_cache.sqlite"):
+        assert (out / f).exists(), f
+    assert res["seed_size"] == 16 and len(read_jsonl(out / "seed.jsonl")) == 16
+    m = read_json(out / "manifest.json")
+    assert m["llm"]["spent_total"]["answers"] == llm.stats.calls > 0
+    assert m["synthesis"]["seed"]["kept"] >= 16
+    assert m["split"]["holdout"] > 0 and m["split"]["mining"] > 0
+    r1 = read_json(out / "round-1/metrics.json")
+    assert r1["errors"] == len(read_jsonl(out / "round-1/errors.jsonl"))
+    if r1["errors"]:
+        added = read_jsonl(out / "round-1/added.jsonl")
+        assert res["added"] == len(added)
+        errors = {e["id"]: e for e in read_jsonl(out / "round-1/sources.jsonl")}
+        for a in added:   # the gold label and the context of the source are kept
+            src = errors[a["meta"]["source_id"]]
+            assert a.get("label") == src.get("label") and a.get("context") == src.get("context")
+    final = read_json(out / "final/metrics.json")
+    assert final["train_size"] == 16 + res["added"]
+    key = "f1" if task == "adversarial_qa" else "accuracy"
+    assert 0.0 <= final["test"][key] <= 1.0 and final["test"]["n"] == 8
+    assert any((out / "final/model").glob("*.safetensors"))
+    assert not list((out / "final/model").glob("*.bin")) and not list((out / "final/model").glob("*.pt"))
+
+
+def _imdb_cfg(tmp_path, **kw):
+    gold, test = tiny_data(tmp_path, "imdb", n=48)
+    return RunConfig(task="imdb", gold_eval=str(gold), test=str(test), learner="fast", seed_size=20,
+                     **{"rounds": 2, **kw})
+
+
+def test_second_invocation_does_no_new_work(tmp_path):
+    cfg = _imdb_cfg(tmp_path)
+    first = QueuedLLM(fake_answer("imdb"))
+    r1 = S3(cfg, llm=first).run(tmp_path / "run")
+    assert first.stats.calls > 0
+    second = QueuedLLM(fake_answer("imdb"))
+    r2 = S3(cfg, llm=second).run(tmp_path / "run")
+    assert second.stats.calls == 0 and second.seen == []
+    assert r2["final"]["test"] == r1["final"]["test"]
+    m = read_json(tmp_path / "run" / "manifest.json")
+    assert len(m["invocations"]) == 2 and m["invocations"][1]["llm"]["calls"] == 0
+
+
+class Interrupting(QueuedLLM):
+    def __init__(self, fn, after):
+        super().__init__(fn)
+        self.after = after
+
+    def _generate_batch(self, requests, seeds):
+        if len(self.seen) >= self.after:
+            raise KeyboardInterrupt
+        return super()._generate_batch(requests, seeds)
+
+
+def test_interrupted_run_resumes_without_paying_twice(tmp_path):
+    cfg = _imdb_cfg(tmp_path)
+    ref = S3(cfg, llm=QueuedLLM(fake_answer("imdb"))).run(tmp_path / "ref")
+    killed = Interrupting(fake_answer("imdb"), after=30)   # dies in the middle of the seed stage
+    with pytest.raises(KeyboardInterrupt):
+        S3(cfg, llm=killed).run(tmp_path / "run")
+    m = read_json(tmp_path / "run" / "manifest.json")
+    assert m["invocations"][0]["interrupted"] is True and not (tmp_path / "run" / "seed.jsonl").exists()
+    resumed = QueuedLLM(fake_answer("imdb"))
+    res = S3(cfg, llm=resumed).run(tmp_path / "run")
+    first_keys = {killed.key(r) for r in killed.seen}
+    second_keys = {resumed.key(r) for r in resumed.seen}
+    assert first_keys and first_keys.isdisjoint(second_keys)      # nothing answered twice
+    assert read_jsonl(tmp_path / "run" / "seed.jsonl") == read_jsonl(tmp_path / "ref" / "seed.jsonl")
+    assert res["final"]["test"] == ref["final"]["test"]
+
+
+def test_min_gain_stops_and_records_why(tmp_path):
+    cfg = _imdb_cfg(tmp_path, min_gain=1.5)    # no round can gain 1.5: stop after round 2's training
+    res = S3(cfg, llm=QueuedLLM(fake_answer("imdb"))).run(tmp_path / "run")
+    m = read_json(tmp_path / "run" / "manifest.json")
+    assert m["stop_reason"].startswith("stopped after training round 2") and res["stop_reason"] == m["stop_reason"]
+    assert not (tmp_path / "run" / "round-2" / "added.jsonl").exists()
+    assert res["final"]["reused_model_of"] == "round-2"
+
+
+def test_round_metrics_record_balance_and_label_counts(tmp_path):
+    cfg = _imdb_cfg(tmp_path, rounds=1)
+    S3(cfg, llm=QueuedLLM(fake_answer("imdb"))).run(tmp_path / "run")
+    r1 = read_json(tmp_path / "run" / "round-1" / "metrics.json")
+    assert r1["balance"]["mode"] == "fill"
+    per = r1["balance"]["sources_per_label"]
+    if r1["errors"]:
+        assert len(set(per.values())) == 1          # every label gets as many sources
+        assert sum(r1["added_label_counts"].values()) == r1["added"]
+    assert set(r1["test"]["pred_share"]) == {"negative", "positive"}
