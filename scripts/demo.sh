@@ -8,5 +8,5 @@ DATA=${S3_DATA:-../shared/data/s3_release}
 exec .venv/bin/s3synth run --task imdb \
   --gold-eval "$DATA/imdb_round1.jsonl" --max-gold-eval 300 \
   --test "$DATA/imdb_round2.jsonl" --max-test 1000 \
-  --llm embedded --learner minilm --seed-size 160 --rounds 2 --seed 0 \
+  --llm embedded --learner minilm --seed-size 120 --rounds 2 --seed 0 \
   --out "${1:-runs/demo}"

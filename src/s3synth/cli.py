@@ -103,9 +103,9 @@ def _learner_settings(epochs, lr, batch_size, max_length):
 @click.option("--price-out", default=0.0, type=float, help="Price per million completion tokens.")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the LLM answer cache.")
 @click.option("--cache-only", is_flag=True, help="Fail instead of calling the LLM for an answer not in the cache.")
-@click.option("--epochs", type=int, help="Learner epochs (default 4).")
+@click.option("--epochs", type=int, help="Learner epochs (default 6).")
 @click.option("--lr", type=float, help="Learner peak learning rate (default 5e-5).")
-@click.option("--batch-size", type=int, help="Learner batch size (default 16).")
+@click.option("--batch-size", type=int, help="Learner batch size (default 8).")
 @click.option("--max-length", type=int, help="Learner tokens per input (default: the task's).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or status lines.")
 @click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
@@ -144,6 +144,71 @@ def run(task_name, gold_eval, test, llm, learner, learner_path, seed_size, round
         )
         result = S3(cfg).run(out)
         print_result(result, load_task(task_name))
+
+    _guard(go, verbose)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--task", "task_name", required=True, help="Built-in task or a task YAML/TOML file.")
+@click.option("--train", "train_path", required=True, type=click.Path(), help="Training data (JSONL, CSV or Parquet).")
+@click.option("--eval", "eval_path", type=click.Path(), help="Data to choose the best epoch on (default: 10% of --train).")
+@click.option("--test", "test_path", type=click.Path(), help="Data to report metrics on.")
+@click.option("--learner", default="minilm", show_default=True, help="minilm | distilbert | hf:PATH | fast.")
+@click.option("--learner-path", type=click.Path(), help="Weights folder for --learner distilbert.")
+@click.option("--out", required=True, type=click.Path(), help="Folder for metrics.json and the model (safetensors).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--epochs", type=int)
+@click.option("--lr", type=float)
+@click.option("--batch-size", type=int)
+@click.option("--max-length", type=int)
+@click.option("-q", "--quiet", is_flag=True)
+@click.option("-v", "--verbose", is_flag=True)
+def train(task_name, train_path, eval_path, test_path, learner, learner_path, out, seed, epochs, lr, batch_size,
+          max_length, quiet, verbose):
+    """Train and evaluate a learner on any data set, e.g. the gold-data baseline.
+
+    \b
+    Example:
+      s3synth train --task rte --train rte/train.jsonl --test rte/validation.jsonl --out runs/rte-gold
+    """
+    from .progress import set_quiet
+
+    set_quiet(quiet)
+
+    def go():
+        import time
+        from pathlib import Path
+
+        from .data import load_examples, stratified_split
+        from .io import write_json
+        from .learners import make_learner
+        from .learners.base import TrainConfig
+        from .tasks import load_task
+
+        task = load_task(task_name)
+        tr = load_examples(train_path, task, id_prefix="train")
+        ev = load_examples(eval_path, task, id_prefix="eval") if eval_path else None
+        te = load_examples(test_path, task, id_prefix="test") if test_path else None
+        if ev is None:
+            tr, ev = stratified_split(tr, 0.1, seed)
+        settings = {"seed": seed, **_learner_settings(epochs, lr, batch_size, max_length)}
+        lrn = make_learner(learner, task, TrainConfig.from_dict(settings), model_path=learner_path)
+        lrn.check()
+        t = time.time()
+        history = lrn.fit(tr, ev)
+        res = {"task": task.name, "learner": learner, "train_size": len(tr), "history": history,
+               "eval": lrn.evaluate(ev) if ev else None, "test": lrn.evaluate(te) if te else None,
+               "seconds": round(time.time() - t, 2)}
+        lrn.save(Path(out) / "model")
+        write_json(Path(out) / "metrics.json", res)
+        hm = "f1" if task.kind == "qa" else "accuracy"
+        for name in ("eval", "test"):
+            if res[name]:
+                extra = "" if task.kind == "qa" else "  predicted: " + "  ".join(
+                    f"{k} {100 * v:.1f}%" for k, v in res[name]["pred_share"].items())
+                click.echo(f"{name}: {hm} {_fmt(res[name][hm])}" +
+                           (f", exact match {_fmt(res[name]['exact_match'])}" if task.kind == "qa" else "") + extra)
+        click.echo(f"model and metrics: {out}")
 
     _guard(go, verbose)
 

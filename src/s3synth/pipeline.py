@@ -76,10 +76,7 @@ class S3:
                         self.contexts.append({"context": ex.context, **({"answer": ex.answer} if ex.answer else {})})
         else:
             self.contexts = None
-        settings = {"seed": cfg.seed, **cfg.learner_settings}
-        if settings.get("max_length") and "doc_stride" not in settings:   # QA window overlap follows a short max length
-            settings["doc_stride"] = min(TrainConfig.doc_stride, max(settings["max_length"] // 4, 1))
-        self.train_config = TrainConfig.from_dict(settings)
+        self.train_config = TrainConfig.from_dict({"seed": cfg.seed, **cfg.learner_settings})
         make_learner(cfg.learner, self.task, self.train_config, model_path=cfg.learner_path).check()
         budget = Budget(max_tokens=cfg.max_tokens, max_cost=cfg.max_cost, price_in=cfg.price_in,
                         price_out=cfg.price_out)

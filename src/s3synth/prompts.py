@@ -126,6 +126,10 @@ _PREFIX = re.compile(
     r"movie review|answer|output|example|new sentence|similar sentence|a similar sentence|text)"
     r"(?:\s*\d+)?\s*(?:\*\*)?\s*[:\-]\s*", re.I)
 _PREAMBLE = re.compile(r"^\s*(?:sure|certainly|of course|here(?:'s| is| are)|okay|ok)\b[^\n]*?[:!.]\s*(?:\n|$)", re.I)
+# leading chatter sentences about the task itself, e.g. "That's a great movie review. Here's my take on it:"
+_CHATTER = re.compile(r"^\s*(?:(?:that'?s|this is|what) (?:a |an )?(?:great|good|nice|interesting|wonderful)[^.!:\n]{0,40}"
+                      r"(?:review|sentence|question|example|prompt)[^.!:\n]{0,20}[.!]|"
+                      r"here(?:'s| is) (?:my|a|the|an)[^.!:\n]{0,40}[:.])\s*", re.I)
 _QUOTES = "\"'“”‘’`«»"
 
 
@@ -159,6 +163,10 @@ def clean_answer(raw: str, *, kind: str, min_words: int, context: str | None = N
     """
     s = raw.replace("\r", "")
     s = _PREAMBLE.sub("", s, count=1)
+    for _ in range(3):
+        s, n = _CHATTER.subn("", s, count=1)
+        if not n:
+            break
     if single_line:
         lines = [ln for ln in s.split("\n") if ln.strip()]
         s = lines[0] if lines else ""

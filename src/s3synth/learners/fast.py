@@ -69,6 +69,13 @@ class FastLearner(Learner):
         self.C: float | None = None
         self.history: dict | None = None
 
+    def check(self) -> None:
+        """Encoder folder and tokenizer are checked on construction; here: scikit-learn must import."""
+        try:
+            import sklearn  # noqa: F401
+        except ImportError:
+            raise S3Error("the fast learner needs scikit-learn: pip install 's3synth[learn]'") from None
+
     # ------------------------------------------------------------ embeddings
 
     def _load_encoder(self):

@@ -134,6 +134,13 @@ class HFLearner(Learner):
         self.history: dict | None = None
         self._type_ids = "token_type_ids" in getattr(self.tokenizer, "model_input_names", ())
 
+    def check(self) -> None:
+        """Weights folder and tokenizer are checked on construction; here: torch must import."""
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise S3Error("the learner needs torch: pip install 's3synth[learn]'") from None
+
     # ------------------------------------------------------------ model
 
     def _auto_class(self):
@@ -370,8 +377,9 @@ class HFLearner(Learner):
         self._require_model()
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(d, safe_serialization=True)
-        self.tokenizer.save_pretrained(d)
+        with quiet_transformers():
+            self.model.save_pretrained(d, safe_serialization=True)
+            self.tokenizer.save_pretrained(d)
         meta = {"learner": self.name, "task": self.task.name, "kind": self.task.kind,
                 "labels": self.task.label_names, "base_model": self.base_model, "max_length": self.max_length,
                 "config": self.config.to_dict(), "history": self.history}

@@ -1,0 +1,157 @@
+"""Learner throughput: s3synth's trainer vs a paper-style loop, on the same RTE pairs, in one run.
+
+The paper's released code pads every input to 512 tokens and trains in fp32 with batch 8. s3synth
+pads per batch (dynamic padding), groups batches by length and truncates at the task's maximum
+length. Each variant runs in its own subprocess so that peak memory is its own.
+
+    .venv/bin/python benchmarks/learner_throughput.py [--train 256] [--infer 256] [--threads 2]
+
+Prints a table: training and inference examples/s, effective GFLOP/s (useful FLOPs on real,
+non-padding tokens: 6 x parameters per token for training, 2 x for inference), peak RSS, and the
+speed-up of s3synth over the paper-style loop measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "rte"
+
+
+def _load(n_train: int, n_infer: int):
+    sys.path.insert(0, str(ROOT / "src"))
+    from s3synth.data import load_examples
+    from s3synth.tasks import load_task
+
+    task = load_task("rte")
+    train = load_examples(DATA / "train.jsonl", task)[:n_train]
+    infer = load_examples(DATA / "validation.jsonl", task)[:n_infer]
+    return task, train, infer
+
+
+def _real_tokens(tok, examples, max_length):
+    enc = tok([e.text for e in examples], [e.context for e in examples], truncation="only_second",
+              max_length=max_length)
+    return sum(len(ids) for ids in enc["input_ids"])
+
+
+def run_s3synth(n_train: int, n_infer: int) -> dict:
+    from s3synth.learners import make_learner, minilm_path
+    from s3synth.learners.base import TrainConfig
+    from s3synth.progress import set_quiet
+    from transformers import AutoTokenizer
+
+    set_quiet(True)
+    task, train, infer = _load(n_train, n_infer)
+    learner = make_learner("minilm", task, TrainConfig(epochs=1, batch_size=16, eval_batch_size=64))
+    t = time.perf_counter()
+    learner.fit(train, None)
+    t_train = time.perf_counter() - t
+    t = time.perf_counter()
+    learner.predict(infer)
+    t_infer = time.perf_counter() - t
+    tok = AutoTokenizer.from_pretrained(minilm_path())
+    n_params = sum(p.numel() for p in learner.model.parameters())
+    return {"train_s": t_train, "infer_s": t_infer, "params": n_params,
+            "train_tokens": _real_tokens(tok, train, task.max_length),
+            "infer_tokens": _real_tokens(tok, infer, task.max_length)}
+
+
+def run_paper(n_train: int, n_infer: int) -> dict:
+    """The paper's loop: pad to 512, fp32, batch 8, AdamW, linear schedule, no length grouping."""
+    import torch
+    from s3synth.learners import minilm_path
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_scheduler
+
+    task, train, infer = _load(n_train, n_infer)
+    path = minilm_path()
+    tok = AutoTokenizer.from_pretrained(path)
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2, use_safetensors=True)
+    label_id = {name: i for i, name in enumerate(task.label_names)}
+
+    def batches(examples, bs):
+        for i in range(0, len(examples), bs):
+            chunk = examples[i:i + bs]
+            enc = tok([e.text for e in chunk], [e.context for e in chunk], truncation=True, padding="max_length",
+                      max_length=512, return_tensors="pt")
+            enc["labels"] = torch.tensor([label_id[e.label] for e in chunk])
+            yield enc
+
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=1e-2)
+    steps = (len(train) + 7) // 8
+    sched = get_scheduler("linear", optimizer=opt, num_warmup_steps=min(100, steps // 10),
+                          num_training_steps=steps)
+    model.train()
+    t = time.perf_counter()
+    for batch in batches(train, 8):
+        loss = model(**batch).loss
+        loss.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+    t_train = time.perf_counter() - t
+    model.eval()
+    t = time.perf_counter()
+    with torch.no_grad():
+        for batch in batches(infer, 8):
+            batch.pop("labels")
+            model(**batch)
+    t_infer = time.perf_counter() - t
+    n_params = sum(p.numel() for p in model.parameters())
+    return {"train_s": t_train, "infer_s": t_infer, "params": n_params,
+            "train_tokens": _real_tokens(tok, train, task.max_length),
+            "infer_tokens": _real_tokens(tok, infer, task.max_length)}
+
+
+def child(variant: str, n_train: int, n_infer: int) -> None:
+    res = (run_s3synth if variant == "s3synth" else run_paper)(n_train, n_infer)
+    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    res.update(variant=variant, n_train=n_train, n_infer=n_infer)
+    print("RESULT " + json.dumps(res))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--train", type=int, default=256, help="RTE training pairs (one epoch)")
+    ap.add_argument("--infer", type=int, default=256, help="RTE validation pairs to predict")
+    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads per variant")
+    ap.add_argument("--child", choices=["s3synth", "paper"], help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        import torch
+        torch.set_num_threads(a.threads)
+        return child(a.child, a.train, a.infer)
+    rows = {}
+    for variant in ("paper", "s3synth"):
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        p = subprocess.run([sys.executable, __file__, "--child", variant, "--train", str(a.train),
+                            "--infer", str(a.infer), "--threads", str(a.threads)],
+                           capture_output=True, text=True, env=env)
+        line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+        if p.returncode or not line:
+            sys.exit(f"{variant} failed:\n{p.stderr[-2000:]}")
+        rows[variant] = json.loads(line[0][7:])
+    print(f"RTE pairs: train {a.train} (1 epoch), predict {a.infer}; MiniLM-L6; torch threads {a.threads}")
+    print(f"{'variant':<26} {'train ex/s':>10} {'infer ex/s':>10} {'train GFLOP/s':>14} {'infer GFLOP/s':>14} "
+          f"{'peak RSS MB':>12}")
+    for v, r in rows.items():
+        name = "paper-style (pad 512, bs 8)" if v == "paper" else "s3synth (dynamic, bs 16)"
+        tr, inf = r["n_train"] / r["train_s"], r["n_infer"] / r["infer_s"]
+        gtr = 6 * r["params"] * r["train_tokens"] / r["train_s"] / 1e9
+        ginf = 2 * r["params"] * r["infer_tokens"] / r["infer_s"] / 1e9
+        print(f"{name:<26} {tr:>10.1f} {inf:>10.1f} {gtr:>14.1f} {ginf:>14.1f} {r['peak_rss_mb']:>12.0f}")
+    p, s = rows["paper"], rows["s3synth"]
+    print(f"speed-up of s3synth: training {p['train_s'] / s['train_s']:.1f}x, inference {p['infer_s'] / s['infer_s']:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
