@@ -36,6 +36,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"            # auto | cpu | cuda
     bf16: bool = True               # bf16 autocast, used on a GPU only
+    compile: bool = False           # torch.compile the training forward pass (GPU only; slow first steps)
     max_train_examples: int | None = None  # cap on training examples (None = all)
 
     def __post_init__(self):

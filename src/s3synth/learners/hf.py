@@ -260,6 +260,7 @@ class HFLearner(Learner):
             torch.cuda.manual_seed_all(cfg.seed)
         rng = random.Random(cfg.seed)
         self.model = self._load_model(self.model_path)
+        fwd = torch.compile(self.model) if (cfg.compile and self.device == "cuda") else self.model
         feats, targets = self._train_features(train)
         lengths = [len(f["input_ids"]) for f in feats]
         steps_per_epoch = math.ceil(len(feats) / cfg.batch_size)
@@ -282,7 +283,7 @@ class HFLearner(Learner):
                 for idx in length_grouped_batches(lengths, cfg.batch_size, rng):
                     batch = self._collate([feats[i] for i in idx], targets)
                     with self._autocast():
-                        loss = self.model(**batch).loss
+                        loss = fwd(**batch).loss
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
                     opt.step()

@@ -63,6 +63,7 @@ class TokenBucket:
         self.capacity = max(1.0, self.rate)
         self.level = self.capacity
         self.stamp = time.monotonic()
+        self.waits = 0              # how often a take had to sleep (for tests and diagnostics)
         self._lock: asyncio.Lock | None = None
         self._loop = None
 
@@ -78,6 +79,7 @@ class TokenBucket:
                 self.stamp = now
                 if self.level >= need:
                     break
+                self.waits += 1
                 await asyncio.sleep((need - self.level) / self.rate)
             self.level -= n
 
