@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from .errors import S3Error
 
 BALANCE_MODES = ("fill", "cap", "none")
+METHODS = ("s3", "zerogen", "goldgen", "seed-only", "gold")
 
 
 @dataclass
@@ -19,6 +20,9 @@ class RunConfig:
     llm: str = "embedded"
     learner: str = "minilm"
     learner_path: str | None = None
+    method: str = "s3"              # s3 | zerogen | goldgen | seed-only | gold (the paper's baselines)
+    size: int | None = None         # zerogen / seed-only: synthetic examples to keep (default: --seed-size)
+    cache_path: str | None = None   # LLM cache file (default: DIR/llm_cache.sqlite; `bench` shares one)
     seed_size: int = 200            # seed examples kept (rejected answers are replaced)
     rounds: int = 2                 # error-extrapolation rounds (the paper: 2)
     seed: int = 0
@@ -32,6 +36,8 @@ class RunConfig:
     top_p: float = 0.95
     extrapolate_attempts: int = 2   # LLM calls per error at most (a rejected answer is asked again)
     contexts: str | None = None     # pair/QA: context pool file (default: the gold eval's contexts)
+    drop_leaks: bool = False        # drop synthetic examples flagged as copies of gold-eval ones (always counted)
+    dedup: bool = False             # drop near-duplicate generations (always counted)
     # LLM connection (openai:)
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
@@ -47,6 +53,10 @@ class RunConfig:
     def __post_init__(self):
         def bad(name, why):
             raise S3Error(f"--{name.replace('_', '-')} {getattr(self, name)!r}: {why}")
+        if self.method not in METHODS:
+            bad("method", f"must be one of {', '.join(METHODS)}")
+        if self.size is not None and self.size < 1:
+            bad("size", "must be >= 1")
         if self.seed_size < 1:
             bad("seed_size", "must be >= 1")
         if self.rounds < 0:

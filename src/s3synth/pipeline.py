@@ -112,6 +112,12 @@ class S3:
         if cfg.contexts:
             self.input_hashes["contexts"] = file_sha256(cfg.contexts)
 
+    def _usage(self, before: dict | None = None) -> dict:
+        """LLM requests and tokens served since `before` (a snapshot from `_usage()`), cached or new."""
+        now = self.llm.stats.to_dict()
+        keys = ("requests", "calls", "used_prompt_tokens", "used_completion_tokens")
+        return {k: now[k] - (before or {}).get(k, 0) for k in keys}
+
     def _new_learner(self):
         from .learners import make_learner
         return make_learner(self.cfg.learner, self.task, self.train_config, model_path=self.cfg.learner_path)
@@ -124,7 +130,7 @@ class S3:
         self.rd = rd
         try:
             from .llm.cache import LLMCache
-            self.llm.cache = LLMCache(rd / "llm_cache.sqlite")
+            self.llm.cache = LLMCache(self.cfg.cache_path or (rd / "llm_cache.sqlite"))
             return self._run(rd, t0)
         finally:
             inv = rd.manifest["invocations"]
@@ -146,7 +152,7 @@ class S3:
         m.update({
             "versions": versions(), "seed": cfg.seed, "task": task.name, "task_source": task.source,
             "llm": {**m.get("llm", {}), "name": self.llm.name, "identity": self.llm.identity()},
-            "prompt_style": self.style,
+            "prompt_style": self.style, "method": cfg.method,
             "inputs": {k: {"path": str(getattr(cfg, k)), "sha256": v} for k, v in self.input_hashes.items()},
             "split": {"gold_eval": len(self.gold), "mining": len(self.mining), "holdout": len(self.holdout),
                       "demos": [d.id for d in self.demos], "test": len(self.test) if self.test else 0},
@@ -157,17 +163,35 @@ class S3:
         base_fp = fingerprint(task.source, task.name, repr(task.prompts), self.input_hashes, cfg.max_gold_eval,
                               cfg.seed, cfg.holdout_frac, self.llm.identity(), self.style, cfg.temperature,
                               cfg.top_p)
-        rationales = self._rationales(rd, base_fp)
-        seed_fp = fingerprint(base_fp, cfg.seed_size, rationales)
-        seed = self._seed(rd, seed_fp, rationales)
+        method = cfg.method
+        rationales = self._rationales(rd, base_fp) if method in ("s3", "seed-only", "goldgen") else None
+        if method == "gold":        # the real gold-eval data itself (minus the held-out slice)
+            held = {ex.id for ex in self.holdout}
+            seed = [ex for ex in self.gold if ex.id not in held]
+            seed_fp = fingerprint(base_fp, "gold")
+        elif method == "zerogen":   # one fixed task prompt per label, no rationales, no feedback
+            n = cfg.size or cfg.seed_size
+            seed_fp = fingerprint(base_fp, "zerogen", n)
+            seed = self._seed(rd, seed_fp, None, n=n, stage="zerogen")
+        else:
+            n = (cfg.size or cfg.seed_size) if method == "seed-only" else cfg.seed_size
+            seed_fp = fingerprint(base_fp, n, rationales)
+            seed = self._seed(rd, seed_fp, rationales, n=n)
 
         added: list[Example] = []
         rounds_out, prev_fp, prev_sel = [], seed_fp, None
         stop_reason = f"completed {cfg.rounds} round(s)"
         learn_fp = fingerprint(cfg.learner, cfg.learner_path, self.train_config.to_dict(), cfg.balance,
-                               cfg.extrapolate_attempts, cfg.max_test, self.input_hashes.get("test"))
+                               cfg.extrapolate_attempts, cfg.max_test, self.input_hashes.get("test"),
+                               *self._screen_key())
         extrapolated_last = True
-        for q in range(1, cfg.rounds + 1):
+        n_rounds = cfg.rounds if method == "s3" else 0
+        if method == "goldgen":     # extrapolate every mining example once, not only the errors
+            added = self._goldgen(rd, fingerprint(seed_fp, learn_fp, "goldgen"))
+            prev_fp = fingerprint(seed_fp, "goldgen", len(added))
+        if method != "s3":
+            stop_reason = f"method {method}: no error-extrapolation rounds"
+        for q in range(1, n_rounds + 1):
             fp = fingerprint(prev_fp, learn_fp, q)
             res = self._train_round(rd, q, fp, seed + added)
             sel = res["holdout"][res["selection_metric"]] if res.get("holdout") else None
@@ -181,7 +205,7 @@ class S3:
                 stop_reason = f"stopped in round {q}: no errors left on the gold eval mining set"
                 extrapolated_last = False
                 break
-            new = self._extrapolate_round(rd, q, fp)
+            new = self._extrapolate_round(rd, q, fp, seed + added)
             rounds_out[-1] = read_json(rd / f"round-{q}/metrics.json")
             added += new
             prev_fp, prev_sel = fingerprint(fp, "added", len(new)), sel
@@ -190,7 +214,8 @@ class S3:
 
         final = self._final(rd, fingerprint(prev_fp, learn_fp, "final", extrapolated_last), seed + added,
                             reuse=not extrapolated_last and rounds_out)
-        result = {"task": task.name, "out": str(rd.path), "seed_size": len(seed), "added": len(added),
+        result = {"task": task.name, "method": method, "out": str(rd.path), "seed_size": len(seed),
+                  "added": len(added),
                   "rounds": [{k: r.get(k) for k in ("round", "train_size", "holdout", "test", "errors", "added",
                                                      "added_label_counts")} for r in rounds_out],
                   "final": final, "stop_reason": stop_reason, "headline_metric": headline_metric(task)}
@@ -200,6 +225,7 @@ class S3:
         m["llm"]["spent_total"] = self.llm.cache.spent()
         m["result"] = {"final_test": final.get("test"), "seed_size": len(seed), "added": len(added)}
         rd.save_manifest()
+        self._write_report(rd)
         return result
 
     # ------------------------------------------------------------------ stages
@@ -209,33 +235,71 @@ class S3:
         if rd.stage_done("rationales", fp, "rationales.json"):
             return read_json(rd / "rationales.json")
         info("stage: rationales")
-        t = time.time()
+        t, u = time.time(), self._usage()
         rat = self.synth.rationales()
         empty = [lab for lab, v in rat.items() if not v]
         write_json(rd / "rationales.json", rat)
         rd.manifest["synthesis"]["rationale"] = self.synth.reports["rationale"].to_dict()
-        rd.mark("rationales", fp, time.time() - t, per_label={k: len(v) for k, v in rat.items()})
+        rd.mark("rationales", fp, time.time() - t, per_label={k: len(v) for k, v in rat.items()}, llm=self._usage(u))
         if empty:
             info(f"warning: no usable rationales for {', '.join(empty)}; its seed prompts go without reasons")
         return rat
 
-    def _seed(self, rd: RunDir, fp: str, rationales: dict | None) -> list[Example]:
+    def _seed(self, rd: RunDir, fp: str, rationales: dict | None, n: int, stage: str = "seed") -> list[Example]:
+        fp = fingerprint(fp, *self._screen_key()) if self._screen_key() else fp
         if rd.stage_done("seed", fp, "seed.jsonl"):
             return _examples_in(rd / "seed.jsonl")
-        info(f"stage: seed ({self.cfg.seed_size} examples, {self.style} prompts)")
-        t = time.time()
+        if self.task.stage(stage) is None:
+            raise S3Error(f"task {self.task.name} has no '{stage}' prompt; add prompts.{stage} to the task file")
+        info(f"stage: {stage} ({n} examples, {'completion' if stage == 'zerogen' else self.style} prompts)")
+        t, u = time.time(), self._usage()
         self.builder.demos["seed"] = [self._demo_fields("seed", d, rationales) for d in self.demos]
-        seed = self.synth.seed_examples(self.cfg.seed_size, rationales=rationales, contexts=self.contexts)
+        seed = self.synth.seed_examples(n, rationales=rationales, contexts=self.contexts, stage=stage)
         for i, ex in enumerate(seed):
             ex.id = f"seed-{i}"
         if not seed:
             raise S3Error("the LLM produced no usable seed example; see manifest.json 'synthesis' for the "
                           "reject reasons, or try --prompt-style paper/fewshot")
+        seed, _ = self._screen(rd, "seed", seed)
+        if not seed:
+            raise S3Error("--drop-leaks/--dedup dropped every seed example; see seed_dropped.jsonl")
         write_jsonl(rd / "seed.jsonl", _examples_out(seed))
-        rd.manifest["synthesis"]["seed"] = self.synth.reports["seed"].to_dict()
+        rd.manifest["synthesis"][stage] = self.synth.reports[stage].to_dict()
         rd.manifest["seed_label_counts"] = label_counts(seed)
-        rd.mark("seed", fp, time.time() - t, examples=len(seed))
+        rd.mark("seed", fp, time.time() - t, examples=len(seed), llm=self._usage(u))
         return seed
+
+    def _screen_key(self) -> list:
+        """Fingerprint part for --drop-leaks/--dedup (empty when both are off, so older runs still resume)."""
+        return [("screen", self.cfg.drop_leaks, self.cfg.dedup)] if (self.cfg.drop_leaks or self.cfg.dedup) else []
+
+    def _screen(self, rd: RunDir, stage: str, examples: list[Example], prior: Sequence[Example] = ()
+                ) -> tuple[list[Example], dict]:
+        """Flag leaks (n-gram overlap with the gold eval) and duplicates; record the counts in the manifest,
+        drop them under --drop-leaks/--dedup (dropped rows go to seed_dropped.jsonl / round-K/dropped.jsonl)."""
+        from .analysis import LeakGuard, screen
+
+        if getattr(self, "_guard", None) is None:
+            self._guard = LeakGuard(self.gold)
+        kept, dropped, leak, dup = screen(examples, self._guard, prior, drop_leaks=self.cfg.drop_leaks,
+                                          dedup=self.cfg.dedup)
+        write_jsonl(rd / ("seed_dropped.jsonl" if stage == "seed" else f"{stage}/dropped.jsonl"), dropped)
+        for key, summary in (("leakage", leak), ("dedup", dup)):
+            rd.manifest.setdefault(key, {})[stage] = {k: v for k, v in summary.items() if not k.endswith("_ids")}
+        if leak["flagged"] or dup["duplicates"]:
+            info(f"{stage}: {leak['flagged']} of {len(examples)} flagged as gold-eval leaks, "
+                 f"{dup['duplicates']} duplicates; dropped {len(dropped)}")
+        return kept, {"leakage": leak, "dedup": dup}
+
+    def _write_report(self, rd: RunDir) -> None:
+        """DIR/report.html, report.md and dataset_card.md; a failure here only warns."""
+        try:
+            from .report import write_report
+
+            learner = self._last_model[1] if self._last_model else None
+            write_report(rd.path, embed=getattr(learner, "embed", None) or "minilm")
+        except Exception as e:  # the report is a by-product: never fail a finished run for it
+            info(f"warning: no report written ({type(e).__name__}: {e}); try `s3synth report {rd.path}`")
 
     def _demo_fields(self, stage: str, ex: Example, rationales: dict | None) -> dict:
         import random
@@ -255,6 +319,23 @@ class S3:
         f = self.builder.fields(stage, text=d.get("text", ""), context=ctx, answer=ans, label=d.get("label"),
                                 new_text=d.get("new_text", ""))
         return f
+
+    def _goldgen(self, rd: RunDir, fp: str) -> list[Example]:
+        if rd.stage_done("goldgen", fp, "round-1/added.jsonl"):
+            return _examples_in(rd / "round-1/added.jsonl")
+        info(f"stage: goldgen: extrapolate all {len(self.mining)} gold eval examples")
+        t, u = time.time(), self._usage()
+        self._extrapolate_demos()
+        added = self.synth.extrapolate(self.mining, 1, attempts=self.cfg.extrapolate_attempts)
+        write_jsonl(rd / "round-1/added.jsonl", _examples_out(added))
+        rd.manifest["synthesis"]["goldgen"] = self.synth.reports["extrapolate-round-1"].to_dict()
+        rd.mark("goldgen", fp, time.time() - t, added=len(added), llm=self._usage(u))
+        return added
+
+    def _extrapolate_demos(self) -> None:
+        sp = self.task.stage("extrapolate")
+        if "extrapolate" not in self.builder.demos and sp.fewshot and sp.fewshot.demos:
+            self.builder.demos["extrapolate"] = [self._handwritten_fields("extrapolate", d) for d in sp.fewshot.demos]
 
     def _train_round(self, rd: RunDir, q: int, fp: str, train: list[Example]) -> dict:
         name = f"round-{q}"
@@ -288,27 +369,24 @@ class S3:
         self._print_round(res)
         return res
 
-    def _extrapolate_round(self, rd: RunDir, q: int, fp: str) -> list[Example]:
+    def _extrapolate_round(self, rd: RunDir, q: int, fp: str, prior: list[Example] = ()) -> list[Example]:
         name = f"round-{q}"
         if rd.stage_done(f"{name}/extrapolate", fp, f"{name}/added.jsonl"):
             return _examples_in(rd / f"{name}/added.jsonl")
         sources = _examples_in(rd / f"{name}/sources.jsonl")
         info(f"stage: round {q}: extrapolate {len(sources)} gold eval examples")
-        t = time.time()
-        if "extrapolate" not in self.builder.demos:
-            sp = self.task.stage("extrapolate")
-            if sp.fewshot and sp.fewshot.demos:
-                self.builder.demos["extrapolate"] = [self._handwritten_fields("extrapolate", d)
-                                                     for d in sp.fewshot.demos]
+        t, u = time.time(), self._usage()
+        self._extrapolate_demos()
         added = self.synth.extrapolate(sources, q, attempts=self.cfg.extrapolate_attempts)
+        added, screened = self._screen(rd, name, added, prior)
         write_jsonl(rd / f"{name}/added.jsonl", _examples_out(added))
         res = read_json(rd / f"{name}/metrics.json")
-        res.update({"added": len(added), "added_label_counts": label_counts(added),
+        res.update({"added": len(added), "added_label_counts": label_counts(added), **screened,
                     "seconds_extrapolate": round(time.time() - t, 2),
                     "synthesis": self.synth.reports[f"extrapolate-round-{q}"].to_dict()})
         write_json(rd / f"{name}/metrics.json", res)
         rd.manifest["synthesis"][f"extrapolate-round-{q}"] = res["synthesis"]
-        rd.mark(f"{name}/extrapolate", fp, time.time() - t, added=len(added))
+        rd.mark(f"{name}/extrapolate", fp, time.time() - t, added=len(added), llm=self._usage(u))
         return added
 
     def _final(self, rd: RunDir, fp: str, train: list[Example], reuse) -> dict:

@@ -105,6 +105,9 @@ class PromptBuilder:
 
     def build(self, stage: str, fields: dict, sample_index: int) -> Request:
         sp = self.task.stage(stage)
+        if stage == "zerogen":   # ZeroGen's prompts are plain completions that open a quote
+            return Request(prompt=sp.paper.format_map(fields), params=self.params(sp, False),
+                           sample_index=sample_index)
         style = self.stage_style(stage)
         if style == "paper":
             return Request(messages=(("user", sp.paper.format_map(fields)),), params=self.params(sp, True),

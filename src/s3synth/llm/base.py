@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
@@ -49,6 +50,12 @@ class Request:
                 "params": asdict(self.params), "sample_index": self.sample_index}
 
 
+def estimate_prompt_tokens(request: Request) -> int:
+    """Rough prompt size before a call: ceil(chars / 4) of the prompt or the joined message contents."""
+    text = request.prompt if request.prompt is not None else "\n".join(str(c) for _, c in request.messages)
+    return math.ceil(len(text) / 4)
+
+
 @dataclass
 class Completion:
     text: str
@@ -67,6 +74,8 @@ class LLMStats:
     failures: int = 0
     prompt_tokens: int = 0   # new tokens paid in this process
     completion_tokens: int = 0
+    used_prompt_tokens: int = 0      # tokens of every answer served (cached or new): what a method uses
+    used_completion_tokens: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -83,6 +92,19 @@ class Budget:
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.price_in + completion_tokens * self.price_out) / 1e6
+
+    def allows(self, prompt_tokens: int, completion_tokens: int) -> bool:
+        """True when this total spend stays within every limit."""
+        return ((self.max_tokens is None or prompt_tokens + completion_tokens <= self.max_tokens) and
+                (self.max_cost is None or self.cost(prompt_tokens, completion_tokens) <= self.max_cost))
+
+    def describe(self, spent: dict) -> str:
+        """Example: "9,950 of 10,000 tokens" (and the money when a cost budget is set)."""
+        pt, ct = spent["prompt_tokens"], spent["completion_tokens"]
+        parts = [f"{pt + ct:,} of {self.max_tokens:,} tokens"] if self.max_tokens is not None else []
+        if self.max_cost is not None:
+            parts.append(f"{self.cost(pt, ct):.4f} of {self.max_cost} in money")
+        return ", ".join(parts)
 
     def exceeded(self, spent: dict) -> str | None:
         total = spent["prompt_tokens"] + spent["completion_tokens"]
@@ -164,6 +186,8 @@ class LLM(ABC):
                                     completion_tokens=f["completion_tokens"], finish_reason=f["finish_reason"],
                                     cached=True)
                 self.stats.cache_hits += 1
+                self.stats.used_prompt_tokens += f["prompt_tokens"]
+                self.stats.used_completion_tokens += f["completion_tokens"]
             elif k in seen:       # the same request twice in one call: answer once
                 continue
             else:
@@ -172,9 +196,11 @@ class LLM(ABC):
         if todo and self.cache_mode == "only":
             raise LLMError(f"--cache-only: {len(todo)} of {len(requests)} answers for '{desc}' are not in the cache")
         with bar(len(todo), desc, "req") as b:
-            for start in range(0, len(todo), self.batch_size):
-                self._check_budget()
-                idx = todo[start:start + self.batch_size]
+            start = 0
+            while start < len(todo):
+                n = self._affordable([requests[i] for i in todo[start:start + self.batch_size]], use_cache)
+                idx = todo[start:start + n]
+                start += n
                 batch = [requests[i] for i in idx]
                 done: set[int] = set()
 
@@ -191,6 +217,8 @@ class LLM(ABC):
                     self.stats.calls += 1
                     self.stats.prompt_tokens += c.prompt_tokens
                     self.stats.completion_tokens += c.completion_tokens
+                    self.stats.used_prompt_tokens += c.prompt_tokens
+                    self.stats.used_completion_tokens += c.completion_tokens
                     if use_cache:   # committed at once: a killed run keeps every answer it received
                         self.cache.put_many([(keys[i], self.backend, self.model, requests[i].payload(), c.text,
                                               c.prompt_tokens, c.completion_tokens, c.finish_reason)])
@@ -212,9 +240,32 @@ class LLM(ABC):
                                     cached=True, error=src.error)
         return out  # type: ignore[return-value]
 
-    def _check_budget(self) -> None:
-        if self.cache is None or (self.budget.max_tokens is None and self.budget.max_cost is None):
-            return
-        why = self.budget.exceeded(self.cache.spent())
+    def _affordable(self, batch: Sequence[Request], use_cache: bool) -> int:
+        """How many requests of `batch` to send now: all of them without a budget; with one, those whose
+        worst case (estimated prompt tokens + max_tokens) still fits what is left. Raises BudgetExceeded
+        when the budget is reached or not even the next request fits. Spend is the run directory's cache
+        (this process's answers with --no-cache), so a run overshoots only where a server counts more
+        prompt tokens than `estimate_prompt_tokens` guessed, within one batch."""
+        b = self.budget
+        if b.max_tokens is None and b.max_cost is None:
+            return len(batch)
+        if use_cache and self.cache is not None:
+            spent = self.cache.spent()
+        else:
+            spent = {"prompt_tokens": self.stats.prompt_tokens, "completion_tokens": self.stats.completion_tokens}
+        why = b.exceeded(spent)
         if why:
             raise BudgetExceeded(f"{why}; everything so far is saved - run again with a larger budget to go on")
+        pt, ct, n = spent["prompt_tokens"], spent["completion_tokens"], 0
+        for r in batch:
+            pt, ct = pt + estimate_prompt_tokens(r), ct + r.params.max_tokens
+            if not b.allows(pt, ct):
+                break
+            n += 1
+        if n == 0:
+            r = batch[0]
+            raise BudgetExceeded(
+                f"budget nearly reached ({b.describe(spent)}) and the next request may take up to "
+                f"{estimate_prompt_tokens(r) + r.params.max_tokens:,} tokens; everything so far is saved - "
+                "run again with a larger budget to go on")
+        return n

@@ -1,0 +1,117 @@
+"""`s3synth bench`: the paper's comparison (Table 2) on the user's own task, through one machinery.
+
+For every seed, S3 runs first (its final size sizes the baselines), then each baseline with the
+same LLM, learner, gold eval, test set and one shared LLM cache. Every run is an ordinary run
+directory under DIR, so the grid resumes like a single run does.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import replace
+from pathlib import Path
+
+from .config import METHODS, RunConfig
+from .errors import S3Error
+from .io import read_json, write_json, atomic_write_text
+from .metrics import headline_metric
+from .progress import info
+
+LABELS = {"s3": "S3", "zerogen": "ZeroGen", "goldgen": "GoldGen", "seed-only": "Seed only (w/o EES)",
+          "gold": "Gold data"}
+
+
+def run_bench(base: RunConfig, methods: list[str], seeds: list[int], out: str | Path, llm=None) -> dict:
+    """Run the grid; `llm` (optional) is an LLM object to use instead of building one from `base.llm`."""
+    from .pipeline import S3
+    from .tasks import load_task
+
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise S3Error(f"--methods: unknown {', '.join(bad) or '(none given)'}; choose from {', '.join(METHODS)}")
+    if not seeds:
+        raise S3Error("--seeds must be >= 1")
+    task = load_task(base.task)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = str(out / "llm_cache.sqlite")
+    runs: list[dict] = []
+    for seed in seeds:
+        s3_dir = out / f"s3-seed{seed}"
+        info(f"bench: seed {seed}: s3")
+        s3_res = S3(replace(base, method="s3", seed=seed, cache_path=cache), llm=llm).run(s3_dir)
+        runs.append(_summary("s3", seed, s3_dir, s3_res))
+        for m in methods:
+            if m == "s3":
+                continue
+            kw = {"method": m, "seed": seed, "cache_path": cache}
+            if m in ("zerogen", "seed-only"):
+                kw["size"] = base.size or s3_res["final"]["train_size"]
+            info(f"bench: seed {seed}: {m}")
+            d = out / f"{m}-seed{seed}"
+            runs.append(_summary(m, seed, d, S3(replace(base, **kw), llm=llm).run(d)))
+    runs = [r for r in runs if r["method"] in methods]
+    table = aggregate(runs, methods, task.kind)
+    result = {"task": task.name, "metric": headline_metric(task), "seeds": seeds, "methods": methods,
+              "runs": runs, "table": table}
+    write_json(out / "bench.json", result)
+    atomic_write_text(out / "bench.md", to_markdown(result))
+    return result
+
+
+def _summary(method: str, seed: int, d: Path, res: dict) -> dict:
+    m = read_json(d / "manifest.json")
+    usage = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
+    for st in m["stages"].values():
+        u = st.get("llm") or {}
+        usage["requests"] += u.get("requests", 0)
+        usage["prompt_tokens"] += u.get("used_prompt_tokens", 0)
+        usage["completion_tokens"] += u.get("used_completion_tokens", 0)
+    test = res["final"].get("test") or {}
+    return {"method": method, "seed": seed, "dir": str(d), "size": res["final"]["train_size"], "test": test,
+            "pred_share": test.get("pred_share"), "llm": usage}
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    return (statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0) if xs else (float("nan"), 0.0)
+
+
+def aggregate(runs: list[dict], methods: list[str], kind: str) -> list[dict]:
+    keys = ("exact_match", "f1") if kind == "qa" else ("accuracy", "macro_f1")
+    rows = []
+    for m in methods:
+        rs = [r for r in runs if r["method"] == m]
+        if not rs:
+            continue
+        row = {"method": m, "runs": len(rs), "size": statistics.mean(r["size"] for r in rs),
+               "llm_requests": statistics.mean(r["llm"]["requests"] for r in rs),
+               "llm_tokens": statistics.mean(r["llm"]["prompt_tokens"] + r["llm"]["completion_tokens"] for r in rs)}
+        for k in keys:
+            vals = [r["test"][k] for r in rs if k in r["test"]]
+            row[k], row[k + "_std"] = _mean_std(vals)
+        if kind != "qa":
+            labels = sorted({lab for r in rs for lab in (r["pred_share"] or {})})
+            row["pred_share"] = {lab: statistics.mean((r["pred_share"] or {}).get(lab, 0.0) for r in rs)
+                                 for lab in labels}
+        rows.append(row)
+    return rows
+
+
+def to_markdown(result: dict) -> str:
+    qa = any("exact_match" in r for r in result["table"])
+    head = "| method | size | EM | F1 | LLM requests | LLM tokens |" if qa else \
+        "| method | size | accuracy | macro-F1 | test predictions per class | LLM requests | LLM tokens |"
+    lines = [f"# s3synth bench: {result['task']}", "",
+             f"Mean ± standard deviation over seeds {result['seeds']} (test set; percentages).", "", head,
+             "|" + "---|" * (head.count("|") - 1)]
+    for r in result["table"]:
+        name = LABELS.get(r["method"], r["method"])
+        if qa:
+            lines.append(f"| {name} | {r['size']:.0f} | {100 * r['exact_match']:.1f} ± {100 * r['exact_match_std']:.1f} "
+                         f"| {100 * r['f1']:.1f} ± {100 * r['f1_std']:.1f} | {r['llm_requests']:.0f} | {r['llm_tokens']:.0f} |")
+        else:
+            share = ", ".join(f"{k} {100 * v:.0f}%" for k, v in r.get("pred_share", {}).items())
+            lines.append(f"| {name} | {r['size']:.0f} | {100 * r['accuracy']:.1f} ± {100 * r['accuracy_std']:.1f} "
+                         f"| {100 * r['macro_f1']:.1f} ± {100 * r['macro_f1_std']:.1f} | {share} "
+                         f"| {r['llm_requests']:.0f} | {r['llm_tokens']:.0f} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,54 @@
+"""Baselines through the same machinery, and the bench grid (queued fake LLM, fast learner)."""
+
+from conftest import QueuedLLM
+from test_pipeline import fake_answer, tiny_data
+
+from s3synth.bench import run_bench
+from s3synth.config import RunConfig
+from s3synth.io import read_json, read_jsonl
+from s3synth.pipeline import S3
+
+
+def test_each_baseline(tmp_path):
+    gold, test = tiny_data(tmp_path, "rte", n=40)
+    base = dict(task="rte", gold_eval=str(gold), test=str(test), learner="fast", seed_size=12, rounds=1)
+    llm = QueuedLLM(fake_answer("rte"))
+    z = S3(RunConfig(method="zerogen", size=10, **base), llm=llm).run(tmp_path / "zerogen")
+    assert z["final"]["train_size"] == 10 and z["added"] == 0
+    zs = read_jsonl(tmp_path / "zerogen" / "seed.jsonl")
+    assert all(r["meta"]["stage"] == "zerogen" for r in zs)
+    last = llm.seen[-1].prompt                 # ZeroGen's completion prompt, not a chat message
+    assert last is not None and last.endswith(('definitely correct: "', 'definitely wrong: "'))
+    g = S3(RunConfig(method="gold", **base), llm=llm).run(tmp_path / "gold")
+    m = read_json(tmp_path / "gold" / "manifest.json")
+    assert g["final"]["train_size"] == m["split"]["gold_eval"] - m["split"]["holdout"] == 32 - 10
+    n_seen = len(llm.seen)
+    gg = S3(RunConfig(method="goldgen", **base), llm=llm).run(tmp_path / "goldgen")
+    mg = read_json(tmp_path / "goldgen" / "manifest.json")
+    added = read_jsonl(tmp_path / "goldgen" / "round-1" / "added.jsonl")
+    assert gg["added"] == len(added) > 0 and gg["final"]["train_size"] == 12 + len(added)
+    assert {a["meta"]["source_id"] for a in added} <= {f"gold-{i}" for i in range(1, 33)}
+    assert mg["synthesis"]["goldgen"]["requested"] >= mg["split"]["mining"]
+    assert len(llm.seen) > n_seen
+    so = S3(RunConfig(method="seed-only", size=15, **base), llm=llm).run(tmp_path / "seed-only")
+    assert so["final"]["train_size"] == 15 and so["rounds"] == []
+
+
+def test_bench_grid_table(tmp_path):
+    gold, test = tiny_data(tmp_path, "imdb", n=48)
+    base = RunConfig(task="imdb", gold_eval=str(gold), test=str(test), learner="fast", seed_size=16, rounds=1)
+    res = run_bench(base, ["s3", "zerogen", "seed-only", "gold"], [0, 1], tmp_path / "bench",
+                    llm=QueuedLLM(fake_answer("imdb")))
+    runs = {(r["method"], r["seed"]): r for r in res["runs"]}
+    assert set(runs) == {(m, s) for m in ("s3", "zerogen", "seed-only", "gold") for s in (0, 1)}
+    for s in (0, 1):   # baselines are sized to S3's final size for the same seed
+        assert runs[("zerogen", s)]["size"] == runs[("seed-only", s)]["size"] == runs[("s3", s)]["size"]
+        assert runs[("gold", s)]["llm"]["requests"] == 0 and runs[("s3", s)]["llm"]["requests"] > 0
+    rows = {r["method"]: r for r in res["table"]}
+    accs = [runs[("s3", s)]["test"]["accuracy"] for s in (0, 1)]
+    assert rows["s3"]["accuracy"] == sum(accs) / 2 and rows["s3"]["runs"] == 2
+    md = (tmp_path / "bench" / "bench.md").read_text()
+    assert "| S3 |" in md and "| ZeroGen |" in md and "| Gold data |" in md
+    assert read_json(tmp_path / "bench" / "bench.json")["table"] == res["table"]
+    assert (tmp_path / "bench" / "llm_cache.sqlite").exists()
+    assert not (tmp_path / "bench" / "s3-seed0" / "llm_cache.sqlite").exists()   # one shared cache
