@@ -32,6 +32,10 @@ def test_each_baseline(tmp_path):
     assert len(llm.seen) > n_seen
     so = S3(RunConfig(method="seed-only", size=15, **base), llm=llm).run(tmp_path / "seed-only")
     assert so["final"]["train_size"] == 15 and so["rounds"] == []
+    zs3 = S3(RunConfig(method="zerogen-s3", **base), llm=llm).run(tmp_path / "zerogen-s3")   # Table 5: +synAdd
+    assert zs3["seed_size"] == 12 and len(zs3["rounds"]) == 1
+    assert all(r["meta"]["stage"] == "zerogen" for r in read_jsonl(tmp_path / "zerogen-s3" / "seed.jsonl"))
+    assert zs3["final"]["train_size"] == 12 + zs3["added"]
 
 
 def test_bench_grid_table(tmp_path):

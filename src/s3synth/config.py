@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from .errors import S3Error
 
 BALANCE_MODES = ("fill", "cap", "none")
-METHODS = ("s3", "zerogen", "goldgen", "seed-only", "gold")
+METHODS = ("s3", "zerogen", "goldgen", "seed-only", "gold", "zerogen-s3")
 
 
 @dataclass
@@ -20,7 +20,7 @@ class RunConfig:
     llm: str = "embedded"
     learner: str = "minilm"
     learner_path: str | None = None
-    method: str = "s3"              # s3 | zerogen | goldgen | seed-only | gold (the paper's baselines)
+    method: str = "s3"              # s3 | zerogen | goldgen | seed-only | gold | zerogen-s3 (Table 5: ZeroGen seed + S3)
     size: int | None = None         # zerogen / seed-only: synthetic examples to keep (default: --seed-size)
     cache_path: str | None = None   # LLM cache file (default: DIR/llm_cache.sqlite; `bench` shares one)
     seed_size: int = 200            # seed examples kept (rejected answers are replaced)

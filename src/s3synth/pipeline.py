@@ -169,8 +169,8 @@ class S3:
             held = {ex.id for ex in self.holdout}
             seed = [ex for ex in self.gold if ex.id not in held]
             seed_fp = fingerprint(base_fp, "gold")
-        elif method == "zerogen":   # one fixed task prompt per label, no rationales, no feedback
-            n = cfg.size or cfg.seed_size
+        elif method in ("zerogen", "zerogen-s3"):   # one fixed task prompt per label, no rationales, no feedback
+            n = (cfg.size or cfg.seed_size) if method == "zerogen" else cfg.seed_size
             seed_fp = fingerprint(base_fp, "zerogen", n)
             seed = self._seed(rd, seed_fp, None, n=n, stage="zerogen")
         else:
@@ -185,11 +185,11 @@ class S3:
                                cfg.extrapolate_attempts, cfg.max_test, self.input_hashes.get("test"),
                                *self._screen_key())
         extrapolated_last = True
-        n_rounds = cfg.rounds if method == "s3" else 0
+        n_rounds = cfg.rounds if method in ("s3", "zerogen-s3") else 0
         if method == "goldgen":     # extrapolate every mining example once, not only the errors
             added = self._goldgen(rd, fingerprint(seed_fp, learn_fp, "goldgen"))
             prev_fp = fingerprint(seed_fp, "goldgen", len(added))
-        if method != "s3":
+        if not n_rounds:
             stop_reason = f"method {method}: no error-extrapolation rounds"
         for q in range(1, n_rounds + 1):
             fp = fingerprint(prev_fp, learn_fp, q)
