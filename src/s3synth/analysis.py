@@ -7,8 +7,9 @@ Words are `prompts.normalize_words` tokens (lower-cased `\\w+` runs), so punctua
   the fast learner computes them), word-level edit distance (Levenshtein over words), and lengths in words.
   For pair and QA tasks x is the regenerated text (hypothesis / question), as in the paper.
 - Leakage (`LeakGuard`): a synthetic example is flagged when at least `LEAK_CONTAINMENT` of its word
-  `LEAK_NGRAM`-grams occur in one gold-eval text (a text shorter than n words: its whole word sequence
-  occurs in one), or, when an embedder is given, its cosine with some gold-eval text is >= `LEAK_COSINE`.
+  `LEAK_NGRAM`-grams occur in gold-eval texts, or at least that share of one gold-eval text's n-grams
+  occur in it (texts shorter than n words use their length as n), or, when an embedder is given, its
+  cosine with some gold-eval text is >= `LEAK_COSINE`.
   The cosine threshold is meant for MiniLM embeddings, on which paraphrases score about 0.7-0.9.
 - Duplicates (`find_duplicates`): within one label (and one context for pair/QA tasks), the same
   normalised text, or a Jaccard similarity of word `DUP_SHINGLE`-shingles >= `DUP_JACCARD`.
@@ -187,16 +188,21 @@ class _GramIndex:
 class LeakGuard:
     """Flags synthetic examples that copy gold-eval examples (see the module docstring).
 
-    Containment is the share of an example's word n-grams that occur in any gold-eval text (a
-    patchwork of several gold texts counts); a text shorter than n words uses its own length as n.
+    Containment is the larger of two shares: of the example's word n-grams found in any gold-eval text
+    (a patchwork of several counts), and of one gold-eval text's n-grams found in the example (a gold
+    text pasted into a longer one). A text shorter than n words uses its own length as n; texts shorter
+    than `MIN_GRAM` words are never matched (too short to call a copy).
     """
+
+    MIN_GRAM = 4
 
     def __init__(self, gold: Sequence[Example], *, n: int = LEAK_NGRAM, containment: float = LEAK_CONTAINMENT,
                  cosine: float = LEAK_COSINE, embed: Embedder | None = None):
         self.gold = list(gold)
         self.n, self.min_containment, self.min_cosine, self.embed = n, containment, cosine, embed
         self._words = [words(g.text) for g in self.gold]
-        self._index: dict[int, _GramIndex] = {}
+        self._index: dict[int, _GramIndex] = {}     # k -> k-grams of every gold text
+        self._own: dict[int, tuple[_GramIndex, list[int]]] | None = None   # k -> gold texts whose own n is k
         self._gold_emb: np.ndarray | None = None
 
     @property
@@ -204,19 +210,35 @@ class LeakGuard:
         return {"ngram": self.n, "containment": self.min_containment,
                 "cosine": self.min_cosine if self.embed is not None else None}
 
+    def _own_index(self) -> dict[int, tuple[_GramIndex, list[int]]]:
+        if self._own is None:
+            by_k: dict[int, list[int]] = {}
+            for gi, ws in enumerate(self._words):
+                if len(ws) >= self.MIN_GRAM:
+                    by_k.setdefault(min(self.n, len(ws)), []).append(gi)
+            self._own = {k: (_GramIndex([self._words[i] for i in ids], k), ids) for k, ids in by_k.items()}
+        return self._own
+
     def containment(self, text: str) -> tuple[float, str | None]:
+        """(containment, id of the gold text it overlaps most) for one text."""
         ws = words(text)
         k = min(self.n, len(ws))
-        if k == 0:
+        if k < self.MIN_GRAM:
             return 0.0, None
         if k not in self._index:
             self._index[k] = _GramIndex(self._words, k)
         grams = ngrams(ws, k)
         found, per = self._index[k].lookup(grams)
-        if not per:
-            return 0.0, None
-        gi = min(per, key=lambda i: (-per[i], i))
-        return found / len(grams), self.gold[gi].id
+        best, best_gi = (found / len(grams), min(per, key=lambda i: (-per[i], i))) if per else (0.0, None)
+        for gk, (index, ids) in self._own_index().items():     # gold text inside the example
+            if gk > len(ws):
+                continue
+            _, hits = index.lookup(ngrams(ws, gk))
+            for j, c in hits.items():
+                share = c / len(ngrams(self._words[ids[j]], gk))
+                if share > best or (share == best and best_gi is not None and ids[j] < best_gi):
+                    best, best_gi = share, ids[j]
+        return best, (self.gold[best_gi].id if best_gi is not None else None)
 
     def check(self, examples: Sequence[Example]) -> list[LeakResult]:
         out = []

@@ -8,6 +8,7 @@ re-run with a larger budget to go on), 130 interrupted (re-run the same command 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import traceback
 
@@ -70,49 +71,94 @@ def _learner_settings(epochs, lr, batch_size, max_length):
     return d
 
 
+def _run_option_list(out_required: bool) -> list:
+    return [
+        click.option("--task", "task_name", required=True, help="Built-in task (see `s3synth tasks`) or a task YAML/TOML file."),
+        click.option("--gold-eval", required=True, type=click.Path(), help="Real labelled examples (JSONL, CSV or Parquet) whose errors are extrapolated."),
+        click.option("--test", type=click.Path(), help="Real test set for the reported metrics (never used for choices)."),
+        click.option("--llm", default="embedded", show_default=True, help="embedded | openai:MODEL | any registered BACKEND:MODEL."),
+        click.option("--learner", default="minilm", show_default=True, help="minilm | distilbert | hf:PATH | fast."),
+        click.option("--learner-path", type=click.Path(), help="Weights folder for --learner distilbert (the paper's model)."),
+        click.option("--seed-size", default=200, show_default=True, type=int, help="Seed examples to keep."),
+        click.option("--rounds", default=2, show_default=True, type=int, help="Error-extrapolation rounds (the paper: 2)."),
+        click.option("--out", required=out_required, type=click.Path(), help="Run directory; re-run the same command to resume."),
+        click.option("--seed", default=0, show_default=True, type=int, help="Random seed for sampling, splits and training."),
+        click.option("--max-gold-eval", type=int, help="Use a random subsample of this many gold eval examples."),
+        click.option("--max-test", type=int, help="Use a random subsample of this many test examples."),
+        click.option("--holdout-frac", default=0.3, show_default=True, type=float,
+                     help="Share of gold eval kept out of error mining, used to pick epochs and to stop."),
+        click.option("--min-gain", default=0.0, show_default=True, type=float,
+                     help="Stop when the held-out metric gains less than this over the previous round."),
+        click.option("--balance", default="fill", show_default=True, type=click.Choice(["fill", "cap", "none"]),
+                     help="Label balance of each round's added data (none = the paper)."),
+        click.option("--prompt-style", default="auto", show_default=True, type=click.Choice(["auto", "paper", "fewshot"]),
+                     help="auto: few-shot completion prompts for the embedded model, the paper's templates otherwise."),
+        click.option("--contexts", type=click.Path(), help="Pair/QA tasks: premises/contexts to write for (default: the gold eval's)."),
+        click.option("--drop-leaks", is_flag=True,
+                     help="Drop synthetic examples copying a gold-eval one (8-gram containment >= 0.5); always counted."),
+        click.option("--dedup", is_flag=True, help="Drop near-duplicate generations (same label, 3-word-shingle Jaccard >= 0.9)."),
+        click.option("--temperature", default=0.8, show_default=True, type=float),
+        click.option("--top-p", default=0.95, show_default=True, type=float),
+        click.option("--base-url", help="openai: server URL, e.g. http://localhost:8000/v1."),
+        click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True, help="Environment variable holding the API key."),
+        click.option("--concurrency", default=8, show_default=True, type=int, help="openai: requests in flight."),
+        click.option("--max-tokens", "budget_tokens", type=int, help="Hard budget: LLM tokens over the whole run directory."),
+        click.option("--max-cost", type=float, help="Hard budget in money (needs --price-in/--price-out)."),
+        click.option("--price-in", default=0.0, type=float, help="Price per million prompt tokens."),
+        click.option("--price-out", default=0.0, type=float, help="Price per million completion tokens."),
+        click.option("--no-cache", is_flag=True, help="Do not read or write the LLM answer cache."),
+        click.option("--cache-only", is_flag=True, help="Fail instead of calling the LLM for an answer not in the cache."),
+        click.option("--epochs", type=int, help="Learner epochs (default 6)."),
+        click.option("--lr", type=float, help="Learner peak learning rate (default 5e-5)."),
+        click.option("--batch-size", type=int, help="Learner batch size (default 8)."),
+        click.option("--max-length", type=int, help="Learner tokens per input (default: the task's)."),
+        click.option("-q", "--quiet", is_flag=True, help="No progress bars or status lines."),
+        click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors."),
+    ]
+
+
+def run_options(out_required: bool = True):
+    """Decorator: the options of `run`, shared with `estimate` (which does not need --out)."""
+    def deco(f):
+        for opt in reversed(_run_option_list(out_required)):
+            f = opt(f)
+        return f
+    return deco
+
+
+def config_from_options(o: dict):
+    """The RunConfig for the `run` options `o`: options named like a RunConfig field go straight in."""
+    from dataclasses import fields
+
+    from .config import RunConfig
+
+    if o.get("cache_only") and o.get("no_cache"):
+        raise S3Error("--no-cache and --cache-only exclude each other")
+    if o.get("budget_tokens") is not None and o["budget_tokens"] < 1:
+        raise S3Error(f"--max-tokens {o['budget_tokens']}: must be >= 1")
+    if (o.get("price_in") or 0) < 0 or (o.get("price_out") or 0) < 0:
+        raise S3Error("--price-in and --price-out must be >= 0")
+    if o.get("max_cost") is not None:
+        if o["max_cost"] <= 0:
+            raise S3Error(f"--max-cost {o['max_cost']}: must be > 0")
+        if not (o.get("price_in") or o.get("price_out")):
+            raise S3Error("--max-cost needs --price-in and/or --price-out (money per million tokens)")
+    env = o.get("api_key_env")
+    if env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", env):     # never echo it: it may be the key itself
+        raise S3Error("--api-key-env takes the NAME of an environment variable holding the key "
+                      "(e.g. OPENAI_API_KEY), not the key")
+    names = {f.name for f in fields(RunConfig)}
+    kw = {k: v for k, v in o.items() if k in names}
+    kw.update(task=o["task_name"], max_tokens=o.get("budget_tokens"),
+              cache_mode="off" if o.get("no_cache") else ("only" if o.get("cache_only") else "use"),
+              learner_settings=_learner_settings(o.get("epochs"), o.get("lr"), o.get("batch_size"),
+                                                 o.get("max_length")))
+    return RunConfig(**kw)
+
+
 @cli.command(context_settings=CONTEXT)
-@click.option("--task", "task_name", required=True, help="Built-in task (see `s3synth tasks`) or a task YAML/TOML file.")
-@click.option("--gold-eval", required=True, type=click.Path(), help="Real labelled examples (JSONL, CSV or Parquet) whose errors are extrapolated.")
-@click.option("--test", type=click.Path(), help="Real test set for the reported metrics (never used for choices).")
-@click.option("--llm", default="embedded", show_default=True, help="embedded | openai:MODEL | any registered BACKEND:MODEL.")
-@click.option("--learner", default="minilm", show_default=True, help="minilm | distilbert | hf:PATH | fast.")
-@click.option("--learner-path", type=click.Path(), help="Weights folder for --learner distilbert (the paper's model).")
-@click.option("--seed-size", default=200, show_default=True, type=int, help="Seed examples to keep.")
-@click.option("--rounds", default=2, show_default=True, type=int, help="Error-extrapolation rounds (the paper: 2).")
-@click.option("--out", required=True, type=click.Path(), help="Run directory; re-run the same command to resume.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Random seed for sampling, splits and training.")
-@click.option("--max-gold-eval", type=int, help="Use a random subsample of this many gold eval examples.")
-@click.option("--max-test", type=int, help="Use a random subsample of this many test examples.")
-@click.option("--holdout-frac", default=0.3, show_default=True, type=float,
-              help="Share of gold eval kept out of error mining, used to pick epochs and to stop.")
-@click.option("--min-gain", default=0.0, show_default=True, type=float,
-              help="Stop when the held-out metric gains less than this over the previous round.")
-@click.option("--balance", default="fill", show_default=True, type=click.Choice(["fill", "cap", "none"]),
-              help="Label balance of each round's added data (none = the paper).")
-@click.option("--prompt-style", default="auto", show_default=True, type=click.Choice(["auto", "paper", "fewshot"]),
-              help="auto: few-shot completion prompts for the embedded model, the paper's templates otherwise.")
-@click.option("--contexts", type=click.Path(), help="Pair/QA tasks: premises/contexts to write for (default: the gold eval's).")
-@click.option("--temperature", default=0.8, show_default=True, type=float)
-@click.option("--top-p", default=0.95, show_default=True, type=float)
-@click.option("--base-url", help="openai: server URL, e.g. http://localhost:8000/v1.")
-@click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True, help="Environment variable holding the API key.")
-@click.option("--concurrency", default=8, show_default=True, type=int, help="openai: requests in flight.")
-@click.option("--max-tokens", "budget_tokens", type=int, help="Hard budget: LLM tokens over the whole run directory.")
-@click.option("--max-cost", type=float, help="Hard budget in money (needs --price-in/--price-out).")
-@click.option("--price-in", default=0.0, type=float, help="Price per million prompt tokens.")
-@click.option("--price-out", default=0.0, type=float, help="Price per million completion tokens.")
-@click.option("--no-cache", is_flag=True, help="Do not read or write the LLM answer cache.")
-@click.option("--cache-only", is_flag=True, help="Fail instead of calling the LLM for an answer not in the cache.")
-@click.option("--epochs", type=int, help="Learner epochs (default 6).")
-@click.option("--lr", type=float, help="Learner peak learning rate (default 5e-5).")
-@click.option("--batch-size", type=int, help="Learner batch size (default 8).")
-@click.option("--max-length", type=int, help="Learner tokens per input (default: the task's).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars or status lines.")
-@click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
-def run(task_name, gold_eval, test, llm, learner, learner_path, seed_size, rounds, out, seed, max_gold_eval,
-        max_test, holdout_frac, min_gain, balance, prompt_style, contexts, temperature, top_p, base_url,
-        api_key_env, concurrency, budget_tokens, max_cost, price_in, price_out, no_cache, cache_only, epochs,
-        lr, batch_size, max_length, quiet, verbose):
+@run_options()
+def run(**o):
     """Run S3: seed synthesis, then train -> mine errors -> extrapolate, then a final model.
 
     \b
@@ -121,31 +167,51 @@ def run(task_name, gold_eval, test, llm, learner, learner_path, seed_size, round
                   --test ../shared/data/s3_release/imdb_round2.jsonl --max-test 1000 --out runs/demo
     Re-running the same command on a finished directory prints its results and does no new work;
     on an interrupted one it resumes, taking every LLM answer it already has from the cache.
+    Budgets (--max-tokens, --max-cost) stop the run with exit code 3, everything saved; the same
+    command with a larger budget goes on from there.
     """
-    from .config import RunConfig
     from .progress import set_quiet
 
-    set_quiet(quiet)
+    set_quiet(o["quiet"])
 
     def go():
         from .pipeline import S3
         from .tasks import load_task
 
-        if cache_only and no_cache:
-            raise S3Error("--no-cache and --cache-only exclude each other")
-        cfg = RunConfig(
-            task=task_name, gold_eval=gold_eval, test=test, llm=llm, learner=learner, learner_path=learner_path,
-            seed_size=seed_size, rounds=rounds, seed=seed, max_gold_eval=max_gold_eval, max_test=max_test,
-            holdout_frac=holdout_frac, min_gain=min_gain, balance=balance, prompt_style=prompt_style,
-            contexts=contexts, temperature=temperature, top_p=top_p, base_url=base_url, api_key_env=api_key_env,
-            concurrency=concurrency, cache_mode="off" if no_cache else ("only" if cache_only else "use"),
-            max_tokens=budget_tokens, max_cost=max_cost, price_in=price_in, price_out=price_out,
-            learner_settings=_learner_settings(epochs, lr, batch_size, max_length),
-        )
-        result = S3(cfg).run(out)
-        print_result(result, load_task(task_name))
+        result = S3(config_from_options(o)).run(o["out"])
+        print_result(result, load_task(o["task_name"]))
 
-    _guard(go, verbose)
+    _guard(go, o["verbose"])
+
+
+@cli.command(context_settings=CONTEXT)
+@run_options(out_required=False)
+@click.option("--assume-error-rate", default=0.2, show_default=True, type=click.FloatRange(0, 1),
+              help="Share of mining examples assumed misclassified per round.")
+@click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON.")
+def estimate(assume_error_rate, as_json, **o):
+    """Estimate the LLM calls, tokens and money of `run` with the same arguments, per stage.
+
+    Builds the real prompts but calls no LLM and writes nothing (--out may be left out).
+    Completion tokens are an upper bound (every call at the stage's max_tokens).
+
+    \b
+    Example:
+      s3synth estimate --task rte --gold-eval gold.jsonl --llm openai:gpt-4o-mini --price-in 0.15 --price-out 0.6
+    """
+    from .progress import set_quiet
+
+    set_quiet(o["quiet"])
+
+    def go():
+        import json
+
+        from .estimate import estimate_run
+
+        est = estimate_run(config_from_options(o), error_rate=assume_error_rate)
+        click.echo(json.dumps(est.to_dict(), indent=2) if as_json else est.table())
+
+    _guard(go, o["verbose"])
 
 
 @cli.command(context_settings=CONTEXT)
@@ -223,6 +289,49 @@ def tasks():
         labels = ", ".join(f"{lab.name} ('{lab.word}')" for lab in t.labels) or "extractive span"
         click.echo(f"{name:<16} {t.kind:<7} labels: {labels}")
         click.echo(f"{'':<16} {t.description}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("run_dir", type=click.Path())
+@click.option("--no-embed", is_flag=True, help="No MiniLM sentence embeddings: faster, but no cosine figures.")
+@click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
+def report(run_dir, no_embed, verbose):
+    """Write RUN_DIR/report.html (one self-contained file with figures), report.md and dataset_card.md.
+
+    \b
+    Example:
+      s3synth report runs/demo      # then open runs/demo/report.html in a browser
+    """
+    def go():
+        from .report import write_report
+
+        out = write_report(run_dir, embed=None if no_embed else "minilm")
+        for p in out.values():
+            click.echo(str(p))
+
+    _guard(go, verbose)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("run_dir", type=click.Path())
+@click.option("--format", "fmt", default="jsonl", show_default=True, type=click.Choice(["jsonl", "parquet", "hf"]),
+              help="hf: a Hugging Face `datasets` dataset on disk (load it with datasets.load_from_disk).")
+@click.option("--out", type=click.Path(), help="Output file (jsonl, parquet) or folder (hf); default RUN_DIR/export/.")
+@click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
+def export(run_dir, fmt, out, verbose):
+    """Export a finished run's synthetic set with provenance columns (stage, round, source_id).
+
+    \b
+    Example:
+      s3synth export runs/demo --format parquet --out demo.parquet
+    """
+    def go():
+        from .export import export_run
+
+        where, n = export_run(run_dir, fmt, out)
+        click.echo(f"{n} rows -> {where}")
+
+    _guard(go, verbose)
 
 
 def _guard(fn, verbose: bool) -> None:

@@ -187,7 +187,7 @@ class S3:
         extrapolated_last = True
         n_rounds = cfg.rounds if method in ("s3", "zerogen-s3") else 0
         if method == "goldgen":     # extrapolate every mining example once, not only the errors
-            added = self._goldgen(rd, fingerprint(seed_fp, learn_fp, "goldgen"))
+            added = self._goldgen(rd, fingerprint(seed_fp, learn_fp, "goldgen", *self._screen_key()), seed)
             prev_fp = fingerprint(seed_fp, "goldgen", len(added))
         if not n_rounds:
             stop_reason = f"method {method}: no error-extrapolation rounds"
@@ -297,7 +297,8 @@ class S3:
             from .report import write_report
 
             learner = self._last_model[1] if self._last_model else None
-            write_report(rd.path, embed=getattr(learner, "embed", None) or "minilm")
+            embed = getattr(self, "_report_embed", None) or getattr(learner, "embed", None)
+            write_report(rd.path, embed=embed or "minilm")
         except Exception as e:  # the report is a by-product: never fail a finished run for it
             info(f"warning: no report written ({type(e).__name__}: {e}); try `s3synth report {rd.path}`")
 
@@ -320,13 +321,14 @@ class S3:
                                 new_text=d.get("new_text", ""))
         return f
 
-    def _goldgen(self, rd: RunDir, fp: str) -> list[Example]:
+    def _goldgen(self, rd: RunDir, fp: str, seed: list[Example]) -> list[Example]:
         if rd.stage_done("goldgen", fp, "round-1/added.jsonl"):
             return _examples_in(rd / "round-1/added.jsonl")
         info(f"stage: goldgen: extrapolate all {len(self.mining)} gold eval examples")
         t, u = time.time(), self._usage()
         self._extrapolate_demos()
         added = self.synth.extrapolate(self.mining, 1, attempts=self.cfg.extrapolate_attempts)
+        added, _ = self._screen(rd, "round-1", added, seed)
         write_jsonl(rd / "round-1/added.jsonl", _examples_out(added))
         rd.manifest["synthesis"]["goldgen"] = self.synth.reports["extrapolate-round-1"].to_dict()
         rd.mark("goldgen", fp, time.time() - t, added=len(added), llm=self._usage(u))
@@ -407,6 +409,7 @@ class S3:
                "test": learner.evaluate(self.test) if self.test else None,
                "seconds": round(time.time() - t, 2)}
         learner.save(rd / "final/model")
+        self._report_embed = getattr(learner, "embed", None)   # the report reuses its embedding cache
         write_jsonl(rd / "final/train.jsonl", _examples_out(train))
         write_json(rd / "final/metrics.json", res)
         rd.mark("final", fp, time.time() - t)

@@ -1,0 +1,279 @@
+"""`s3synth estimate`: the LLM calls, tokens and money a run would need, before any call is made.
+
+The stages are planned exactly as the pipeline plans them (same PromptBuilder, demonstrations,
+sample plans and contexts) with a stand-in LLM that records each stage's requests and answers
+none: nothing is called and nothing is written. Per stage:
+
+- calls: rationales = labels x the task's `rationale_calls`; seed = ceil(seed size x 1.1) (about
+  one answer in ten is rejected and replaced); each extrapolation round = ceil(sources x 1.1) when
+  `extrapolate_attempts` > 1 (rejected answers are asked again), with sources = errors =
+  ceil(error rate x mining examples), times the number of labels for `--balance fill` (its worst
+  case: every error in one label, the other labels filled up to it).
+- prompt tokens: of the real prompts, ceil(chars / 4) each, or counted with the embedded model's
+  tokenizer when the backend is `embedded` and llama-cpp-python is installed. Extrapolation prompts
+  are averaged over every mining example (which ones will be errors is not known yet).
+- completion tokens: calls x the stage's max_tokens, an upper bound.
+- money: per million tokens, prompt x --price-in + completion x --price-out.
+Every round is counted, though the loop may stop early (--min-gain, no errors left). Chat templates
+add a few tokens per message that are not counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+from .config import RunConfig
+from .errors import S3Error
+from .llm.base import LLM, Completion, Request, estimate_prompt_tokens
+
+SEED_FACTOR = 1.1       # seed requests per kept seed example
+RETRY_FACTOR = 1.1      # extrapolation requests per source when rejected answers are asked again
+# stands in for the rationales a single-text task's seed prompts will show (not known before the run)
+PLACEHOLDER_RATIONALE = "the acting is strong and the story keeps you interested"
+
+
+def scaled(n: int, factor: float) -> int:
+    """ceil(n x factor) without float noise: scaled(10, 1.1) == 11."""
+    return math.ceil(round(n * factor, 6))
+
+
+@dataclass
+class StageEstimate:
+    stage: str
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int      # upper bound: every call uses all of max_tokens
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class Estimate:
+    task: str
+    llm: str
+    prompt_style: str
+    token_counter: str
+    stages: list[StageEstimate]
+    assumptions: dict = field(default_factory=dict)
+    price_in: float = 0.0
+    price_out: float = 0.0
+    max_tokens: int | None = None
+    max_cost: float | None = None
+
+    @property
+    def priced(self) -> bool:
+        return bool(self.price_in or self.price_out)
+
+    def cost(self, s: StageEstimate) -> float:
+        return (s.prompt_tokens * self.price_in + s.completion_tokens * self.price_out) / 1e6
+
+    def total(self) -> StageEstimate:
+        return StageEstimate("total", sum(s.calls for s in self.stages), sum(s.prompt_tokens for s in self.stages),
+                             sum(s.completion_tokens for s in self.stages))
+
+    def budget_notes(self) -> list[str]:
+        """Where a --max-tokens / --max-cost budget would stop the run, if it would."""
+        out = []
+        for name, limit, measure, fmt in (("--max-tokens", self.max_tokens, lambda s: s.tokens, "{:,}"),
+                                          ("--max-cost", self.max_cost, self.cost, "{:.4f}")):
+            if limit is None:
+                continue
+            run, stop = 0.0, None
+            for s in self.stages:
+                run += measure(s)
+                if stop is None and run > limit:
+                    stop = s.stage
+            total = fmt.format(measure(self.total()))
+            out.append(f"{name} {fmt.format(limit)}: " + (
+                f"the estimate ({total}) passes it; the run would stop (exit code 3) in stage '{stop}' - "
+                "run again with a larger budget to go on" if stop else f"the estimate ({total}) fits"))
+        return out
+
+    def to_dict(self) -> dict:
+        def row(s):
+            d = {**asdict(s), "tokens": s.tokens}
+            if self.priced:
+                d["cost"] = round(self.cost(s), 6)
+            return d
+        return {"task": self.task, "llm": self.llm, "prompt_style": self.prompt_style,
+                "token_counter": self.token_counter, "assumptions": self.assumptions,
+                "stages": [row(s) for s in self.stages], "total": row(self.total()),
+                "prices_per_million": {"in": self.price_in, "out": self.price_out} if self.priced else None,
+                "budget": self.budget_notes()}
+
+    def table(self) -> str:
+        a = self.assumptions
+        head = f"{'stage':<24} {'calls':>7} {'prompt tokens':>14} {'completion tokens':>18} {'total tokens':>13}"
+        lines = [f"estimate for task {self.task} with {self.llm} ({self.prompt_style} prompts); "
+                 "no LLM was called and nothing was written", "", head + (f" {'cost':>11}" if self.priced else ""),
+                 "-" * (len(head) + (12 if self.priced else 0))]
+        for s in self.stages + [self.total()]:
+            if s.stage == "total":
+                lines.append(lines[3])
+            lines.append(f"{s.stage:<24} {s.calls:>7,} {s.prompt_tokens:>14,} {s.completion_tokens:>18,} "
+                         f"{s.tokens:>13,}" + (f" {self.cost(s):>11.4f}" if self.priced else ""))
+        lines += ["", f"prompt tokens: {self.token_counter} of the real prompts"
+                  + (" (extrapolation: averaged over the mining examples)" if a.get("rounds") else ""),
+                  "completion tokens: every call at the stage's max_tokens - an upper bound"]
+        if a.get("seed_requests"):
+            lines.append(f"seed: {a['seed_size']} examples x {SEED_FACTOR} = {a['seed_requests']} calls "
+                         "(rejected answers are replaced)")
+        if a.get("rounds"):
+            lines.append(f"extrapolation: assumed error rate {a['error_rate']:g} x {a['mining']} mining examples = "
+                         f"{a['errors_per_round']} errors per round -> {a['sources_per_round']} sources "
+                         f"(--balance {a['balance']}" + (", worst case" if a["balance"] == "fill" else "") + ")"
+                         + (f" x {RETRY_FACTOR} for answers asked again" if a["retry_factor"] > 1 else ""))
+            lines.append(f"rounds: all {a['rounds']} counted; the loop may stop earlier (--min-gain, no errors left)")
+        if self.priced:
+            lines.append(f"cost: per million tokens {self.price_in:g} in, {self.price_out:g} out")
+        lines += self.budget_notes()
+        return "\n".join(lines)
+
+
+class _Planned(Exception):
+    """Raised by the stand-in LLM once it has recorded the requests of a stage."""
+
+
+class _Recorder(LLM):
+    """Stands in for the LLM while stages are planned: keeps the requests of a `generate` call and stops."""
+
+    backend = "estimate"
+
+    def __init__(self):
+        super().__init__("recorder")
+        self.requests: list[Request] = []
+
+    def generate(self, requests: Sequence[Request], desc: str = "generate") -> list[Completion]:
+        self.requests = list(requests)
+        raise _Planned
+
+    def _generate_batch(self, requests, seeds):   # never reached: generate() stops first
+        raise AssertionError("the estimate never calls an LLM")
+
+
+def _planned(rec: _Recorder, stage_fn: Callable[[], object]) -> list[Request]:
+    rec.requests = []
+    try:
+        stage_fn()
+    except _Planned:
+        pass
+    return rec.requests
+
+
+def _text(r: Request) -> str:
+    return r.prompt if r.prompt is not None else "\n".join(str(c) for _, c in r.messages)
+
+
+@contextlib.contextmanager
+def _stderr_muted():
+    """Silence file descriptor 2 (C-level logging) for the duration."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+def token_counter(llm) -> tuple[str, Callable[[Request], int]]:
+    """(description, count): the embedded model's tokenizer where it can be loaded, else chars / 4."""
+    path = getattr(llm, "path", None)
+    if llm.backend == "embedded" and path is not None:
+        try:
+            from llama_cpp import Llama
+
+            with _stderr_muted():   # llama.cpp logs from C even with verbose=False
+                vocab = Llama(model_path=str(path), vocab_only=True, verbose=False)
+        except Exception:       # llama-cpp-python missing or the file unreadable: fall back
+            pass
+        else:
+            return (f"{path.name} tokenizer",
+                    lambda r: len(vocab.tokenize(_text(r).encode("utf-8"), add_bos=True, special=False)))
+    return "ceil(chars / 4)", estimate_prompt_tokens
+
+
+def estimate_run(cfg: RunConfig, *, error_rate: float = 0.2) -> Estimate:
+    """The estimate for `cfg`; loads and checks the inputs like `run` does, calls no LLM, writes nothing."""
+    from .pipeline import S3
+
+    if not 0 <= error_rate <= 1:
+        raise S3Error(f"--assume-error-rate {error_rate}: must be in [0, 1]")
+    s3 = S3(cfg)
+    s3.prepare()
+    try:
+        return _estimate(s3, error_rate)
+    finally:
+        s3.llm.close()
+
+
+def _estimate(s3, error_rate: float) -> Estimate:
+    from .synth import Synthesizer
+
+    cfg, task = s3.cfg, s3.task
+    method = getattr(cfg, "method", "s3")
+    counter_name, count = token_counter(s3.llm)
+    rec = _Recorder()
+    synth = Synthesizer(task, rec, s3.builder, cfg.seed)
+    stages: list[StageEstimate] = []
+    a: dict = {"method": method, "error_rate": error_rate, "mining": len(s3.mining), "balance": cfg.balance,
+               "seed_factor": SEED_FACTOR}
+
+    def add(label: str, requests: list[Request], calls: int) -> None:
+        """A stage of `calls` requests like `requests` (all of them, or a sample to average over)."""
+        if not requests or not calls:
+            stages.append(StageEstimate(label, 0, 0, 0))
+            return
+        sizes = [count(r) for r in requests]
+        pt = sum(sizes) if len(sizes) == calls else round(sum(sizes) / len(sizes) * calls)
+        stages.append(StageEstimate(label, calls, pt, calls * requests[0].params.max_tokens))
+
+    rationales = None
+    if method in ("s3", "seed-only", "goldgen") and task.kind == "single" and task.stage("rationale") is not None:
+        reqs = _planned(rec, synth.rationales)
+        add("rationales", reqs, len(reqs))
+        rationales = {lab: [PLACEHOLDER_RATIONALE] * task.rationale_keep for lab in task.label_names}
+
+    if method != "gold":
+        stage = "zerogen" if method == "zerogen" else "seed"
+        if task.stage(stage) is None:
+            raise S3Error(f"task {task.name} has no '{stage}' prompt; add prompts.{stage} to the task file")
+        size = getattr(cfg, "size", None)
+        n = (size or cfg.seed_size) if method in ("zerogen", "seed-only") else cfg.seed_size
+        calls = scaled(n, SEED_FACTOR)
+        a.update(seed_size=n, seed_requests=calls)
+        s3.builder.demos["seed"] = [s3._demo_fields("seed", d, None if stage == "zerogen" else rationales)
+                                    for d in s3.demos]
+        reqs = _planned(rec, lambda: synth.seed_examples(calls, rationales=None if stage == "zerogen" else rationales,
+                                                         contexts=s3.contexts, stage=stage))
+        add(stage, reqs, calls)
+
+    rounds = cfg.rounds if method == "s3" else 0
+    if rounds or method == "goldgen":
+        sp = task.stage("extrapolate")
+        if sp.fewshot and sp.fewshot.demos:
+            s3.builder.demos["extrapolate"] = [s3._handwritten_fields("extrapolate", d) for d in sp.fewshot.demos]
+        reqs = _planned(rec, lambda: synth.extrapolate(s3.mining, 1, attempts=1))   # one per mining example
+        retry = RETRY_FACTOR if cfg.extrapolate_attempts > 1 else 1.0
+        a["retry_factor"] = retry
+        if method == "goldgen":
+            add("goldgen: extrapolate", reqs, scaled(len(s3.mining), retry))
+        else:
+            errors = scaled(len(s3.mining), error_rate)
+            sources = errors * (len(task.labels) if cfg.balance == "fill" and task.kind != "qa" else 1)
+            a.update(rounds=rounds, errors_per_round=errors, sources_per_round=sources)
+            for q in range(1, rounds + 1):
+                add(f"round {q}: extrapolate", reqs, scaled(sources, retry))
+
+    return Estimate(task=task.name, llm=s3.llm.name, prompt_style=s3.style, token_counter=counter_name,
+                    stages=stages, assumptions=a, price_in=cfg.price_in, price_out=cfg.price_out,
+                    max_tokens=cfg.max_tokens, max_cost=cfg.max_cost)

@@ -1,0 +1,218 @@
+"""`s3synth report` and `export` on small real run directories (queued fake LLM, fast learner), and the
+leakage / dedup hooks of the pipeline."""
+
+import json
+import random
+import re
+import shutil
+
+import pytest
+from click.testing import CliRunner
+from conftest import QueuedLLM
+
+from s3synth.analysis import LeakGuard, find_duplicates, table6
+from s3synth.cli import cli
+from s3synth.config import RunConfig
+from s3synth.data import Example
+from s3synth.errors import S3Error
+from s3synth.export import export_run
+from s3synth.io import read_json, read_jsonl
+from s3synth.pipeline import S3
+from s3synth.progress import set_quiet
+from s3synth.report import write_report
+
+set_quiet(True)
+
+WORDS = {"positive": "great wonderful superb loved brilliant".split(),
+         "negative": "awful boring terrible hated dull".split()}
+SECTIONS = ("quality", "balance", "table6", "screen", "samples", "provenance")
+
+
+def gold_rows(n=48):
+    rng = random.Random(0)
+    rows = []
+    for i in range(n):
+        lab = ["negative", "positive"][i % 2]
+        shown = lab if i % 4 else ("positive" if lab == "negative" else "negative")   # hard cases: errors
+        rows.append({"text": f"The film number {i} was {rng.choice(WORDS[shown])} and {rng.choice(WORDS[shown])}.",
+                     "label": lab})
+    return rows
+
+
+def answer(r):
+    """Seed: few distinct answers (duplicates); extrapolation: every other source pasted back (a leak)."""
+    text = r.prompt or r.messages[-1][1]
+    rng = random.Random(f"{text}|{r.sample_index}")
+    if text.rstrip().endswith("3."):
+        return " the acting is fine\n4. the story moves well\n5. the music works"
+    if "similar to:" in text:
+        shown = text.split("similar to:", 1)[1].strip()
+        lab = "positive" if "positive movie review" in text else "negative"
+        if rng.random() < 0.5:
+            return f"{shown} I would watch it again next week."
+        return f"A {rng.choice(WORDS[lab])} story with {rng.choice(WORDS[lab])} actors, {rng.randint(0, 999)} minutes."
+    lab = "positive" if "positive" in text[-80:] else "negative"
+    return f" This movie was {rng.choice(WORDS[lab][:2])} and quite {rng.choice(WORDS[lab][:2])} overall."
+
+
+def make_run(tmp, out, **kw):
+    gold, test = tmp / "gold.jsonl", tmp / "test.jsonl"
+    rows = gold_rows()
+    gold.write_text("".join(json.dumps(r) + "\n" for r in rows[:40]))
+    test.write_text("".join(json.dumps(r) + "\n" for r in rows[40:]))
+    cfg = RunConfig(task="imdb", gold_eval=str(gold), test=str(test), learner="fast", seed_size=20,
+                    **{"rounds": 2, **kw})
+    llm = QueuedLLM(answer)
+    return S3(cfg, llm=llm).run(out), cfg, llm
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("plain")
+    res, cfg, _ = make_run(tmp, tmp / "run")
+    return tmp / "run", res, cfg
+
+
+def test_run_writes_report_with_every_section(plain):
+    out, res, _ = plain
+    html = (out / "report.html").read_text()
+    for sec in SECTIONS:
+        assert f'<section id="{sec}">' in html, sec
+    assert len(re.findall(r"<svg[^>]*class=\"plot-svg\"", html)) == 4          # metric, balance, table6, screen
+    assert "<script" not in html and "<link" not in html and not re.search(r'(src|href)="(https?:)?//', html)
+    assert html.count('<div class="pair">') >= min(10, res["added"])             # samples beside their source
+    md = (out / "report.md").read_text()
+    assert "## Added data vs. its source (Table 6)" in md and "| round 1 |" in md and "| final |" in md
+    card = (out / "dataset_card.md").read_text()
+    assert "# Dataset card" in card and "## Known limits" in card and "Leakage" in card
+    assert f"| examples | {res['final']['train_size']} " in card
+
+
+def test_leaks_are_counted_per_round_and_in_the_manifest(plain):
+    out, res, _ = plain
+    m = read_json(out / "manifest.json")
+    assert set(m["leakage"]) >= {"seed", "round-1"} and set(m["dedup"]) >= {"seed", "round-1"}
+    r1 = read_json(out / "round-1/metrics.json")
+    added = read_jsonl(out / "round-1/added.jsonl")
+    pasted = [a["id"] for a in added if a["text"].endswith("I would watch it again next week.")]
+    assert pasted and sorted(r1["leakage"]["flagged_ids"]) == sorted(pasted)  # every pasted source, nothing else
+    assert r1["leakage"]["rate"] == round(len(pasted) / len(added), 4) and r1["leakage"]["dropped"] == 0
+    assert m["leakage"]["round-1"]["flagged"] == len(pasted) and "flagged_ids" not in m["leakage"]["round-1"]
+    seed_dups = find_duplicates([Example.from_dict(d) for d in read_jsonl(out / "seed.jsonl")])
+    assert m["dedup"]["seed"]["duplicates"] == len(seed_dups) > 0 and m["dedup"]["seed"]["dropped"] == 0
+    md = (out / "report.md").read_text()
+    assert re.search(rf"\| round-1 \| \d+ \| \d+ \| {len(added)} \| {len(pasted)} \|", md)
+
+
+def test_report_table6_matches_the_analysis(plain):
+    out, _, _ = plain
+    rows = []
+    for q in (1, 2):
+        src = {e["id"]: Example.from_dict(e) for e in read_jsonl(out / f"round-{q}/sources.jsonl")}
+        rows.append((f"round-{q}", [(Example.from_dict(a), src[a["meta"]["source_id"]])
+                                    for a in read_jsonl(out / f"round-{q}/added.jsonl")]))
+    t6, _ = table6(dict(rows))
+    md = (out / "report.md").read_text()
+    o = t6["overall"]
+    assert f"| all rounds | {o['added']} | " in md
+    assert f"| {o['edit_distance']:,.2f} | {o['len_mis']:,.2f} | {o['len_add']:,.2f} |" in md
+    assert re.search(r"\| all rounds \| \d+ \| 0\.\d{4} \|", md)      # cosine from the fast learner's MiniLM
+
+
+def test_report_cli_without_embeddings_and_on_a_bad_dir(plain, tmp_path):
+    out, _, _ = plain
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    r = CliRunner().invoke(cli, ["report", str(copy), "--no-embed"])
+    assert r.exit_code == 0, r.output
+    assert str(copy / "report.html") in r.output
+    assert "(not computed: no embedder)" in (copy / "report.html").read_text()
+    r = CliRunner().invoke(cli, ["report", str(tmp_path / "nowhere")])
+    assert r.exit_code == 2 and "not an s3synth run directory" in r.output
+
+
+def test_export_all_formats_round_trip(plain, tmp_path):
+    import pyarrow.parquet as pq
+
+    out, res, _ = plain
+    train = read_jsonl(out / "final/train.jsonl")
+    want = [{"id": d["id"], "text": d["text"], "label": d["label"], "stage": d["meta"]["stage"],
+             "round": d["meta"].get("round"), "source_id": d["meta"].get("source_id")} for d in train]
+    assert len(want) == res["final"]["train_size"] and any(w["source_id"] for w in want)
+    r = CliRunner().invoke(cli, ["export", str(out), "--format", "jsonl", "--out", str(tmp_path / "t.jsonl")])
+    assert r.exit_code == 0 and f"{len(want)} rows" in r.output
+    assert read_jsonl(tmp_path / "t.jsonl") == want
+    where, n = export_run(out, "parquet", tmp_path / "t.parquet")
+    table = pq.read_table(where)
+    assert n == len(want) and table.column_names == list(want[0]) and table.to_pylist() == want
+    assert str(table.schema.field("round").type) == "int64"
+    datasets = pytest.importorskip("datasets")
+    where, _ = export_run(out, "hf", tmp_path / "hf")
+    ds = datasets.load_from_disk(str(where))
+    assert ds.column_names == list(want[0]) and ds.num_rows == len(want) and ds.to_list() == want
+    where, _ = export_run(out, "hf", tmp_path / "hf")             # over an earlier export
+    assert datasets.load_from_disk(str(where)).num_rows == len(want)
+
+
+def test_export_refuses_an_unfinished_run(plain, tmp_path):
+    out, _, _ = plain
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / "final/train.jsonl").unlink()
+    with pytest.raises(S3Error, match="not a finished run"):
+        export_run(copy, "jsonl")
+    r = CliRunner().invoke(cli, ["export", str(copy), "--format", "parquet"])
+    assert r.exit_code == 2 and "not a finished run" in r.output
+
+
+def test_drop_leaks_and_dedup_drop_and_record(tmp_path):
+    res, cfg, _ = make_run(tmp_path, tmp_path / "run", drop_leaks=True, dedup=True, rounds=1)
+    out = tmp_path / "run"
+    seed = [Example.from_dict(d) for d in read_jsonl(out / "seed.jsonl")]
+    assert find_duplicates(seed) == []
+    dropped_seed = read_jsonl(out / "seed_dropped.jsonl")
+    m = read_json(out / "manifest.json")
+    assert dropped_seed and m["dedup"]["seed"]["dropped"] == len(dropped_seed)
+    assert {d["meta"]["dropped"] for d in dropped_seed} == {"duplicate"}
+    gold = LeakGuard([Example.from_dict(r) for r in gold_rows()[:40]])
+    r1 = read_json(out / "round-1/metrics.json")
+    added = [Example.from_dict(d) for d in read_jsonl(out / "round-1/added.jsonl")]
+    assert not any(r.flagged for r in gold.check(added))
+    dropped = read_jsonl(out / "round-1/dropped.jsonl")
+    assert r1["leakage"]["dropped"] == sum(d["meta"]["dropped"] == "leak" for d in dropped) > 0
+    assert r1["added"] == len(added) and m["leakage"]["round-1"]["dropped"] == r1["leakage"]["dropped"]
+    assert res["final"]["train_size"] == len(seed) + sum(r["added"] for r in res["rounds"] if r.get("added"))
+    assert re.search(r"\| round-1 \| \d+ \| \d+ \| \d+ \| [1-9]\d* \|", (out / "report.md").read_text())
+
+
+def test_turning_dedup_on_redoes_the_seed_from_the_cache_and_a_report_failure_only_warns(plain, tmp_path,
+                                                                                        monkeypatch):
+    out, _, cfg = plain
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    m0 = read_json(copy / "manifest.json")
+    before = (copy / "report.html").stat().st_mtime_ns
+    from dataclasses import replace
+
+    import s3synth.report as report_mod
+
+    def boom(*a, **k):
+        raise RuntimeError("no report today")
+    monkeypatch.setattr(report_mod, "write_report", boom)
+    again = QueuedLLM(answer)
+    S3(cfg, llm=again).run(copy)                                     # same flags: nothing to do
+    assert again.stats.calls == 0 and read_json(copy / "manifest.json")["stages"]["seed"] == m0["stages"]["seed"]
+    on = QueuedLLM(answer)
+    res = S3(replace(cfg, dedup=True), llm=on).run(copy)               # a new fingerprint: seed redone, all cached
+    m1 = read_json(copy / "manifest.json")
+    assert m1["stages"]["seed"]["fingerprint"] != m0["stages"]["seed"]["fingerprint"]
+    assert m1["stages"]["seed"]["llm"]["requests"] > 0 == m1["stages"]["seed"]["llm"]["calls"]   # all cached
+    assert m1["dedup"]["seed"]["dropped"] == m0["dedup"]["seed"]["duplicates"]
+    assert res["seed_size"] == 20 - m0["dedup"]["seed"]["duplicates"]
+    assert (copy / "report.html").stat().st_mtime_ns == before       # the failing report only warned
+
+
+def test_write_report_refuses_a_bench_dir_for_now(tmp_path):
+    (tmp_path / "bench.json").write_text("{}")
+    with pytest.raises(S3Error, match="bench directory"):
+        write_report(tmp_path, embed=None)
