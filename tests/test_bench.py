@@ -56,3 +56,18 @@ def test_bench_grid_table(tmp_path):
     assert read_json(tmp_path / "bench" / "bench.json")["table"] == res["table"]
     assert (tmp_path / "bench" / "llm_cache.sqlite").exists()
     assert not (tmp_path / "bench" / "s3-seed0" / "llm_cache.sqlite").exists()   # one shared cache
+
+
+def test_bench_cli_bad_methods_and_help(tmp_path):
+    from click.testing import CliRunner
+
+    from s3synth.cli import cli
+
+    gold, test = tiny_data(tmp_path, "imdb", n=20)
+    r = CliRunner().invoke(cli, ["bench", "--task", "imdb", "--gold-eval", str(gold), "--methods", "s3,magic",
+                                 "--out", str(tmp_path / "b")])
+    assert r.exit_code == 2 and "unknown magic" in r.stderr
+    r = CliRunner().invoke(cli, ["bench", "--help"])
+    assert r.exit_code == 0 and "--methods" in r.stdout and "Table 2" in r.stdout
+    r = CliRunner().invoke(cli, ["run", "--help"])
+    assert "--method" in r.stdout and "zerogen-s3" in r.stdout

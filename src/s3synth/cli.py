@@ -80,6 +80,12 @@ def _run_option_list(out_required: bool) -> list:
         click.option("--learner", default="minilm", show_default=True, help="minilm | distilbert | hf:PATH | fast."),
         click.option("--learner-path", type=click.Path(), help="Weights folder for --learner distilbert (the paper's model)."),
         click.option("--seed-size", default=200, show_default=True, type=int, help="Seed examples to keep."),
+        click.option("--method", default="s3", show_default=True,
+                     type=click.Choice(["s3", "zerogen", "goldgen", "seed-only", "gold", "zerogen-s3"]),
+                     help="s3, or a baseline of the paper: zerogen (one fixed prompt per label), goldgen "
+                          "(extrapolate every gold example), seed-only, gold (train on the gold eval); zerogen-s3 "
+                          "is Table 5's transfer (ZeroGen seed, then S3's extrapolation)."),
+        click.option("--size", type=int, help="zerogen / seed-only: synthetic examples to keep (default: --seed-size)."),
         click.option("--rounds", default=2, show_default=True, type=int, help="Error-extrapolation rounds (the paper: 2)."),
         click.option("--out", required=out_required, type=click.Path(), help="Run directory; re-run the same command to resume."),
         click.option("--seed", default=0, show_default=True, type=int, help="Random seed for sampling, splits and training."),
@@ -277,6 +283,41 @@ def train(task_name, train_path, eval_path, test_path, learner, learner_path, ou
         click.echo(f"model and metrics: {out}")
 
     _guard(go, verbose)
+
+
+@cli.command(context_settings=CONTEXT)
+@run_options()
+@click.option("--methods", default="s3,zerogen,goldgen,seed-only,gold", show_default=True,
+              help="Comma-separated methods to compare (s3 always runs: it sizes the baselines).")
+@click.option("--seeds", "n_seeds", default=3, show_default=True, type=int,
+              help="Seeds per method: --seed, --seed+1, ...")
+def bench(methods, n_seeds, **o):
+    """Compare S3 with the paper's baselines on one task: the same LLM, learner, gold eval, test set and
+    one shared LLM cache. Prints a table in the layout of the paper's Table 2 (mean ± std over seeds,
+    sizes, LLM requests and tokens) and writes DIR/bench.json and DIR/bench.md. Resumable.
+
+    \b
+    Example:
+      s3synth bench --task qnli --gold-eval qnli/eval.jsonl --test qnli/test.jsonl --learner fast \
+                    --seed-size 100 --seeds 3 --out runs/bench-qnli
+    """
+    from .progress import set_quiet
+
+    set_quiet(o["quiet"])
+
+    def go():
+        from .bench import run_bench
+
+        if n_seeds < 1:
+            raise S3Error(f"--seeds {n_seeds}: must be >= 1")
+        cfg = config_from_options(o)
+        res = run_bench(cfg, [m.strip() for m in methods.split(",") if m.strip()],
+                        [cfg.seed + i for i in range(n_seeds)], o["out"])
+        from pathlib import Path
+        click.echo((Path(o["out"]) / "bench.md").read_text(encoding="utf-8").rstrip())
+        click.echo(f"bench directory: {o['out']} ({len(res['runs'])} runs)")
+
+    _guard(go, o["verbose"])
 
 
 @cli.command(context_settings=CONTEXT)
