@@ -22,7 +22,7 @@ from ..data import Example, subsample
 from ..errors import S3Error
 from ..progress import bar
 from .base import Learner, Prediction, TrainConfig
-from .hf import best_epoch, check_model_dir, quiet_transformers, resolve_device
+from .hf import best_epoch, open_encoder, quiet_transformers, resolve_device
 
 META_FILE = "s3synth_learner.json"
 WEIGHTS_FILE = "classifier.safetensors"
@@ -50,15 +50,8 @@ class FastLearner(Learner):
         if task.kind not in ("single", "pair"):
             raise S3Error(f"the fast learner supports classification tasks only (single and pair); task "
                           f"{task.name!r} is {task.kind} - use --learner minilm")
-        if model_path is None:
-            from . import minilm_path
-            model_path = minilm_path()
-        super().__init__(task, config, model_path=str(model_path))
-        check_model_dir(self.model_path)
-        from transformers import AutoTokenizer
-
-        with quiet_transformers():
-            self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, local_files_only=True)
+        super().__init__(task, config, model_path=model_path)
+        self.model_path, self.tokenizer = open_encoder(model_path)
         self.max_length = min(self.config.max_length or task.max_length, 512)
         self.device = resolve_device(self.config.device)
         self._encoder = None

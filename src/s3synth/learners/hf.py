@@ -108,6 +108,18 @@ def check_model_dir(path: str | Path) -> Path:
     return p
 
 
+def open_encoder(model_path: str | None) -> tuple[str, object]:
+    """(folder, tokenizer) of a local encoder; None means the packaged all-MiniLM-L6-v2."""
+    if model_path is None:
+        from . import minilm_path
+        model_path = minilm_path()
+    check_model_dir(model_path)
+    from transformers import AutoTokenizer
+
+    with quiet_transformers():
+        return str(model_path), AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
+
+
 # ---------------------------------------------------------------- the learner
 
 class HFLearner(Learner):
@@ -116,15 +128,8 @@ class HFLearner(Learner):
     name = "hf"
 
     def __init__(self, task, config: TrainConfig | None = None, *, model_path: str | None = None):
-        if model_path is None:
-            from . import minilm_path
-            model_path = minilm_path()
-        super().__init__(task, config, model_path=str(model_path))
-        check_model_dir(self.model_path)
-        from transformers import AutoTokenizer
-
-        with quiet_transformers():
-            self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, local_files_only=True)
+        super().__init__(task, config, model_path=model_path)
+        self.model_path, self.tokenizer = open_encoder(model_path)
         cap = getattr(self.tokenizer, "model_max_length", None) or 512
         want = self.config.max_length or task.max_length
         self.max_length = min(want, cap) if cap < 100_000 else want
