@@ -221,9 +221,12 @@ def main() -> None:
                              f"max_tokens 48, llama.cpp server with {args.threads} thread(s)")
         if "openai-bare" in runs and "openai-s3synth" in runs:
             b, s = median_result(runs["openai-bare"]), median_result(runs["openai-s3synth"])
+            paired = statistics.median(1 - x.tok_per_s / y.tok_per_s
+                                       for x, y in zip(runs["openai-s3synth"], runs["openai-bare"]))
             print(f"\ns3synth overhead vs the bare client: {100 * (1 - s.tok_per_s / b.tok_per_s):+.1f}% "
                   f"(completion tokens/s), {100 * (1 - s.req_per_s / b.req_per_s):+.1f}% (requests/s); "
-                  f"completion tokens {s.completion_tokens} vs {b.completion_tokens} (same bodies, same seeds)")
+                  f"median over back-to-back pairs {100 * paired:+.1f}%; completion tokens "
+                  f"{s.completion_tokens} vs {b.completion_tokens} (same bodies, same seeds)")
         if args.json_out:
             Path(args.json_out).write_text(json.dumps({r: [asdict(x) for x in v] for r, v in runs.items()}, indent=2))
     finally:

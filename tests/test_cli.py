@@ -72,6 +72,15 @@ def test_verbose_shows_traceback_and_bad_settings(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_credentials_in_base_url_are_masked(tmp_path):
+    from s3synth.config import RunConfig, redact_url, to_toml
+
+    assert redact_url("run --base-url https://bob:s3cret@host:8000/v1 --x") == "run --base-url https://***@host:8000/v1 --x"
+    cfg = RunConfig(task="rte", gold_eval="g.jsonl", base_url="http://bob:s3cret@localhost:8000/v1")
+    text = to_toml(cfg.to_dict())
+    assert "s3cret" not in text and 'base_url = "http://***@localhost:8000/v1"' in text
+
+
 def test_tasks_and_help():
     r = run_cli(["tasks"])
     assert r.exit_code == 0 and [ln.split()[0] for ln in r.stdout.splitlines() if not ln.startswith(" ")] == [

@@ -127,12 +127,14 @@ def test_bad_settings_exit_2(gold, tmp_path):
     assert r.exit_code == 2
     for extra, words in ((["--max-cost", "1"], "--max-cost needs --price-in"),
                          (["--max-tokens", "0"], "--max-tokens 0: must be >= 1"),
-                         (["--no-cache", "--cache-only"], "exclude each other")):
+                         (["--no-cache", "--cache-only"], "exclude each other"),
+                         (["--api-key-env", "sk-live-0123 4567"], "NAME of an environment variable")):
         r = estimate(gold, *NOWHERE, *extra)
         assert r.exit_code == 2 and words in r.stderr, r.output
         r = CliRunner().invoke(cli, ["run", "--task", "rte", "--gold-eval", str(gold), "--out", str(tmp_path / "r"),
                                      *NOWHERE, *extra])
         assert r.exit_code == 2 and words in r.stderr and not (tmp_path / "r").exists()
+        assert "sk-live" not in r.output                  # a key passed by mistake is not echoed
 
 
 def test_single_text_task_counts_rationales(shared_data):

@@ -45,6 +45,8 @@ def test_qa_sentence_window():
     (' "The cat sleeps on the mat."\nAnd more chatter', {}, ("The cat sleeps on the mat.", None)),
     ("Hypothesis: The cat is asleep.", {}, ("The cat is asleep.", None)),
     ("Sure! Here is a sentence:\n\"A dog barks loudly.\"", {}, ("A dog barks loudly.", None)),
+    ("A sentence that is definitely correct based on the description: Dogs bark at night.", {},
+     ("Dogs bark at night.", None)),
     ("That's a great movie review. Here's my take on it: I loved the film.", {}, ("I loved the film.", None)),
     ("   ", {}, (None, "empty")),
     ("Yes.", {}, (None, "too_short")),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field, fields
 
 from .errors import S3Error
@@ -42,6 +43,8 @@ class RunConfig:
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
     concurrency: int = 8
+    llm_mode: str = "chat"          # openai: chat | completions endpoint
+    llm_timeout: float = 60.0       # openai: seconds per request before a retry
     cache_mode: str = "use"         # use | off | only
     max_tokens: int | None = None   # hard budget over the whole run directory
     max_cost: float | None = None
@@ -77,16 +80,32 @@ class RunConfig:
             bad("extrapolate_attempts", "must be >= 1")
         if self.cache_mode not in ("use", "off", "only"):
             bad("cache_mode", "must be use, off or only")
+        if self.llm_mode not in ("chat", "completions"):
+            bad("llm_mode", "must be chat or completions")
+        if self.llm_timeout <= 0:
+            bad("llm_timeout", "must be > 0")
         if self.concurrency < 1:
             bad("concurrency", "must be >= 1")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """All settings, with credentials written into a URL masked (config.toml never holds a secret)."""
+        d = asdict(self)
+        if d.get("base_url"):
+            d["base_url"] = redact_url(d["base_url"])
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.I)
+
+
+def redact_url(text: str) -> str:
+    """Example: "http://user:pw@host/v1" -> "http://***@host/v1" (also inside a longer text)."""
+    return _USERINFO.sub(lambda m: m.group("scheme") + "***@", text)
 
 
 def to_toml(d: dict, prefix: str = "") -> str:

@@ -86,7 +86,8 @@ class S3:
         else:
             kw = {}
             if cfg.llm.startswith("openai"):
-                kw = {"api_key_env": cfg.api_key_env, "concurrency": cfg.concurrency}
+                kw = {"api_key_env": cfg.api_key_env, "concurrency": cfg.concurrency, "mode": cfg.llm_mode,
+                      "timeout": cfg.llm_timeout}
                 if cfg.base_url:
                     kw["base_url"] = cfg.base_url
             self.llm = make_llm(cfg.llm, seed=cfg.seed, cache_mode=cfg.cache_mode, budget=budget, **kw)

@@ -127,7 +127,10 @@ class PromptBuilder:
 _PREFIX = re.compile(
     r"^\s*(?:\*\*)?(?:hypothesis|sentence|question|new question|similar question|another question|review|"
     r"movie review|answer|output|example|new sentence|similar sentence|a similar sentence|text)"
-    r"(?:\s*\d+)?\s*(?:\*\*)?\s*[:\-]\s*", re.I)
+    r"(?:\s*\d+)?\s*(?:\*\*)?\s*[:\-]\s*"
+    # an echo of the instruction: "A sentence that is definitely correct based on the description:"
+    r"|^\s*(?:a|an|another|the)\s+(?:new\s+|similar\s+)?(?:sentence|question|review|hypothesis)\b[^:\n]{0,90}:\s*",
+    re.I)
 _PREAMBLE = re.compile(r"^\s*(?:sure|certainly|of course|here(?:'s| is| are)|okay|ok)\b[^\n]*?[:!.]\s*(?:\n|$)", re.I)
 # leading chatter sentences about the task itself, e.g. "That's a great movie review. Here's my take on it:"
 _CHATTER = re.compile(r"^\s*(?:(?:that'?s|this is|what) (?:a |an )?(?:great|good|nice|interesting|wonderful)[^.!:\n]{0,40}"

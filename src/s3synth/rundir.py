@@ -88,4 +88,7 @@ class RunDir:
 
 
 def command_line() -> str:
-    return " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))
+    """The command as typed, with credentials in URLs masked."""
+    from .config import redact_url
+
+    return redact_url(" ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv)))

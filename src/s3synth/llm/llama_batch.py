@@ -1,18 +1,18 @@
 """Batched generation on llama.cpp's low-level API, and the numpy sampler shared by local backends.
 
 `BatchEngine` keeps `n_parallel` sequences in flight, each in its own KV stream (non-unified
-cache). A prompt pays only for the tokens after the longest prefix it shares either with what its
-slot already holds or with the shared-prefix stream (sequence 0, the common prefix of the call's
-prompts, evaluated once and copied); then one forward pass decodes one token of every live sequence.
+cache), and decodes one token of every live sequence per forward pass. A new prompt pays only for
+the tokens after the longest prefix already computed in any stream (its own, or another one's,
+copied): the few-shot demonstrations of a stage are evaluated once per slot at most.
 
-Outputs do not depend on `n_parallel` or on which prompts run together: prompt tokens are always
-evaluated in chunks aligned to absolute positions (multiples of `CHUNK`), so a token's keys and
-values come from the same computation whether they were computed in this slot, in another, or in
-the prefix stream; flash attention is off and every sequence has its own stream, so the attention
-of one sequence never sees another's cells (llama.cpp's CPU kernels then give bit-identical logits
-for a row alone or in a batch: tests/test_llm_local.py checks it).
+Outputs do not depend on `n_parallel` or on which prompts run together. A prompt is evaluated in
+chunks whose ends depend only on the tokens before them (after a newline, or every CHUNK tokens:
+`chunk_ends`), and a prefix is reused only where it was computed in the same chunks, so a token's
+keys and values are the same bits wherever they were computed; flash attention is off and every
+sequence has its own stream, and llama.cpp's CPU kernels then give bit-identical logits for a row
+decoded alone or in a batch (tests/test_llm_local.py checks the outputs).
 
-Not handled: grammars, logprobs, embeddings, recurrent or sliding-window models (cross-stream KV
+Not handled: grammars, logprobs, embeddings, recurrent or sliding-window models (whole-stream KV
 copies), GPU offload, prompts longer than the per-sequence context (answered with an error).
 """
 
@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import LLMError
 
-CHUNK = 32          # prompt tokens are evaluated in chunks [k*CHUNK, (k+1)*CHUNK): part of the output identity
+CHUNK = 32          # longest prompt chunk without a newline: part of what identifies the outputs
 
 
 # ------------------------------------------------------------------------------------ sampler
@@ -134,8 +134,13 @@ class Result:
 
 @dataclass
 class _Slot:
+    """One sequence: its KV stream (position p at cell p) and the job it is answering."""
+
     seq: int
-    tokens: list[int] = field(default_factory=list)   # what its KV stream holds, position p at cell p
+    tokens: list[int] = field(default_factory=list)   # what the stream holds
+    ends: list[int] = field(default_factory=list)     # where the chunks that computed it ended
+    prompt: tuple | None = None                       # the last prompt evaluated here, and its logits
+    prompt_logits: np.ndarray | None = None
     job: int | None = None
     history: list[int] = field(default_factory=list)
     out: list[int] = field(default_factory=list)
@@ -152,8 +157,18 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
+def agreed_end(held_ends: Sequence[int], want_ends: Sequence[int], limit: int) -> int:
+    """The longest prefix <= limit whose chunk ends are the same in both lists (0 when none)."""
+    p = 0
+    for x, y in zip(held_ends, want_ends):
+        if x != y or x > limit:
+            break
+        p = x
+    return p
+
+
 class BatchEngine:
-    """A GGUF model with `n_parallel` sequence slots of `n_ctx` tokens each (plus the prefix stream)."""
+    """A GGUF model with `n_parallel` sequence slots of `n_ctx` tokens each."""
 
     def __init__(self, path: str, *, n_ctx: int = 2048, n_parallel: int = 8, n_threads: int | None = None):
         try:
@@ -162,36 +177,34 @@ class BatchEngine:
             raise LLMError("the embedded backend needs llama-cpp-python: run scripts/setup.sh "
                            "(it compiles once, about 5 minutes)") from None
         self.L = L
-        self.n_ctx, self.n_parallel = n_ctx, max(1, int(n_parallel))
+        self.n_parallel = max(1, int(n_parallel))
         _quiet(L)
         L.llama_backend_init()
-        mp = L.llama_model_default_params()
-        self.model = L.llama_model_load_from_file(str(path).encode(), mp)
+        self.model = L.llama_model_load_from_file(str(path).encode(), L.llama_model_default_params())
         if not self.model:
             raise LLMError(f"llama.cpp could not load {path}")
         self.vocab = L.llama_model_get_vocab(self.model)
         self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
         cp = L.llama_context_default_params()
-        n_seq = self.n_parallel + 1
-        cp.n_ctx = n_ctx * n_seq
-        cp.n_seq_max = n_seq
+        cp.n_ctx = n_ctx * self.n_parallel
+        cp.n_seq_max = self.n_parallel
         cp.kv_unified = False                       # one stream per sequence
         cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        cp.n_batch = cp.n_ubatch = max(CHUNK, n_seq)
-        threads = n_threads or os.cpu_count() or 1
-        cp.n_threads = cp.n_threads_batch = threads
+        cp.n_batch = cp.n_ubatch = max(CHUNK, self.n_parallel)
+        cp.n_threads = cp.n_threads_batch = n_threads or os.cpu_count() or 1
         cp.no_perf = True
         self.ctx = L.llama_init_from_model(self.model, cp)
         if not self.ctx:
             L.llama_model_free(self.model)
+            self.model = None
             raise LLMError("llama.cpp could not create a context (out of memory? lower n_ctx or n_parallel)")
-        self.n_ctx = L.llama_n_ctx_seq(self.ctx) if hasattr(L, "llama_n_ctx_seq") else n_ctx
+        self.n_ctx = int(L.llama_n_ctx_seq(self.ctx))
         self.mem = L.llama_get_memory(self.ctx)
         self.batch = L.llama_batch_init(cp.n_batch, 0, 1)
-        self.slots = [_Slot(seq=i + 1) for i in range(self.n_parallel)]
-        self.prefix: list[int] = []                 # what sequence 0 holds
+        self.slots = [_Slot(seq=i) for i in range(self.n_parallel)]
         self._pieces: dict[int, bytes] = {}
         self.add_bos = bool(L.llama_vocab_get_add_bos(self.vocab))
+        self.stats = {"prompt_evaluated": 0, "prompt_reused": 0, "decode_steps": 0, "copies": 0}
 
     # -- text ---------------------------------------------------------------------------------
     def tokenize(self, text: str, add_bos: bool | None = None) -> list[int]:
@@ -213,7 +226,7 @@ class BatchEngine:
             if n < 0:
                 buf = ctypes.create_string_buffer(-n)
                 n = self.L.llama_token_to_piece(self.vocab, token, buf, -n, 0, False)
-            p = self._pieces[token] = buf.raw[:n]
+            p = self._pieces[token] = buf.raw[:max(n, 0)]
         return p
 
     def is_eog(self, token: int) -> bool:
@@ -236,6 +249,19 @@ class BatchEngine:
         eos = self.token_text(self.L.llama_vocab_eos(self.vocab))
         return render_chat(template, messages, bos, eos)
 
+    def chunk_ends(self, tokens: Sequence[int]) -> list[int]:
+        """Where the prompt's chunks end: after each token holding a newline, after CHUNK tokens
+        without one, and at the end. Every end but the last depends only on the tokens before it, so
+        prompts that share a prefix (e.g. few-shot demonstrations) share its chunks exactly."""
+        ends, last = [], 0
+        for i, t in enumerate(tokens, start=1):
+            if i - last == CHUNK or b"\n" in self.piece(t):
+                ends.append(i)
+                last = i
+        if last != len(tokens):
+            ends.append(len(tokens))
+        return ends
+
     # -- low level ------------------------------------------------------------------------------
     def _decode(self, items: Sequence[tuple[int, int, int, bool]]) -> None:
         b = self.batch
@@ -250,37 +276,47 @@ class BatchEngine:
     def _logits(self, i: int) -> np.ndarray:
         return np.ctypeslib.as_array(self.L.llama_get_logits_ith(self.ctx, i), shape=(self.n_vocab,)).copy()
 
-    def _extend(self, seq: int, held: list[int], tokens: Sequence[int], want_last: bool) -> np.ndarray | None:
-        """Evaluate tokens[len(held):] on `seq` in position-aligned chunks; `held` grows in place."""
-        start = len(held)
-        while start < len(tokens):
-            end = min((start // CHUNK + 1) * CHUNK, len(tokens))
-            self._decode([(tokens[k], k, seq, want_last and k == len(tokens) - 1) for k in range(start, end)])
-            held.extend(tokens[start:end])
+    def _truncate(self, s: _Slot, n: int) -> None:
+        self.L.llama_memory_seq_rm(self.mem, s.seq, n, -1)
+        del s.tokens[n:]
+        s.ends = [e for e in s.ends if e <= n]
+        if s.prompt is not None and len(s.prompt) > n:
+            s.prompt, s.prompt_logits = None, None
+
+    def _start(self, slot: _Slot, tokens: list[int]) -> None:
+        """Put a prompt in the slot's stream, reusing the longest prefix computed in the same chunks
+        in any stream (copied when it is in another one), and keep the logits of its last token."""
+        ends = self.chunk_ends(tokens)
+        key = tuple(tokens)
+        best, best_n, hit = slot, -1, False
+        for s in [slot] + [x for x in self.slots if x is not slot]:
+            if s.prompt == key and agreed_end(s.ends, ends, len(tokens)) == len(tokens):
+                best, best_n, hit = s, len(tokens), True     # the same prompt: its logits too
+                break
+            n = agreed_end(s.ends, ends[:-1], common_prefix(s.tokens, tokens))
+            if n > best_n + (8 if s is not slot else 0):      # a copy must save a few tokens
+                best, best_n = s, n
+        if best is not slot:
+            self.L.llama_memory_seq_cp(self.mem, best.seq, slot.seq, -1, -1)   # the whole stream
+            slot.tokens, slot.ends = list(best.tokens), list(best.ends)
+            slot.prompt, slot.prompt_logits = best.prompt, best.prompt_logits
+            self.stats["copies"] += 1
+        self._truncate(slot, best_n)
+        self.stats["prompt_reused"] += best_n
+        if hit:
+            slot.logits = slot.prompt_logits.copy()
+            return
+        start = best_n
+        for end in ends:
+            if end <= start:
+                continue
+            self._decode([(tokens[k], k, slot.seq, k == end - 1) for k in range(start, end)])
+            slot.tokens.extend(tokens[start:end])
+            slot.ends.append(end)
+            self.stats["prompt_evaluated"] += end - start
             start = end
-        return self._logits(-1) if want_last else None
-
-    def _truncate(self, seq: int, held: list[int], n: int) -> None:
-        self.L.llama_memory_seq_rm(self.mem, seq, n, -1)
-        del held[n:]
-
-    def _set_prefix(self, tokens: list[int]) -> None:
-        keep = common_prefix(self.prefix, tokens) // CHUNK * CHUNK
-        self._truncate(0, self.prefix, keep)
-        self._extend(0, self.prefix, tokens, want_last=False)
-
-    def _start(self, slot: _Slot, job: Job) -> None:
-        """Put the job's prompt in the slot's KV stream (reusing what it can) and keep its logits."""
-        limit = (len(job.tokens) - 1) // CHUNK * CHUNK     # the chunk holding the last token is recomputed
-        own = min(common_prefix(slot.tokens, job.tokens) // CHUNK * CHUNK, limit)
-        pre = min(common_prefix(self.prefix, job.tokens) // CHUNK * CHUNK, limit)
-        if pre > own:       # copying a stream is cheaper than evaluating a chunk
-            self.L.llama_memory_seq_cp(self.mem, 0, slot.seq, -1, -1)
-            slot.tokens = list(self.prefix)
-            self._truncate(slot.seq, slot.tokens, pre)
-        else:
-            self._truncate(slot.seq, slot.tokens, own)
-        slot.logits = self._extend(slot.seq, slot.tokens, job.tokens, want_last=True)
+        slot.logits = self._logits(-1)
+        slot.prompt, slot.prompt_logits = key, slot.logits.copy()
 
     # -- generation -----------------------------------------------------------------------------
     def run(self, jobs: Sequence[Job], on_done: Callable[[int, Result], None] | None = None) -> list[Result]:
@@ -301,11 +337,6 @@ class BatchEngine:
                     f"prompt of {len(job.tokens)} tokens does not fit the context of {self.n_ctx} tokens")))
             else:
                 queue.append(j)
-        if len(queue) > 1:       # the prefix shared by every prompt of the call, evaluated once
-            toks = [jobs[j].tokens for j in queue]
-            n = min(common_prefix(toks[0], t) for t in toks[1:]) // CHUNK * CHUNK
-            if n >= CHUNK and n > common_prefix(self.prefix, toks[0]) // CHUNK * CHUNK:
-                self._set_prefix(toks[0][:n])
         live: list[_Slot] = []
         while queue or live:
             for slot in self.slots:              # fill free slots in queue order
@@ -317,7 +348,7 @@ class BatchEngine:
                 job = jobs[j]
                 slot.job, slot.out, slot.raw = j, [], bytearray()
                 slot.history, slot.rng = list(job.tokens), np.random.default_rng(job.seed)
-                self._start(slot, job)
+                self._start(slot, job.tokens)
                 live.append(slot)
             step = []
             for slot in list(live):
@@ -332,8 +363,10 @@ class BatchEngine:
                     step.append(slot)
             if step:
                 self._decode([(s.out[-1], len(s.tokens), s.seq, True) for s in step])
+                self.stats["decode_steps"] += 1
                 for i, s in enumerate(step):
                     s.tokens.append(s.out[-1])
+                    s.ends.append(len(s.tokens))
                     s.logits = self._logits(i)
         return results  # type: ignore[return-value]
 
