@@ -7,6 +7,10 @@ Rows (one function each, registered in ROWS; `--rows` picks them, the table prin
   prompts, sampling seeds and concurrency) to a local llama.cpp server (llama-cpp-python's own
   OpenAI-compatible server with the embedded SmolLM2 GGUF, started here);
 - openai-s3synth: `OpenAICompatLLM.generate()` with the cache off, against the same server.
+- embedded-single / embedded-batched: the embedded backend (`--threads` threads) with n_parallel 1 and 8
+  on few-shot RTE seed prompts (4 demonstrations + query, sorted as the pipeline sends them); the
+  summary gives the ratio and how many answers are identical; embedded-legacy: the earlier
+  create_completion loop on the same prompts (its own sampler).
 The requests are the RTE seed prompts a run sends with `--llm openai:...` (the paper's chat
 template, 48 max tokens), on real premises. The rows run `--repeats` times in A B, B A, ... order
 (the machine is shared; interleaving keeps the comparison fair); the summary takes each row's
@@ -169,7 +173,84 @@ def row_openai_bare(ctx: Context) -> Result:
                   sum(u["completion_tokens"] for u in ok), len(usage) - len(ok))
 
 
+def fewshot_seed_requests(n: int) -> list:
+    """n RTE seed requests as an `--llm embedded` run builds them: 4 demonstrations + a query on a
+    premise drawn from the rest of the train file, sorted by prompt as the pipeline sends them."""
+    import random
+
+    from s3synth.data import load_examples
+    from s3synth.prompts import PromptBuilder
+    from s3synth.tasks import load_task
+
+    task = load_task("rte")
+    b = PromptBuilder(task, style="fewshot")
+    pool = load_examples(DATA, task)
+    b.demos["seed"] = [b.fields("seed", text=d.text, context=d.context, label=d.label,
+                                shorten=task.stage("seed").fewshot.demo_max_words) for d in pool[:4]]
+    rng = random.Random(0)
+    reqs = [b.build("seed", b.fields("seed", context=rng.choice(pool[4:]).context,
+                                     label=rng.choice(task.label_names)), 10_000_000 + i) for i in range(n)]
+    return sorted(reqs, key=lambda r: r.prompt)
+
+
+def _embedded_row(ctx: Context, name: str, n_parallel: int) -> Result:
+    from s3synth.llm.embedded import EmbeddedLLM
+
+    if not hasattr(ctx, "fewshot"):
+        ctx.fewshot = fewshot_seed_requests(ctx.args.requests)
+    llm = EmbeddedLLM(n_threads=ctx.args.threads, n_parallel=n_parallel, cache_mode="off")
+    llm._load()                                         # model load is not timed
+    try:
+        t = time.perf_counter()
+        out = llm.generate(ctx.fewshot, desc=name)
+        dt = time.perf_counter() - t
+    finally:
+        llm.close()
+    ctx.__dict__.setdefault("texts", {})[name] = [c.text for c in out]
+    return Result(name, len(out), n_parallel, dt, sum(c.prompt_tokens for c in out),
+                  sum(c.completion_tokens for c in out), sum(c.error is not None for c in out))
+
+
+def row_embedded_single(ctx: Context) -> Result:
+    """The embedded backend one request at a time (n_parallel=1: same engine, same sampler)."""
+    return _embedded_row(ctx, "embedded-single", 1)
+
+
+def row_embedded_batched(ctx: Context) -> Result:
+    """The embedded backend's default: 8 sequences per forward pass."""
+    return _embedded_row(ctx, "embedded-batched", 8)
+
+
+def row_embedded_legacy(ctx: Context) -> Result:
+    """The embedded backend before the batch engine: llama-cpp-python's create_completion, one request
+    at a time (it reuses the prefix shared with the previous prompt); its own sampler, so other texts."""
+    from llama_cpp import Llama
+
+    from s3synth.llm.embedded import EmbeddedLLM, embedded_model_path
+
+    if not hasattr(ctx, "fewshot"):
+        ctx.fewshot = fewshot_seed_requests(ctx.args.requests)
+    seeds = EmbeddedLLM(cache_mode="off")
+    llm = Llama(model_path=str(embedded_model_path()), n_ctx=4096, n_threads=ctx.args.threads, n_batch=512,
+                verbose=False)
+    pt = ct = 0
+    try:
+        t = time.perf_counter()
+        for r in ctx.fewshot:
+            p = r.params
+            o = llm.create_completion(r.prompt, max_tokens=p.max_tokens, temperature=p.temperature, top_p=p.top_p,
+                                      repeat_penalty=max(p.repeat_penalty, 1.1), stop=list(p.stop) or None,
+                                      seed=seeds.request_seed(seeds.key(r)))
+            pt, ct = pt + o["usage"]["prompt_tokens"], ct + o["usage"]["completion_tokens"]
+        dt = time.perf_counter() - t
+    finally:
+        llm.close()
+    return Result("embedded-legacy", len(ctx.fewshot), 1, dt, pt, ct)
+
+
 ROWS = {"openai-bare": row_openai_bare, "openai-s3synth": row_openai_s3synth}
+ROWS.update({"embedded-legacy": row_embedded_legacy, "embedded-single": row_embedded_single,
+             "embedded-batched": row_embedded_batched})
 
 
 # -- output ----------------------------------------------------------------------------------------
@@ -227,6 +308,19 @@ def main() -> None:
                   f"(completion tokens/s), {100 * (1 - s.req_per_s / b.req_per_s):+.1f}% (requests/s); "
                   f"median over back-to-back pairs {100 * paired:+.1f}%; completion tokens "
                   f"{s.completion_tokens} vs {b.completion_tokens} (same bodies, same seeds)")
+        if "embedded-single" in runs and "embedded-batched" in runs:
+            one, many = median_result(runs["embedded-single"]), median_result(runs["embedded-batched"])
+            pairs = [y.seconds / x.seconds for x, y in zip(runs["embedded-batched"], runs["embedded-single"])]
+            t = getattr(ctx, "texts", {})
+            same = sum(a == b for a, b in zip(t.get("embedded-single", []), t.get("embedded-batched", [])))
+            print(f"\nembedded batched vs single-stream ({args.requests} few-shot RTE seed prompts, max_tokens 48, "
+                  f"{args.threads} thread(s)): {many.req_per_s / one.req_per_s:.2f}x examples/s, "
+                  f"{many.tok_per_s / one.tok_per_s:.2f}x completion tokens/s (medians); per back-to-back pair "
+                  f"{statistics.median(pairs):.2f}x; identical answers {same} of {len(t.get('embedded-single', []))}")
+            if "embedded-legacy" in runs:
+                old = median_result(runs["embedded-legacy"])
+                print(f"embedded batched vs the earlier create_completion loop: {many.req_per_s / old.req_per_s:.2f}x "
+                      f"examples/s, {many.tok_per_s / old.tok_per_s:.2f}x completion tokens/s")
         if args.json_out:
             Path(args.json_out).write_text(json.dumps({r: [asdict(x) for x in v] for r, v in runs.items()}, indent=2))
     finally:

@@ -1,4 +1,5 @@
-"""LLM backends by name: `embedded`, `openai:MODEL`, and any registered under `s3synth.llms`."""
+"""LLM backends by name: `embedded`, `openai:MODEL`, `transformers:PATH`, `vllm:PATH`, and any
+registered under the entry-point group `s3synth.llms`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from .base import LLM, Budget, Completion, GenParams, Request  # noqa: F401
 BUILTIN = {
     "embedded": "s3synth.llm.embedded:EmbeddedLLM",
     "openai": "s3synth.llm.openai_compat:OpenAICompatLLM",
+    "transformers": "s3synth.llm.transformers_backend:TransformersLLM",
+    "vllm": "s3synth.llm.vllm_backend:VLLMBackend",
 }
 
 

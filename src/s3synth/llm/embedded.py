@@ -88,7 +88,8 @@ class EmbeddedLLM(LLM):
                 tokens = []
             jobs.append(Job(tokens=tokens, seed=seed, max_tokens=p.max_tokens, stop=tuple(p.stop),
                             settings=SamplerSettings(temperature=p.temperature, top_p=p.top_p,
-                                                     repeat_penalty=max(p.repeat_penalty, 1.1))))
+                                                     repeat_penalty=max(p.repeat_penalty, 1.1),
+                                                     exempt=(eng.newline,))))
         out: list[Completion | None] = [None] * len(requests)
 
         def done(j: int, r) -> None:

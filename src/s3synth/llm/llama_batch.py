@@ -43,15 +43,19 @@ class SamplerSettings:
     top_k: int = 40
     min_p: float = 0.05
     last_n: int = 64        # the repeat penalty looks at the last 64 tokens of prompt + answer
+    exempt: tuple = ()      # tokens never penalised (the newline: llama.cpp's penalize_nl=false)
 
 
-def penalize(logits: np.ndarray, history: Sequence[int], penalty: float, last_n: int = 64) -> np.ndarray:
-    """A copy of `logits` with each distinct token of the last `last_n` of `history` penalised once:
-    a positive logit is divided by `penalty`, a negative one multiplied (llama.cpp's rule)."""
+def penalize(logits: np.ndarray, history: Sequence[int], penalty: float, last_n: int = 64,
+             exempt: Sequence[int] = ()) -> np.ndarray:
+    """A copy of `logits` with each distinct token of the last `last_n` of `history` (but `exempt`)
+    penalised once: a positive logit is divided by `penalty`, a negative one multiplied (llama.cpp)."""
     out = np.array(logits, dtype=np.float32, copy=True)
     if penalty == 1.0 or not len(history) or last_n <= 0:
         return out
     ids = np.unique(np.asarray(history[-last_n:], dtype=np.int64))
+    if len(exempt):
+        ids = ids[~np.isin(ids, np.asarray(exempt, dtype=np.int64))]
     v = out[ids]
     out[ids] = np.where(v > 0, v / penalty, v * penalty)
     return out
@@ -89,7 +93,7 @@ def pick(ids: np.ndarray, values: np.ndarray, s: SamplerSettings, rng) -> int:
 
 def sample(logits: np.ndarray, history: Sequence[int], s: SamplerSettings, rng) -> int:
     """Repeat penalty over `history` (prompt + answer so far), top-k, then `pick`."""
-    lg = penalize(logits, history, s.repeat_penalty, s.last_n)
+    lg = penalize(logits, history, s.repeat_penalty, s.last_n, s.exempt)
     ids, values = top_candidates(lg, s.top_k)
     return pick(ids, values, s, rng)
 
@@ -204,6 +208,7 @@ class BatchEngine:
         self.slots = [_Slot(seq=i) for i in range(self.n_parallel)]
         self._pieces: dict[int, bytes] = {}
         self.add_bos = bool(L.llama_vocab_get_add_bos(self.vocab))
+        self.newline = int(L.llama_vocab_nl(self.vocab))
         self.stats = {"prompt_evaluated": 0, "prompt_reused": 0, "decode_steps": 0, "copies": 0}
 
     # -- text ---------------------------------------------------------------------------------
@@ -332,11 +337,25 @@ class BatchEngine:
         for j, job in enumerate(jobs):
             if len(job.tokens) == 0:
                 finish(j, Result("", 0, 0, None, error="empty prompt"))
+            elif job.max_tokens <= 0:
+                finish(j, Result("", len(job.tokens), 0, "length"))
             elif len(job.tokens) >= self.n_ctx:
                 finish(j, Result("", len(job.tokens), 0, None, error=(
                     f"prompt of {len(job.tokens)} tokens does not fit the context of {self.n_ctx} tokens")))
             else:
                 queue.append(j)
+        for slot in self.slots:
+            slot.job, slot.logits = None, None
+        try:
+            self._loop(jobs, queue, finish)
+        except BaseException:       # a failed decode (or an interrupt) leaves the streams unknown: start afresh
+            self.L.llama_memory_clear(self.mem, True)
+            for slot in self.slots:
+                slot.tokens, slot.ends, slot.prompt, slot.prompt_logits, slot.job = [], [], None, None, None
+            raise
+        return results  # type: ignore[return-value]
+
+    def _loop(self, jobs: Sequence[Job], queue: deque, finish: Callable[[int, Result], None]) -> None:
         live: list[_Slot] = []
         while queue or live:
             for slot in self.slots:              # fill free slots in queue order
@@ -368,7 +387,6 @@ class BatchEngine:
                     s.tokens.append(s.out[-1])
                     s.ends.append(len(s.tokens))
                     s.logits = self._logits(i)
-        return results  # type: ignore[return-value]
 
     def _advance(self, slot: _Slot, job: Job, tok: int) -> Result | None:
         """Add a sampled token to the slot; a Result when the answer is complete."""

@@ -1,0 +1,95 @@
+"""`vllm:PATH_OR_NAME`: vLLM's offline engine on a GPU (`pip install 's3synth[vllm]'`).
+
+vLLM is imported only when the first batch is generated. Plain prompts go to `LLM.generate`,
+chat requests to `LLM.chat` (the model's chat template); every request carries its own
+`SamplingParams(seed=...)`, so an answer depends on its request and seed, not on its batch
+neighbours (up to vLLM's own batch-size numerics); its repetition penalty is vLLM's (over
+prompt and answer, not llama.cpp's last 64 tokens). vLLM schedules the whole batch itself
+(continuous batching), so `batch_size` is large; answers are cached as each call returns.
+Not handled: LoRA adapters, multi-node serving, guided decoding, CPU-only vLLM builds.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from ..errors import LLMError
+from .base import LLM, Completion, Request
+
+
+class VLLMBackend(LLM):
+    """`--llm vllm:/path/to/model` (or a Hugging Face model name vLLM can load)."""
+
+    backend = "vllm"
+    batch_size = 256
+
+    def __init__(self, model: str, *, gpu_memory_utilization: float = 0.85, max_model_len: int | None = None,
+                 dtype: str = "auto", **kw):
+        super().__init__(model, **kw)
+        self.engine_kwargs = {"gpu_memory_utilization": gpu_memory_utilization, "dtype": dtype}
+        if max_model_len:
+            self.engine_kwargs["max_model_len"] = max_model_len
+        self._llm = None
+        self._sp = None
+
+    def identity(self) -> dict:
+        return {"backend": self.backend, "model": self.model}
+
+    def _load(self):
+        if self._llm is not None:
+            return self._llm
+        try:
+            import vllm
+        except ImportError:
+            raise LLMError("the vllm backend needs vLLM: pip install 's3synth[vllm]' "
+                           "(Linux with an NVIDIA GPU)") from None
+        try:
+            import torch
+            has_gpu = torch.cuda.is_available()
+        except ImportError:
+            has_gpu = False
+        if not has_gpu:
+            raise LLMError("the vllm backend needs a CUDA GPU and none is visible; use --llm embedded or "
+                           "--llm transformers:PATH on this machine")
+        try:
+            self._llm = vllm.LLM(model=self.model, seed=self.seed, **self.engine_kwargs)
+        except Exception as e:  # vLLM raises many kinds; one clear line for the user
+            first = str(e).splitlines()[0] if str(e) else ""
+            raise LLMError(f"vLLM could not load '{self.model}': {type(e).__name__}: {first}") from None
+        self._sp = vllm.SamplingParams
+        return self._llm
+
+    def sampling_params(self, req: Request, seed: int):
+        p = req.params
+        return self._sp(n=1, seed=seed, temperature=p.temperature, top_p=p.top_p, max_tokens=p.max_tokens,
+                        stop=list(p.stop) or None, repetition_penalty=max(p.repeat_penalty, 1.0))
+
+    def _generate_batch(self, requests: Sequence[Request], seeds: Sequence[int]) -> list[Completion]:
+        llm = self._load()
+        out: list[Completion | None] = [None] * len(requests)
+        plain = [j for j, r in enumerate(requests) if not r.is_chat]
+        chat = [j for j, r in enumerate(requests) if r.is_chat]
+        for idx, is_chat in ((plain, False), (chat, True)):
+            if not idx:
+                continue
+            params = [self.sampling_params(requests[j], seeds[j]) for j in idx]
+            try:
+                if is_chat:
+                    convs = [[{"role": r, "content": c} for r, c in requests[j].messages] for j in idx]
+                    results = llm.chat(convs, params, use_tqdm=False)
+                else:
+                    results = llm.generate([requests[j].prompt for j in idx], params, use_tqdm=False)
+            except ValueError as e:        # e.g. a prompt longer than max_model_len
+                for j in idx:
+                    out[j] = Completion(text="", error=f"vllm: {e}")
+                    self.emit(j, out[j])
+                continue
+            for j, res in zip(idx, results):
+                o = res.outputs[0]
+                out[j] = Completion(text=o.text, prompt_tokens=len(res.prompt_token_ids or []),
+                                    completion_tokens=len(o.token_ids), finish_reason=o.finish_reason)
+                self.emit(j, out[j])
+        return out  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self._llm = None
