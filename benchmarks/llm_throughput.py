@@ -7,10 +7,12 @@ Rows (one function each, registered in ROWS; `--rows` picks them, the table prin
   prompts, sampling seeds and concurrency) to a local llama.cpp server (llama-cpp-python's own
   OpenAI-compatible server with the embedded SmolLM2 GGUF, started here);
 - openai-s3synth: `OpenAICompatLLM.generate()` with the cache off, against the same server.
-- embedded-single / embedded-batched: the embedded backend (`--threads` threads) with n_parallel 1 and 8
-  on few-shot RTE seed prompts (4 demonstrations + query, sorted as the pipeline sends them); the
-  summary gives the ratio and how many answers are identical; embedded-legacy: the earlier
-  create_completion loop on the same prompts (its own sampler).
+- embedded-single / embedded-batched: the embedded backend (`--threads` threads, Q8_0 weights) with
+  n_parallel 1 and 16 on few-shot RTE seed prompts (4 demonstrations + query, sorted as the pipeline
+  sends them); the summary gives the ratio and how many answers are identical;
+  embedded-batched-q4_1: the batch engine on the packaged Q4_1 file;
+  embedded-legacy: the baseline, llama-cpp-python's create_completion one request at a time on the
+  packaged Q4_1 file (its own sampler, so other texts); embedded-legacy-q8_0: that loop on Q8_0.
 The requests are the RTE seed prompts a run sends with `--llm openai:...` (the paper's chat
 template, 48 max tokens), on real premises. The rows run `--repeats` times in A B, B A, ... order
 (the machine is shared; interleaving keeps the comparison fair); the summary takes each row's
@@ -193,13 +195,13 @@ def fewshot_seed_requests(n: int) -> list:
     return sorted(reqs, key=lambda r: r.prompt)
 
 
-def _embedded_row(ctx: Context, name: str, n_parallel: int) -> Result:
+def _embedded_row(ctx: Context, name: str, n_parallel: int, weights: str = "q8_0") -> Result:
     from s3synth.llm.embedded import EmbeddedLLM
 
     if not hasattr(ctx, "fewshot"):
         ctx.fewshot = fewshot_seed_requests(ctx.args.requests)
-    llm = EmbeddedLLM(n_threads=ctx.args.threads, n_parallel=n_parallel, cache_mode="off")
-    llm._load()                                         # model load is not timed
+    llm = EmbeddedLLM(n_threads=ctx.args.threads, n_parallel=n_parallel, weights=weights, cache_mode="off")
+    llm._load()                                         # model load (and the one-off conversion) is not timed
     try:
         t = time.perf_counter()
         out = llm.generate(ctx.fewshot, desc=name)
@@ -212,27 +214,30 @@ def _embedded_row(ctx: Context, name: str, n_parallel: int) -> Result:
 
 
 def row_embedded_single(ctx: Context) -> Result:
-    """The embedded backend one request at a time (n_parallel=1: same engine, same sampler)."""
+    """The embedded backend one request at a time (n_parallel=1: same engine, same sampler, Q8_0)."""
     return _embedded_row(ctx, "embedded-single", 1)
 
 
 def row_embedded_batched(ctx: Context) -> Result:
-    """The embedded backend's default: 8 sequences per forward pass."""
-    return _embedded_row(ctx, "embedded-batched", 8)
+    """The embedded backend's default: 16 sequences per forward pass, Q8_0 weights."""
+    return _embedded_row(ctx, "embedded-batched", 16)
 
 
-def row_embedded_legacy(ctx: Context) -> Result:
-    """The embedded backend before the batch engine: llama-cpp-python's create_completion, one request
-    at a time (it reuses the prefix shared with the previous prompt); its own sampler, so other texts."""
+def row_embedded_batched_q4_1(ctx: Context) -> Result:
+    """The batch engine on the packaged Q4_1 file (what the weight conversion is worth)."""
+    return _embedded_row(ctx, "embedded-batched-q4_1", 16, weights="original")
+
+
+def _legacy_row(ctx: Context, name: str, weights: str) -> Result:
     from llama_cpp import Llama
 
-    from s3synth.llm.embedded import EmbeddedLLM, embedded_model_path
+    from s3synth.llm.embedded import EmbeddedLLM, converted_model
 
     if not hasattr(ctx, "fewshot"):
         ctx.fewshot = fewshot_seed_requests(ctx.args.requests)
-    seeds = EmbeddedLLM(cache_mode="off")
-    llm = Llama(model_path=str(embedded_model_path()), n_ctx=4096, n_threads=ctx.args.threads, n_batch=512,
-                verbose=False)
+    seeds = EmbeddedLLM(cache_mode="off", weights=weights)
+    path = converted_model(seeds.path, weights, seeds.identity()["file"], ctx.args.threads)
+    llm = Llama(model_path=str(path), n_ctx=4096, n_threads=ctx.args.threads, n_batch=512, verbose=False)
     pt = ct = 0
     try:
         t = time.perf_counter()
@@ -245,12 +250,24 @@ def row_embedded_legacy(ctx: Context) -> Result:
         dt = time.perf_counter() - t
     finally:
         llm.close()
-    return Result("embedded-legacy", len(ctx.fewshot), 1, dt, pt, ct)
+    return Result(name, len(ctx.fewshot), 1, dt, pt, ct)
+
+
+def row_embedded_legacy(ctx: Context) -> Result:
+    """The baseline: llama-cpp-python's create_completion, one request at a time, on the packaged Q4_1
+    file (it reuses the prefix shared with the previous prompt); its own sampler, so other texts."""
+    return _legacy_row(ctx, "embedded-legacy", "original")
+
+
+def row_embedded_legacy_q8_0(ctx: Context) -> Result:
+    """The same one-at-a-time loop on the converted Q8_0 file (what batching is worth on its own)."""
+    return _legacy_row(ctx, "embedded-legacy-q8_0", "q8_0")
 
 
 ROWS = {"openai-bare": row_openai_bare, "openai-s3synth": row_openai_s3synth}
-ROWS.update({"embedded-legacy": row_embedded_legacy, "embedded-single": row_embedded_single,
-             "embedded-batched": row_embedded_batched})
+ROWS.update({"embedded-legacy": row_embedded_legacy, "embedded-legacy-q8_0": row_embedded_legacy_q8_0,
+             "embedded-single": row_embedded_single, "embedded-batched": row_embedded_batched,
+             "embedded-batched-q4_1": row_embedded_batched_q4_1})
 
 
 # -- output ----------------------------------------------------------------------------------------
@@ -317,10 +334,15 @@ def main() -> None:
                   f"{args.threads} thread(s)): {many.req_per_s / one.req_per_s:.2f}x examples/s, "
                   f"{many.tok_per_s / one.tok_per_s:.2f}x completion tokens/s (medians); per back-to-back pair "
                   f"{statistics.median(pairs):.2f}x; identical answers {same} of {len(t.get('embedded-single', []))}")
-            if "embedded-legacy" in runs:
-                old = median_result(runs["embedded-legacy"])
-                print(f"embedded batched vs the earlier create_completion loop: {many.req_per_s / old.req_per_s:.2f}x "
-                      f"examples/s, {many.tok_per_s / old.tok_per_s:.2f}x completion tokens/s")
+        if "embedded-batched" in runs:
+            many = median_result(runs["embedded-batched"])
+            for base in ("embedded-legacy", "embedded-legacy-q8_0", "embedded-batched-q4_1"):
+                if base in runs:
+                    old = median_result(runs[base])
+                    pairs = [y.seconds / x.seconds for x, y in zip(runs["embedded-batched"], runs[base])]
+                    print(f"embedded-batched vs {base}: {many.req_per_s / old.req_per_s:.2f}x examples/s "
+                          f"(per back-to-back pair {statistics.median(pairs):.2f}x), "
+                          f"{many.tok_per_s / old.tok_per_s:.2f}x completion tokens/s")
         if args.json_out:
             Path(args.json_out).write_text(json.dumps({r: [asdict(x) for x in v] for r, v in runs.items()}, indent=2))
     finally:

@@ -10,7 +10,7 @@ import pytest
 from s3synth.errors import LLMError
 from s3synth.llm import backend_class, make_llm
 from s3synth.llm.base import GenParams, Request
-from s3synth.llm.llama_batch import (SamplerSettings, agreed_end, find_stop, penalize, pick, render_chat, sample,
+from s3synth.llm.llama_batch import (SamplerSettings, common_prefix, find_stop, penalize, pick, render_chat, sample,
                                      top_candidates)
 
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
@@ -74,12 +74,11 @@ def test_top_k_and_seeded_draws():
     assert draws(7) != draws(8)
 
 
-def test_stop_strings_and_chunk_agreement():
+def test_stop_strings_and_common_prefix():
     assert find_stop("abc\ndef", ["\n"]) == 3 and find_stop("abc", ["\n", ""]) == -1
     assert find_stop("a. b\n", ["\n", "."]) == 1
-    assert agreed_end([3, 7, 9, 10], [3, 7, 12], 100) == 7
-    assert agreed_end([3, 7, 9], [3, 7, 9], 8) == 7            # limited by the common prefix
-    assert agreed_end([4], [3], 100) == 0
+    assert common_prefix([3, 7, 9, 10], [3, 7, 12]) == 2 and common_prefix([1, 2], [1, 2, 3]) == 2
+    assert common_prefix([4], [3]) == 0
 
 
 def test_chat_template_rendering():
@@ -200,6 +199,39 @@ def test_embedded_batched_equals_single_stream(shared_data):
 
 
 @pytest.mark.slow
+def test_embedded_logits_do_not_depend_on_chunks_streams_or_batch(shared_data):
+    """What the engine's prefix reuse and batching rest on (Q8_0 weights): a token's logits are the same
+    bits however its prompt was split into llama_decode calls, in whichever stream, beside whichever
+    other sequence. (Measured: Q4_1 and F16 weights are not batch-invariant; see embedded.py.)"""
+    pytest.importorskip("llama_cpp")
+    from s3synth.llm.embedded import EmbeddedLLM
+
+    reqs = rte_requests(shared_data, 2)
+    eng = EmbeddedLLM(n_parallel=3, weights="q8_0", n_threads=1)._load()
+    mine, other = eng.tokenize(reqs[0].prompt), eng.tokenize(reqs[1].prompt)
+
+    def last_logits(chunk: int, seq: int = 0, beside: list[int] | None = None) -> np.ndarray:
+        eng.L.llama_memory_clear(eng.mem, True)
+        if beside is not None:
+            for s in range(0, len(beside) - 1, 128):
+                eng._decode([(beside[k], k, 1, False) for k in range(s, min(s + 128, len(beside) - 1))])
+        n = len(mine) - 1
+        for s in range(0, n, chunk):
+            eng._decode([(mine[k], k, seq, False) for k in range(s, min(s + chunk, n))])
+        last = [(mine[n], n, seq, True)]
+        if beside is not None:          # decoded in one batch with the other sequence's last token
+            last = [(beside[-1], len(beside) - 1, 1, True)] + last
+        eng._decode(last)
+        return eng._logits(len(last) - 1)
+
+    ref = last_logits(7)
+    assert np.array_equal(ref, last_logits(256))
+    assert np.array_equal(ref, last_logits(64, seq=2))
+    assert np.array_equal(ref, last_logits(31, beside=other))
+    eng.close()
+
+
+@pytest.mark.slow
 def test_embedded_chat_template_and_limits():
     pytest.importorskip("llama_cpp")
     from s3synth.llm.embedded import EmbeddedLLM
@@ -286,3 +318,30 @@ def test_transformers_backend_refuses_non_local_or_missing_models(tmp_path):
     with pytest.raises(LLMError, match="local safetensors"):
         llm.generate([Request(prompt="x")])
 
+
+
+def test_embedded_weights_are_converted_once_and_named_in_the_identity(tmp_path, monkeypatch):
+    pytest.importorskip("llama_cpp")
+    from s3synth.llm.embedded import EmbeddedLLM, converted_model
+
+    monkeypatch.setenv("S3SYNTH_MODEL_CACHE", str(tmp_path / "models"))
+    llm = EmbeddedLLM()
+    assert llm.weights == "q8_0" and llm.identity()["weights"] == "q8_0"
+    assert "weights" not in EmbeddedLLM(weights="original").identity()
+    assert EmbeddedLLM(weights="original").key(_probe()) != llm.key(_probe())   # other answers, other cache rows
+    out = converted_model(llm.path, "q8_0", llm.identity()["file"])
+    assert out.parent == tmp_path / "models" and out.name.endswith(".q8_0.gguf")
+    with open(out, "rb") as f:
+        assert f.read(4) == b"GGUF"
+    assert [p.name for p in out.parent.iterdir()] == [out.name]                   # no temporary left behind
+    stamp = out.stat().st_mtime_ns
+    assert converted_model(llm.path, "q8_0", llm.identity()["file"]) == out and out.stat().st_mtime_ns == stamp
+    assert converted_model(llm.path, "original", llm.identity()["file"]) == llm.path
+    with pytest.raises(LLMError, match="choose from q8_0, original"):
+        EmbeddedLLM(weights="q2")
+    monkeypatch.setenv("S3SYNTH_EMBEDDED_WEIGHTS", "original")
+    assert EmbeddedLLM().weights == "original"
+
+
+def _probe() -> Request:
+    return Request(prompt="The sky is", params=GenParams(max_tokens=3))

@@ -45,6 +45,7 @@ class RunConfig:
     concurrency: int = 8
     llm_mode: str = "chat"          # openai: chat | completions endpoint
     llm_timeout: float = 60.0       # openai: seconds per request before a retry
+    embedded_weights: str = "q8_0"  # embedded: q8_0 | original (the packaged Q4_1 file)
     cache_mode: str = "use"         # use | off | only
     max_tokens: int | None = None   # hard budget over the whole run directory
     max_cost: float | None = None
@@ -82,6 +83,8 @@ class RunConfig:
             bad("cache_mode", "must be use, off or only")
         if self.llm_mode not in ("chat", "completions"):
             bad("llm_mode", "must be chat or completions")
+        if self.embedded_weights not in ("q8_0", "original"):
+            bad("embedded_weights", "must be q8_0 or original")
         if self.llm_timeout <= 0:
             bad("llm_timeout", "must be > 0")
         if self.concurrency < 1:

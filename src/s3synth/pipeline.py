@@ -90,6 +90,8 @@ class S3:
                       "timeout": cfg.llm_timeout}
                 if cfg.base_url:
                     kw["base_url"] = cfg.base_url
+            elif cfg.llm.split(":", 1)[0] == "embedded":
+                kw = {"weights": cfg.embedded_weights}
             self.llm = make_llm(cfg.llm, seed=cfg.seed, cache_mode=cfg.cache_mode, budget=budget, **kw)
         style = cfg.prompt_style
         if style == "auto":

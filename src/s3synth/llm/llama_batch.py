@@ -3,14 +3,15 @@
 `BatchEngine` keeps `n_parallel` sequences in flight, each in its own KV stream (non-unified
 cache), and decodes one token of every live sequence per forward pass. A new prompt pays only for
 the tokens after the longest prefix already computed in any stream (its own, or another one's,
-copied): the few-shot demonstrations of a stage are evaluated once per slot at most.
+copied): the few-shot demonstrations of a stage are evaluated once per slot at most. The rest of
+the prompt goes in as few calls as fit `CHUNK` tokens (small calls cost up to 1.5x per token).
 
-Outputs do not depend on `n_parallel` or on which prompts run together. A prompt is evaluated in
-chunks whose ends depend only on the tokens before them (after a newline, or every CHUNK tokens:
-`chunk_ends`), and a prefix is reused only where it was computed in the same chunks, so a token's
-keys and values are the same bits wherever they were computed; flash attention is off and every
-sequence has its own stream, and llama.cpp's CPU kernels then give bit-identical logits for a row
-decoded alone or in a batch (tests/test_llm_local.py checks the outputs).
+Outputs do not depend on `n_parallel` or on which prompts run together: with flash attention off
+and one stream per sequence, llama.cpp's CPU kernels compute every row of a matrix product and
+every attention row on its own, so a token's keys, values and logits are the same bits whether it
+was evaluated alone, in a chunk of any length, in another stream or beside other sequences
+(tests/test_llm_local.py checks this on logits and on whole answers). With flash attention on,
+prompt chunking does change the bits (measured), so it stays off.
 
 Not handled: grammars, logprobs, embeddings, recurrent or sliding-window models (whole-stream KV
 copies), GPU offload, prompts longer than the per-sequence context (answered with an error).
@@ -28,7 +29,7 @@ import numpy as np
 
 from ..errors import LLMError
 
-CHUNK = 32          # longest prompt chunk without a newline: part of what identifies the outputs
+CHUNK = 256         # most prompt tokens per llama_decode call
 
 
 # ------------------------------------------------------------------------------------ sampler
@@ -142,7 +143,6 @@ class _Slot:
 
     seq: int
     tokens: list[int] = field(default_factory=list)   # what the stream holds
-    ends: list[int] = field(default_factory=list)     # where the chunks that computed it ended
     prompt: tuple | None = None                       # the last prompt evaluated here, and its logits
     prompt_logits: np.ndarray | None = None
     job: int | None = None
@@ -159,16 +159,6 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
         if a[i] != b[i]:
             return i
     return n
-
-
-def agreed_end(held_ends: Sequence[int], want_ends: Sequence[int], limit: int) -> int:
-    """The longest prefix <= limit whose chunk ends are the same in both lists (0 when none)."""
-    p = 0
-    for x, y in zip(held_ends, want_ends):
-        if x != y or x > limit:
-            break
-        p = x
-    return p
 
 
 class BatchEngine:
@@ -254,19 +244,6 @@ class BatchEngine:
         eos = self.token_text(self.L.llama_vocab_eos(self.vocab))
         return render_chat(template, messages, bos, eos)
 
-    def chunk_ends(self, tokens: Sequence[int]) -> list[int]:
-        """Where the prompt's chunks end: after each token holding a newline, after CHUNK tokens
-        without one, and at the end. Every end but the last depends only on the tokens before it, so
-        prompts that share a prefix (e.g. few-shot demonstrations) share its chunks exactly."""
-        ends, last = [], 0
-        for i, t in enumerate(tokens, start=1):
-            if i - last == CHUNK or b"\n" in self.piece(t):
-                ends.append(i)
-                last = i
-        if last != len(tokens):
-            ends.append(len(tokens))
-        return ends
-
     # -- low level ------------------------------------------------------------------------------
     def _decode(self, items: Sequence[tuple[int, int, int, bool]]) -> None:
         b = self.batch
@@ -284,26 +261,24 @@ class BatchEngine:
     def _truncate(self, s: _Slot, n: int) -> None:
         self.L.llama_memory_seq_rm(self.mem, s.seq, n, -1)
         del s.tokens[n:]
-        s.ends = [e for e in s.ends if e <= n]
         if s.prompt is not None and len(s.prompt) > n:
             s.prompt, s.prompt_logits = None, None
 
     def _start(self, slot: _Slot, tokens: list[int]) -> None:
-        """Put a prompt in the slot's stream, reusing the longest prefix computed in the same chunks
-        in any stream (copied when it is in another one), and keep the logits of its last token."""
-        ends = self.chunk_ends(tokens)
+        """Put a prompt in the slot's stream, reusing the longest prefix computed in any stream (copied
+        when it is in another one), and keep the logits of its last token."""
         key = tuple(tokens)
         best, best_n, hit = slot, -1, False
         for s in [slot] + [x for x in self.slots if x is not slot]:
-            if s.prompt == key and agreed_end(s.ends, ends, len(tokens)) == len(tokens):
+            if s.prompt == key and s.tokens[:len(tokens)] == tokens:
                 best, best_n, hit = s, len(tokens), True     # the same prompt: its logits too
                 break
-            n = agreed_end(s.ends, ends[:-1], common_prefix(s.tokens, tokens))
+            n = min(common_prefix(s.tokens, tokens), len(tokens) - 1)   # the last token gives the logits
             if n > best_n + (8 if s is not slot else 0):      # a copy must save a few tokens
                 best, best_n = s, n
         if best is not slot:
             self.L.llama_memory_seq_cp(self.mem, best.seq, slot.seq, -1, -1)   # the whole stream
-            slot.tokens, slot.ends = list(best.tokens), list(best.ends)
+            slot.tokens = list(best.tokens)
             slot.prompt, slot.prompt_logits = best.prompt, best.prompt_logits
             self.stats["copies"] += 1
         self._truncate(slot, best_n)
@@ -311,15 +286,11 @@ class BatchEngine:
         if hit:
             slot.logits = slot.prompt_logits.copy()
             return
-        start = best_n
-        for end in ends:
-            if end <= start:
-                continue
+        for start in range(best_n, len(tokens), CHUNK):
+            end = min(start + CHUNK, len(tokens))
             self._decode([(tokens[k], k, slot.seq, k == end - 1) for k in range(start, end)])
             slot.tokens.extend(tokens[start:end])
-            slot.ends.append(end)
             self.stats["prompt_evaluated"] += end - start
-            start = end
         slot.logits = self._logits(-1)
         slot.prompt, slot.prompt_logits = key, slot.logits.copy()
 
@@ -351,7 +322,7 @@ class BatchEngine:
         except BaseException:       # a failed decode (or an interrupt) leaves the streams unknown: start afresh
             self.L.llama_memory_clear(self.mem, True)
             for slot in self.slots:
-                slot.tokens, slot.ends, slot.prompt, slot.prompt_logits, slot.job = [], [], None, None, None
+                slot.tokens, slot.prompt, slot.prompt_logits, slot.job = [], None, None, None
             raise
         return results  # type: ignore[return-value]
 
@@ -385,7 +356,6 @@ class BatchEngine:
                 self.stats["decode_steps"] += 1
                 for i, s in enumerate(step):
                     s.tokens.append(s.out[-1])
-                    s.ends.append(len(s.tokens))
                     s.logits = self._logits(i)
 
     def _advance(self, slot: _Slot, job: Job, tok: int) -> Result | None:
