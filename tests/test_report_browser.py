@@ -1,4 +1,5 @@
-"""The report in a real headless Chromium: every figure renders with data in it, and the page shows it.
+"""The reports (a run's and a bench's) in a real headless Chromium: every figure renders with data in it,
+and the page shows it.
 
 Needs Debian's `chromium` (scripts/setup.sh installs it with apt-get when run as root); skips otherwise.
 """
@@ -9,7 +10,7 @@ import shutil
 import subprocess
 
 import pytest
-from test_report_export import make_run
+from test_report_export import make_bench, make_run
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
@@ -20,7 +21,8 @@ PROBE = """<script>
 const out = [...document.querySelectorAll('figure.plot svg')].map(s => {
   const r = s.getBoundingClientRect();
   return {name: s.dataset.figure, w: r.width, h: r.height, top: r.top + window.scrollY,
-          paths: s.querySelectorAll('path').length, texts: s.querySelectorAll('text').length};
+          paths: s.querySelectorAll('path').length, texts: s.querySelectorAll('text').length,
+          marks: s.querySelectorAll('g[id^="bench-"] use').length};
 });
 const pre = document.createElement('pre'); pre.id = 'probe';
 pre.textContent = JSON.stringify({figures: out, height: document.documentElement.scrollHeight,
@@ -52,14 +54,24 @@ def report(tmp_path_factory):
     return tmp / "run" / "report.html"
 
 
-def test_every_figure_renders_with_data(report, tmp_path):
-    exe = chromium()
-    probe = tmp_path / "probe.html"
+@pytest.fixture(scope="module")
+def bench_report(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("browser-bench")
+    return tmp / "bench" / "report.html", make_bench(tmp)
+
+
+def measure(exe, tmp_path, report):
+    """The layout probe's numbers for `report`, rendered at 1280 px."""
+    probe = report.parent / "probe.html"        # beside the report, so its relative links resolve
     probe.write_text(report.read_text().replace("</body>", PROBE + "</body>"))
     dom = browse(exe, tmp_path, "--window-size=1280,3600", "--dump-dom", probe.as_uri())
     m = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
     assert m, "the page did not run its layout probe"
-    info = json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    return json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+
+
+def test_every_figure_renders_with_data(report, tmp_path):
+    info = measure(chromium(), tmp_path, report)
     figs = {f["name"]: f for f in info["figures"]}
     assert set(figs) == FIGURES
     for name, f in figs.items():
@@ -83,4 +95,25 @@ def test_screenshot_shows_the_figures(report, tmp_path):
     assert near((0x4C, 0x78, 0xA8)) > 2000                        # the palette's blue (lines, bars)
     assert near((0xF5, 0x85, 0x18)) > 1000                        # and its orange (test curve, second label)
     assert near((0x54, 0xA2, 0x4B)) > 1000                        # kept generations (green)
+    print(f"screenshot: {shot}")
+
+
+def test_bench_figure_renders_with_data(bench_report, tmp_path):
+    PIL = pytest.importorskip("PIL.Image")
+    exe = chromium()
+    report, res = bench_report
+    info = measure(exe, tmp_path, report)
+    (fig,) = info["figures"]
+    assert fig["name"] == "bench-comparison" and fig["w"] > 900 and fig["h"] > 120, fig
+    assert fig["paths"] >= 10 and fig["texts"] >= 5, fig
+    assert fig["marks"] == 2 * len(res["runs"]), fig              # each run: a seed dot and a point vs. tokens
+    assert info["images"] == 0
+    shot = tmp_path / "bench.png"
+    browse(exe, tmp_path, f"--screenshot={shot}", "--window-size=1280,1600", report.as_uri())
+    colors = PIL.open(shot).convert("RGB").getcolors(maxcolors=1 << 20)
+
+    def near(rgb, tol=12):
+        return sum(n for n, c in colors if all(abs(a - b) <= tol for a, b in zip(c, rgb)))
+    for rgb in ((0x4C, 0x78, 0xA8), (0xF5, 0x85, 0x18), (0x54, 0xA2, 0x4B)):   # S3, ZeroGen, gold data
+        assert near(rgb) > 150, rgb
     print(f"screenshot: {shot}")

@@ -9,8 +9,10 @@ import shutil
 import pytest
 from click.testing import CliRunner
 from conftest import QueuedLLM
+from test_pipeline import fake_answer, tiny_data
 
 from s3synth.analysis import LeakGuard, find_duplicates, table6
+from s3synth.bench import run_bench
 from s3synth.cli import cli
 from s3synth.config import RunConfig
 from s3synth.data import Example
@@ -19,7 +21,7 @@ from s3synth.export import export_run
 from s3synth.io import read_json, read_jsonl
 from s3synth.pipeline import S3
 from s3synth.progress import set_quiet
-from s3synth.report import write_report
+from s3synth.report import comparisons, write_report
 
 set_quiet(True)
 
@@ -212,7 +214,105 @@ def test_turning_dedup_on_redoes_the_seed_from_the_cache_and_a_report_failure_on
     assert (copy / "report.html").stat().st_mtime_ns == before       # the failing report only warned
 
 
-def test_write_report_refuses_a_bench_dir_for_now(tmp_path):
+def bench_answer(r):
+    """fake_answer, but ZeroGen's fixed prompt gets a review of a random sentiment: a weaker baseline."""
+    text = r.prompt or r.messages[-1][1]
+    if text.endswith('sentiment is: "'):
+        rng = random.Random(f"{text}|{r.sample_index}")
+        words = WORDS[rng.choice(sorted(WORDS))]
+        return f"This movie was {rng.choice(words)} and quite {rng.choice(words)} overall."
+    return fake_answer("imdb")(r)
+
+
+def bench_config(tmp):
+    gold, test = tiny_data(tmp, "imdb", n=48)
+    return RunConfig(task="imdb", gold_eval=str(gold), test=str(test), learner="fast", seed_size=16, rounds=1)
+
+
+def make_bench(tmp, seeds=(0, 1)):
+    """A small bench directory: S3, ZeroGen and gold data over `seeds` (fake LLM, fast learner)."""
+    return run_bench(bench_config(tmp), ["s3", "zerogen", "gold"], list(seeds), tmp / "bench",
+                     llm=QueuedLLM(bench_answer))
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench")
+    return tmp / "bench", make_bench(tmp)
+
+
+def test_bench_report_tables_and_comparison(bench):
+    out, res = bench
+    assert write_report(out, embed=None) == {"report.html": out / "report.html", "report.md": out / "report.md"}
+    assert not (out / "dataset_card.md").exists()
+    assert read_json(out / "bench.json")["table"] == res["table"]
+    html, md = (out / "report.html").read_text(), (out / "report.md").read_text()
+    for sec in ("comparison", "table", "seeds"):
+        assert f'<section id="{sec}">' in html, sec
+    assert "<script" not in html and "<link" not in html and not re.search(r'(src|href)="(https?:)?//', html)
+    names = {"s3": "S3", "zerogen": "ZeroGen", "gold": "Gold data"}
+    for r in res["table"]:                                              # the Table 2 row of every method
+        share = ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["pred_share"].items())
+        row = (f"| {names[r['method']]} | {r['size']:.0f} | {100 * r['accuracy']:.1f} ± {100 * r['accuracy_std']:.1f} "
+               f"| {100 * r['macro_f1']:.1f} ± {100 * r['macro_f1_std']:.1f} | {share} | {r['llm_requests']:,.0f} "
+               f"| {r['llm_tokens']:,.0f} |")
+        assert row in md, row
+        assert f"<tr><td>{names[r['method']]}</td><td>{r['size']:,.0f}</td>" in html
+    for r in res["runs"]:                                               # one row per run, linking its report
+        name = f"{r['method']}-seed{r['seed']}"
+        assert (out / name / "report.html").exists()
+        assert f'<a href="{name}/report.html">' in html
+        assert f"| {names[r['method']]} | {r['seed']} | {r['size']} | {100 * r['test']['accuracy']:.1f} |" in md
+    rows = {r["method"]: r for r in res["table"]}
+    assert rows["s3"]["accuracy"] != rows["zerogen"]["accuracy"]       # a difference with a sign to check
+    for m in ("zerogen", "gold"):                                       # the sentence follows the numbers
+        diff = 100 * (rows["s3"]["accuracy"] - rows[m]["accuracy"])
+        spread = 100 * max(rows["s3"]["accuracy_std"], rows[m]["accuracy_std"])
+        said = re.search(rf"S3 − {names[m]}: ([+-]\d+\.\d) points; seed spread (\d+\.\d): (larger than|within) "
+                         r"the spread", md)
+        assert said and said.group(0) in html
+        assert said.group(1) == f"{diff:+.1f}" and said.group(2) == f"{spread:.1f}"
+        assert (said.group(3) == "larger than") == (abs(diff) > spread)
+    svgs = re.findall(r"<svg[^>]*>.*?</svg>", html, re.S)
+    assert len(svgs) == 1 and 'data-figure="bench-comparison"' in svgs[0]
+    for m in names:                                                     # a dot per seed in both panels
+        for panel in ("seeds", "tokens"):
+            g = re.search(rf'<g id="bench-{panel}-{m}">(.*?)</g>\s*</g>', svgs[0], re.S)
+            assert g and g.group(1).count("<use ") == len(res["seeds"]), (m, panel)
+
+
+def test_comparison_verdicts():
+    def row(m, acc, std, runs=3):
+        return {"method": m, "accuracy": acc, "accuracy_std": std, "runs": runs}
+    got = comparisons([row("s3", 0.80, 0.01), row("zerogen", 0.70, 0.02), row("seed-only", 0.81, 0.02),
+                       row("gold", 0.90, 0.0, runs=1)], "accuracy")
+    assert [c["text"] for c in got] == [
+        "S3 − ZeroGen: +10.0 points; seed spread 2.0: larger than the spread",
+        "S3 − Seed only (w/o EES): -1.0 points; seed spread 2.0: within the spread",
+        "S3 − Gold data: -10.0 points; seed spread 1.0: one seed, no spread to compare with"]
+    assert comparisons([row("zerogen", 0.7, 0.0)], "accuracy") == []
+
+
+def test_bench_report_cli_and_a_failing_report_only_warns(bench, tmp_path, monkeypatch):
+    out, res = bench
+    copy = tmp_path / "bench"
+    shutil.copytree(out, copy)
+    r = CliRunner().invoke(cli, ["report", str(copy)])
+    assert r.exit_code == 0, r.output
+    assert r.output.split() == [str(copy / "report.html"), str(copy / "report.md")]
+    before = (copy / "report.html").stat().st_mtime_ns
+    import s3synth.report as report_mod
+
+    def boom(*a, **k):
+        raise RuntimeError("no report today")
+    monkeypatch.setattr(report_mod, "write_report", boom)
+    again = QueuedLLM(bench_answer)
+    assert run_bench(bench_config(tmp_path), ["s3", "zerogen", "gold"], res["seeds"], copy,
+                     llm=again)["table"] == res["table"]
+    assert again.stats.calls == 0 and (copy / "report.html").stat().st_mtime_ns == before
+
+
+def test_write_report_on_a_broken_bench_dir(tmp_path):
     (tmp_path / "bench.json").write_text("{}")
-    with pytest.raises(S3Error, match="bench directory"):
+    with pytest.raises(S3Error, match="not a bench result"):
         write_report(tmp_path, embed=None)

@@ -56,7 +56,18 @@ def run_bench(base: RunConfig, methods: list[str], seeds: list[int], out: str | 
               "runs": runs, "table": table}
     write_json(out / "bench.json", result)
     atomic_write_text(out / "bench.md", to_markdown(result))
+    _write_report(out)
     return result
+
+
+def _write_report(out: Path) -> None:
+    """DIR/report.html and report.md comparing the methods; a failure here only warns."""
+    try:
+        from .report import write_report
+
+        write_report(out, embed=None)
+    except Exception as e:  # the report is a by-product: never fail a finished bench for it
+        info(f"warning: no bench report written ({type(e).__name__}: {e}); try `s3synth report {out}`")
 
 
 def _summary(method: str, seed: int, d: Path, res: dict) -> dict:

@@ -112,6 +112,10 @@ def _run_option_list(out_required: bool) -> list:
                      help="openai: the chat or the plain completions endpoint."),
         click.option("--llm-timeout", default=60.0, show_default=True, type=float,
                      help="openai: seconds to wait for one answer before retrying."),
+        click.option("--embedded-weights", default="q8_0", show_default=True,
+                     type=click.Choice(["q8_0", "original"]),
+                     help="embedded: the format the model runs in; q8_0 (converted once, cached) is faster and "
+                          "gives the same answers batched or not; original keeps the packaged Q4_1 file."),
         click.option("--max-tokens", "budget_tokens", type=int, help="Hard budget: LLM tokens over the whole run directory."),
         click.option("--max-cost", type=float, help="Hard budget in money (needs --price-in/--price-out)."),
         click.option("--price-in", default=0.0, type=float, help="Price per million prompt tokens."),
@@ -298,7 +302,8 @@ def train(task_name, train_path, eval_path, test_path, learner, learner_path, ou
 def bench(methods, n_seeds, **o):
     """Compare S3 with the paper's baselines on one task: the same LLM, learner, gold eval, test set and
     one shared LLM cache. Prints a table in the layout of the paper's Table 2 (mean ± std over seeds,
-    sizes, LLM requests and tokens) and writes DIR/bench.json and DIR/bench.md. Resumable.
+    sizes, LLM requests and tokens) and writes DIR/bench.json, DIR/bench.md and the report (DIR/report.html,
+    report.md: the table, each seed, and S3's difference to each baseline against the seed spread). Resumable.
 
     \b
     Example:
@@ -342,6 +347,7 @@ def tasks():
 @click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
 def report(run_dir, no_embed, verbose):
     """Write RUN_DIR/report.html (one self-contained file with figures), report.md and dataset_card.md.
+    For a bench directory (the --out of `s3synth bench`): report.html and report.md comparing its methods.
 
     \b
     Example:

@@ -186,3 +186,39 @@ def screen_counts(stages: Sequence[str], counts: Sequence[dict]) -> str:
     ax.set_xlabel("share of the stage's LLM answers (%)", fontsize=9, color=INK)
     ax.legend(fontsize=8, frameon=False, ncols=3, loc="lower left", bbox_to_anchor=(0, 1.0), handlelength=1.2)
     return to_svg(fig, "screen-counts")
+
+
+def bench_comparison(methods: Sequence[dict], metric: str) -> str:
+    """Left: each method's mean test metric with a ±std error bar and every seed as a dot; right: test metric
+    against LLM tokens, one point per run. methods: [{"key", "name", "mean", "std", "runs": [{"seed", "tokens",
+    "value"}]}] in table order; values are fractions (None when missing)."""
+    fig, (a, b) = _figure(10.5, 3.9, 2)
+    a.grid(False, axis="x")
+    for i, m in enumerate(methods):
+        color = PALETTE[i % len(PALETTE)]
+        vals = [r["value"] for r in m["runs"] if r["value"] is not None]
+        if m["mean"] is not None:
+            a.errorbar([i], [100 * m["mean"]], yerr=[100 * m["std"]], fmt="D", color=color, markersize=8,
+                       capsize=6, elinewidth=2)
+            a.annotate(f"{100 * m['mean']:.1f}", (i, 100 * m["mean"]), textcoords="offset points", xytext=(-12, 0),
+                       ha="right", va="center", fontsize=8, color=color)
+        if vals:
+            offs = [0.22 + 0.06 * (j % 3) for j in range(len(vals))]
+            a.scatter([i + o for o in offs], [100 * v for v in vals], s=26, color=color, alpha=0.8,
+                      edgecolors="white", linewidths=0.5, zorder=3, gid=f"bench-seeds-{m['key']}")
+        pts = [(r["tokens"], r["value"]) for r in m["runs"] if r["value"] is not None]
+        if pts:
+            b.scatter([t for t, _ in pts], [100 * v for _, v in pts], s=40, color=color, label=m["name"],
+                      edgecolors="white", linewidths=0.6, zorder=3, gid=f"bench-tokens-{m['key']}")
+    a.set_xticks(list(range(len(methods))), [m["name"].replace(" (", "\n(") for m in methods], fontsize=8)
+    a.set_xlim(-0.6, len(methods) - 0.2)
+    a.margins(y=0.2)
+    a.set_ylabel(f"test {metric} (%)", fontsize=9, color=INK)
+    _title(a, f"Test {metric}: mean ± std over seeds, dots = seeds")
+    b.set_xlabel("LLM tokens of the run", fontsize=9, color=INK)
+    b.set_ylabel(f"test {metric} (%)", fontsize=9, color=INK)
+    b.xaxis.set_major_formatter(_thousands())
+    b.margins(x=0.08, y=0.2)
+    b.legend(fontsize=8, frameon=False, loc="best")
+    _title(b, f"Test {metric} vs. LLM tokens, one point per run")
+    return to_svg(fig, "bench-comparison")

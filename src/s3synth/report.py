@@ -2,14 +2,16 @@
 Markdown summary and a dataset card, written into DIR.
 
 The report re-reads the run directory and recomputes its analyses (Table 6, leakage, duplicates), so
-it also works for runs made before these were recorded. A directory kind ("run" today) picks the
-builder in `BUILDERS`; a bench directory (bench.json) gets its own builder there.
+it also works for runs made before these were recorded. A directory kind ("run", or "bench" for the
+--out of `s3synth bench`) picks its builder in `BUILDERS` and its files in `FILES`.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import time
+import tomllib
 from collections import Counter
 from pathlib import Path
 from typing import Callable
@@ -17,11 +19,13 @@ from typing import Callable
 from .analysis import LEAK_COSINE, Embedder, LeakGuard, find_duplicates, minilm_embedder, table6, words
 from .data import Example
 from .errors import S3Error
-from .io import atomic_write_text
+from .io import atomic_write_text, read_json
 from .progress import info
 from .runview import RunView, load_gold, load_run, stage_tokens
 
-FILES = ("report.html", "report.md", "dataset_card.md")
+FILES = {"run": {"report.html": "report.html.j2", "report.md": "report.md.j2", "dataset_card.md": "dataset_card.md.j2"},
+         "bench": {"report.html": "bench.html.j2", "report.md": "bench.md.j2"}}
+"""Per directory kind: file written -> its template."""
 MAX_GOLD_EMBED = 5000     # embedding leak check against at most this many gold texts (else the stored sources)
 SAMPLES = 10
 # Table 6 of the paper (DistilBERT embeddings, full-size runs), for reference beside this run's figures
@@ -54,19 +58,16 @@ def _embedder(embed) -> Embedder | None:
 
 
 def write_report(path: str | Path, *, embed: Embedder | str | None = "minilm") -> dict[str, Path]:
-    """Write report.html, report.md and dataset_card.md into `path`; returns their paths.
-    `embed`: texts -> L2-normalised vectors, "minilm" (the packaged MiniLM) or None (no cosine figures)."""
+    """Write the report files of `path` (report.html, report.md, and dataset_card.md for a run directory);
+    returns their paths. `embed`: texts -> L2-normalised vectors, "minilm" (the packaged MiniLM) or None (no
+    cosine figures); a bench directory needs none."""
     path = Path(path)
     kind = detect_kind(path)
-    if kind not in BUILDERS:
-        raise S3Error(f"{path} is a {kind} directory; its report is not available yet: run `s3synth report` "
-                      "on one of its run directories")
-    ctx = BUILDERS[kind](path, _embedder(embed))
+    ctx = BUILDERS[kind](path, _embedder(embed) if kind == "run" else None)
     env = _jinja()
     out = {}
-    for name in FILES:
-        text = env.get_template(f"{name}.j2").render(**ctx)
-        atomic_write_text(path / name, text)
+    for name, template in FILES[kind].items():
+        atomic_write_text(path / name, env.get_template(template).render(**ctx))
         out[name] = path / name
     return out
 
@@ -255,4 +256,81 @@ def build_run(path: Path, embed: Embedder | None) -> dict:
     }
 
 
-BUILDERS: dict[str, Callable[[Path, Embedder | None], dict]] = {"run": build_run}
+# ------------------------------------------------------------------ a bench directory
+
+def _value(x):
+    """None for a missing or NaN metric (a bench without a test set)."""
+    return None if x is None or x != x else x
+
+
+def comparisons(table: list[dict], metric: str) -> list[dict]:
+    """S3 against each baseline: the mean difference in `metric` (points) and whether it exceeds the larger
+    of the two methods' standard deviations over seeds."""
+    from .bench import LABELS
+
+    rows = {r["method"]: r for r in table}
+    s3 = rows.get("s3")
+    if s3 is None or _value(s3.get(metric)) is None:
+        return []
+    out = []
+    for m, r in rows.items():
+        if m == "s3" or _value(r.get(metric)) is None:
+            continue
+        diff = 100 * (s3[metric] - r[metric])
+        spread = 100 * max(s3[metric + "_std"], r[metric + "_std"])
+        verdict = "one seed, no spread to compare with" if min(s3["runs"], r["runs"]) < 2 else \
+            ("larger than the spread" if abs(diff) > spread else "within the spread")
+        name = LABELS.get(m, m)
+        out.append({"method": m, "name": name, "diff": diff, "spread": spread, "verdict": verdict,
+                    "text": f"S3 − {name}: {diff:+.1f} points; seed spread {spread:.1f}: {verdict}"})
+    return out
+
+
+def _run_settings(path: Path) -> tuple[str | None, str | None]:
+    """The LLM and learner of the bench's first run directory (the same for every run)."""
+    manifests = sorted(path.glob("*-seed*/manifest.json"))
+    if not manifests:
+        return None, None
+    cfg = manifests[0].parent / "config.toml"
+    learner = tomllib.loads(cfg.read_text(encoding="utf-8")).get("learner") if cfg.exists() else None
+    return (read_json(manifests[0]).get("llm") or {}).get("name"), learner
+
+
+def build_bench(path: Path, embed: Embedder | None) -> dict:
+    """The template context for a bench directory (bench.json of `s3synth bench`); `embed` is unused."""
+    from . import plots
+    from .bench import LABELS
+
+    try:
+        res = read_json(path / "bench.json")
+    except (json.JSONDecodeError, OSError) as e:
+        raise S3Error(f"{path / 'bench.json'}: unreadable ({e})") from None
+    if not isinstance(res, dict) or not {"table", "runs", "metric"} <= set(res):
+        raise S3Error(f"{path / 'bench.json'}: not a bench result (no table); run `s3synth bench --out {path}` again")
+    metric = res["metric"]
+    keys = ("exact_match", "f1") if metric == "f1" else ("accuracy", "macro_f1")
+    runs = []
+    for r in res["runs"]:
+        d = path / Path(r["dir"]).name
+        runs.append({**r, "name": LABELS.get(r["method"], r["method"]), "run_dir": d.name,
+                     "tokens": r["llm"]["prompt_tokens"] + r["llm"]["completion_tokens"],
+                     "values": {k: _value(r["test"].get(k)) for k in keys},
+                     "report": f"{d.name}/report.html" if (d / "report.html").exists() else None})
+    table = [{**r, "name": LABELS.get(r["method"], r["method"]),
+              **{k: _value(r.get(k)) for k in keys}, **{k + "_std": _value(r.get(k + "_std")) for k in keys}}
+             for r in res["table"]]
+    methods = [{"key": r["method"], "name": r["name"], "mean": r[metric], "std": r[metric + "_std"] or 0.0,
+                "runs": [{"seed": x["seed"], "tokens": x["tokens"], "value": x["values"][metric]}
+                         for x in runs if x["method"] == r["method"]]} for r in table]
+    llm, learner = _run_settings(path)
+    return {
+        "kind": "bench", "task": res["task"], "metric": metric, "keys": keys, "seeds": res["seeds"],
+        "key_names": {"accuracy": "accuracy", "macro_f1": "macro-F1", "exact_match": "EM", "f1": "F1"},
+        "title": f"s3synth bench report: {res['task']} ({path.name})", "generated": time.strftime("%Y-%m-%d %H:%M"),
+        "path": path, "table": table, "runs": runs, "comparisons": comparisons(table, metric),
+        "figures": {"comparison": plots.bench_comparison(methods, metric)} if table else {},
+        "llm": llm, "learner": learner, "llm_tokens": sum(r["tokens"] for r in runs),
+    }
+
+
+BUILDERS: dict[str, Callable[[Path, Embedder | None], dict]] = {"run": build_run, "bench": build_bench}
