@@ -34,14 +34,16 @@ import socket
 import threading
 import time
 from collections import deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
+
+from local_server import LocalServer
 
 FAULTS = ("429", "500", "503", "hang", "truncated", "not_json", "401")
 RANDOM_FAULTS = ("429", "500", "503", "hang", "truncated", "not_json")
 
 
-class FaultProxy:
+class FaultProxy(LocalServer):
     def __init__(self, upstream: str, *, rate: float = 0.0, kinds=RANDOM_FAULTS, seed: int = 0,
                  hang_s: float = 5.0, retry_after: str = "1", upstream_timeout: float = 300.0):
         parts = urlsplit(upstream)
@@ -56,7 +58,6 @@ class FaultProxy:
         self._posts = 0
         self._n_random = 0
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
 
     # -- knobs and read-outs ---------------------------------------------------------------------
     def fail_next(self, kind: str, n: int = 1) -> None:
@@ -98,36 +99,9 @@ class FaultProxy:
         return {"requests": len(es), "faults": sum(faults.values()), "by_kind": dict(sorted(faults.items())),
                 "forwarded": sum(e["forwarded"] for e in es), "ok": sum(e["ok"] for e in es)}
 
-    @property
-    def url(self) -> str:
-        assert self._server is not None, "start() the proxy first"
-        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
-
-    # -- life cycle ------------------------------------------------------------------------------
-    def start(self) -> "FaultProxy":
-        proxy = self
-
-        class Handler(_Handler):
-            owner = proxy
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._server.block_on_close = False
-        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
-        return self
-
     def stop(self) -> None:
         self.release.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> "FaultProxy":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        super().stop()
 
 
 def _error(message: str, type_: str, code: str | None) -> bytes:
@@ -254,3 +228,6 @@ class _Handler(BaseHTTPRequestHandler):
         delivered = self._send(status, data, content_type=ctype)
         with p._lock:
             entry.update(ok=delivered and text is not None, text=text)
+
+
+FaultProxy.handler = _Handler     # defined after the class it serves

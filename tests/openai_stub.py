@@ -22,13 +22,15 @@ import random
 import threading
 import time
 from collections import deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from local_server import LocalServer
 
 FAULTS = ("429", "500", "503", "400_context", "hang", "truncated", "not_json", "empty_choices",
           "empty_content", "401", "404")
 
 
-class OpenAIStub:
+class OpenAIStub(LocalServer):
     def __init__(self, *, delay: float = 0.0, usage: bool = True, retry_after: str | None = "0.1",
                  hang_s: float = 1.0, seed: int = 0):
         self.delay = delay              # seconds each answer takes
@@ -46,8 +48,6 @@ class OpenAIStub:
         self._faults: deque[str] = deque()
         self._rate, self._rate_kinds, self._rng = 0.0, (), random.Random(seed)
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # -- knobs ---------------------------------------------------------------------------------
     def fail_next(self, kind: str, n: int = 1) -> None:
@@ -69,37 +69,6 @@ class OpenAIStub:
     def count(self) -> int:
         with self._lock:
             return len(self.received)
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None, "start() the stub first"
-        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
-
-    # -- life cycle ----------------------------------------------------------------------------
-    def start(self) -> "OpenAIStub":
-        stub = self
-
-        class Handler(_Handler):
-            owner = stub
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._server.block_on_close = False
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> "OpenAIStub":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     # -- behaviour -----------------------------------------------------------------------------
     def _next_fault(self) -> str | None:
@@ -211,3 +180,6 @@ class _Handler(BaseHTTPRequestHandler):
             with stub._lock:
                 stub.answered.append(body)
         return self._send(200, answer)
+
+
+OpenAIStub.handler = _Handler     # defined after the class it serves

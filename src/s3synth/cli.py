@@ -307,7 +307,7 @@ def bench(methods, n_seeds, **o):
 
     \b
     Example:
-      s3synth bench --task qnli --gold-eval qnli/eval.jsonl --test qnli/test.jsonl --learner fast \
+      s3synth bench --task qnli --gold-eval qnli/eval.jsonl --test qnli/test.jsonl --learner fast \\
                     --seed-size 100 --seeds 3 --out runs/bench-qnli
     """
     from .progress import set_quiet
