@@ -51,7 +51,14 @@ def test_bench_grid_table(tmp_path):
     rows = {r["method"]: r for r in res["table"]}
     accs = [runs[("s3", s)]["test"]["accuracy"] for s in (0, 1)]
     assert rows["s3"]["accuracy"] == sum(accs) / 2 and rows["s3"]["runs"] == 2
+    for m in ("s3", "zerogen"):   # leak rate over every synthetic example screened, as the manifests count them
+        leak = [read_json(tmp_path / "bench" / f"{m}-seed{s}" / "manifest.json")["leakage"] for s in (0, 1)]
+        flagged, checked = (sum(v[k] for lk in leak for v in lk.values()) for k in ("flagged", "checked"))
+        assert checked > 0 and rows[m]["leak_rate"] == flagged / checked
+        assert rows[m]["duplicates"] >= 0
+    assert "leak_rate" not in rows["gold"]                   # no synthetic data to screen
     md = (tmp_path / "bench" / "bench.md").read_text()
+    assert "| leaks | dups |" in md and "| - | - |" in md
     assert "| S3 |" in md and "| ZeroGen |" in md and "| Gold data |" in md
     assert read_json(tmp_path / "bench" / "bench.json")["table"] == res["table"]
     assert (tmp_path / "bench" / "llm_cache.sqlite").exists()

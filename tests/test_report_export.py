@@ -253,9 +253,10 @@ def test_bench_report_tables_and_comparison(bench):
     names = {"s3": "S3", "zerogen": "ZeroGen", "gold": "Gold data"}
     for r in res["table"]:                                              # the Table 2 row of every method
         share = ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["pred_share"].items())
+        screen = f"{100 * r['leak_rate']:.1f}% | {r['duplicates']:,.1f}" if r["method"] != "gold" else "– | –"
         row = (f"| {names[r['method']]} | {r['size']:.0f} | {100 * r['accuracy']:.1f} ± {100 * r['accuracy_std']:.1f} "
-               f"| {100 * r['macro_f1']:.1f} ± {100 * r['macro_f1_std']:.1f} | {share} | {r['llm_requests']:,.0f} "
-               f"| {r['llm_tokens']:,.0f} |")
+               f"| {100 * r['macro_f1']:.1f} ± {100 * r['macro_f1_std']:.1f} | {share} | {screen} "
+               f"| {r['llm_requests']:,.0f} | {r['llm_tokens']:,.0f} |")
         assert row in md, row
         assert f"<tr><td>{names[r['method']]}</td><td>{r['size']:,.0f}</td>" in html
     for r in res["runs"]:                                               # one row per run, linking its report

@@ -79,8 +79,11 @@ def _summary(method: str, seed: int, d: Path, res: dict) -> dict:
         usage["prompt_tokens"] += u.get("used_prompt_tokens", 0)
         usage["completion_tokens"] += u.get("used_completion_tokens", 0)
     test = res["final"].get("test") or {}
+    leak = {"checked": sum(v.get("checked", 0) for v in (m.get("leakage") or {}).values()),
+            "flagged": sum(v.get("flagged", 0) for v in (m.get("leakage") or {}).values()),
+            "duplicates": sum(v.get("duplicates", 0) for v in (m.get("dedup") or {}).values())}
     return {"method": method, "seed": seed, "dir": str(d), "size": res["final"]["train_size"], "test": test,
-            "pred_share": test.get("pred_share"), "llm": usage}
+            "pred_share": test.get("pred_share"), "llm": usage, "screen": leak}
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
@@ -97,6 +100,10 @@ def aggregate(runs: list[dict], methods: list[str], kind: str) -> list[dict]:
         row = {"method": m, "runs": len(rs), "size": statistics.mean(r["size"] for r in rs),
                "llm_requests": statistics.mean(r["llm"]["requests"] for r in rs),
                "llm_tokens": statistics.mean(r["llm"]["prompt_tokens"] + r["llm"]["completion_tokens"] for r in rs)}
+        screened = [r["screen"] for r in rs if r.get("screen", {}).get("checked")]
+        if screened:    # synthetic data only: the gold method has none
+            row["leak_rate"] = sum(x["flagged"] for x in screened) / sum(x["checked"] for x in screened)
+            row["duplicates"] = float(statistics.mean(x["duplicates"] for x in screened))
         for k in keys:
             vals = [r["test"][k] for r in rs if k in r["test"]]
             row[k], row[k + "_std"] = _mean_std(vals)
@@ -110,19 +117,22 @@ def aggregate(runs: list[dict], methods: list[str], kind: str) -> list[dict]:
 
 def to_markdown(result: dict) -> str:
     qa = any("exact_match" in r for r in result["table"])
-    head = "| method | size | EM | F1 | LLM requests | LLM tokens |" if qa else \
-        "| method | size | accuracy | macro-F1 | test predictions per class | LLM requests | LLM tokens |"
+    head = "| method | size | EM | F1 | leaks | dups | LLM requests | LLM tokens |" if qa else \
+        "| method | size | accuracy | macro-F1 | test predictions per class | leaks | dups | LLM requests | LLM tokens |"
     lines = [f"# s3synth bench: {result['task']}", "",
-             f"Mean ± standard deviation over seeds {result['seeds']} (test set; percentages).", "", head,
+             f"Mean ± standard deviation over seeds {result['seeds']} (test set; percentages). Leaks: share of "
+             "the synthetic examples flagged as copies of gold-eval ones; dups: near-duplicates per run.", "", head,
              "|" + "---|" * (head.count("|") - 1)]
     for r in result["table"]:
         name = LABELS.get(r["method"], r["method"])
+        screen = (f"{100 * r['leak_rate']:.1f}% | {r['duplicates']:.1f}" if "leak_rate" in r else "- | -")
         if qa:
             lines.append(f"| {name} | {r['size']:.0f} | {100 * r['exact_match']:.1f} ± {100 * r['exact_match_std']:.1f} "
-                         f"| {100 * r['f1']:.1f} ± {100 * r['f1_std']:.1f} | {r['llm_requests']:.0f} | {r['llm_tokens']:.0f} |")
+                         f"| {100 * r['f1']:.1f} ± {100 * r['f1_std']:.1f} | {screen} | {r['llm_requests']:.0f} "
+                         f"| {r['llm_tokens']:.0f} |")
         else:
             share = ", ".join(f"{k} {100 * v:.0f}%" for k, v in r.get("pred_share", {}).items())
             lines.append(f"| {name} | {r['size']:.0f} | {100 * r['accuracy']:.1f} ± {100 * r['accuracy_std']:.1f} "
-                         f"| {100 * r['macro_f1']:.1f} ± {100 * r['macro_f1_std']:.1f} | {share} "
+                         f"| {100 * r['macro_f1']:.1f} ± {100 * r['macro_f1_std']:.1f} | {share} | {screen} "
                          f"| {r['llm_requests']:.0f} | {r['llm_tokens']:.0f} |")
     return "\n".join(lines) + "\n"
