@@ -341,6 +341,26 @@ def test_minilm_save_is_safetensors_only_and_reloads(single_fit, imdb, rte, tmp_
 
 # ---------------------------------------------------------------- fast learner
 
+@pytest.fixture(autouse=True)
+def _fresh_embedding_cache():
+    """The fast learner's embedding cache is process-wide; the counts below start from an empty one."""
+    from s3synth.learners import fast
+
+    fast._SHARED.clear()
+    yield
+    fast._SHARED.clear()
+
+
+def test_fast_learners_share_embeddings_of_the_same_encoder_setting(imdb):
+    first = make_learner("fast", imdb, TrainConfig(**CFG))
+    a = first.embed(["a cat sat on the mat", "stock prices fell sharply"])
+    second = make_learner("fast", imdb, TrainConfig(**CFG))
+    assert np.array_equal(second.embed(["stock prices fell sharply"]), a[1:])
+    assert second._encoder is None                                        # nothing embedded again
+    other = make_learner("fast", imdb, TrainConfig(**{**CFG, "max_length": 32}))
+    assert other._cache is not first._cache                              # another setting, another cache
+
+
 def test_fast_single_embeddings_cache_and_predictions(imdb):
     data = sentiment()
     learner = make_learner("fast", imdb, TrainConfig(**CFG))

@@ -39,6 +39,19 @@ def proba(X: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+_SHARED: dict[tuple, dict[str, np.ndarray]] = {}
+SHARED_MAX = 200_000      # texts kept per encoder setting (~300 MB at 384 dimensions); then started afresh
+
+
+def shared_cache(key: tuple) -> dict[str, np.ndarray]:
+    """The process-wide text -> embedding cache of one encoder setting: a bench grid or a run's rounds
+    embed the same gold-eval and test texts over and over with a fresh learner each time."""
+    cache = _SHARED.setdefault(key, {})
+    if len(cache) > SHARED_MAX:
+        cache.clear()
+    return cache
+
+
 class FastLearner(Learner):
     """Logistic regression on frozen sentence embeddings; `model_path` is the encoder folder."""
 
@@ -55,7 +68,7 @@ class FastLearner(Learner):
         self.max_length = min(self.config.max_length or task.max_length, 512)
         self.device = resolve_device(self.config.device)
         self._encoder = None
-        self._cache: dict[str, np.ndarray] = {}
+        self._cache = shared_cache((str(self.model_path), self.max_length, str(self.device)))
         self.classes: list[str] | None = None
         self.coef: np.ndarray | None = None
         self.intercept: np.ndarray | None = None
