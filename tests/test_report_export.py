@@ -292,6 +292,12 @@ def test_comparison_verdicts():
         "S3 − Seed only (w/o EES): -1.0 points; seed spread 2.0: within the spread",
         "S3 − Gold data: -10.0 points; seed spread 1.0: one seed, no spread to compare with"]
     assert comparisons([row("zerogen", 0.7, 0.0)], "accuracy") == []
+    runs = [{"method": m, "seed": k, "test": {"accuracy": a}}
+            for m, accs in (("s3", (0.80, 0.70, 0.90)), ("zerogen", (0.78, 0.71, 0.85))) for k, a in enumerate(accs)]
+    paired = comparisons([row("s3", 0.80, 0.10), row("zerogen", 0.78, 0.07)], "accuracy", runs)[0]
+    assert paired["paired"]["wins"] == 2 and paired["paired"]["seeds"] == [0, 1, 2]
+    assert paired["paired"]["mean"] == pytest.approx(2.0) and paired["paired"]["std"] == pytest.approx(3.0)
+    assert paired["text"].endswith("(paired by seed: +2.0 ± 3.0, S3 ahead on 2 of 3 seeds)")
 
 
 def test_bench_report_cli_and_a_failing_report_only_warns(bench, tmp_path, monkeypatch):

@@ -263,15 +263,23 @@ def _value(x):
     return None if x is None or x != x else x
 
 
-def comparisons(table: list[dict], metric: str) -> list[dict]:
+def comparisons(table: list[dict], metric: str, runs: list[dict] | None = None) -> list[dict]:
     """S3 against each baseline: the mean difference in `metric` (points) and whether it exceeds the larger
-    of the two methods' standard deviations over seeds."""
+    of the two methods' standard deviations over seeds; with `runs` (bench.json's), also the difference
+    paired by seed (both methods see the same gold eval and test set within a seed): mean ± std."""
+    import statistics
+
     from .bench import LABELS
 
     rows = {r["method"]: r for r in table}
     s3 = rows.get("s3")
     if s3 is None or _value(s3.get(metric)) is None:
         return []
+    by_seed: dict[str, dict] = {}
+    for r in runs or []:
+        v = _value((r.get("test") or {}).get(metric))
+        if v is not None:
+            by_seed.setdefault(r["method"], {})[r["seed"]] = v
     out = []
     for m, r in rows.items():
         if m == "s3" or _value(r.get(metric)) is None:
@@ -281,8 +289,17 @@ def comparisons(table: list[dict], metric: str) -> list[dict]:
         verdict = "one seed, no spread to compare with" if min(s3["runs"], r["runs"]) < 2 else \
             ("larger than the spread" if abs(diff) > spread else "within the spread")
         name = LABELS.get(m, m)
-        out.append({"method": m, "name": name, "diff": diff, "spread": spread, "verdict": verdict,
-                    "text": f"S3 − {name}: {diff:+.1f} points; seed spread {spread:.1f}: {verdict}"})
+        text = f"S3 − {name}: {diff:+.1f} points; seed spread {spread:.1f}: {verdict}"
+        seeds = sorted(set(by_seed.get("s3", {})) & set(by_seed.get(m, {})))
+        paired = [100 * (by_seed["s3"][k] - by_seed[m][k]) for k in seeds]
+        item = {"method": m, "name": name, "diff": diff, "spread": spread, "verdict": verdict}
+        if len(paired) >= 2:
+            item["paired"] = {"mean": statistics.mean(paired), "std": statistics.stdev(paired), "seeds": seeds,
+                              "wins": sum(d > 0 for d in paired)}
+            text += (f" (paired by seed: {item['paired']['mean']:+.1f} ± {item['paired']['std']:.1f}, "
+                     f"S3 ahead on {item['paired']['wins']} of {len(paired)} seeds)")
+        item["text"] = text
+        out.append(item)
     return out
 
 
@@ -327,7 +344,7 @@ def build_bench(path: Path, embed: Embedder | None) -> dict:
         "kind": "bench", "task": res["task"], "metric": metric, "keys": keys, "seeds": res["seeds"],
         "key_names": {"accuracy": "accuracy", "macro_f1": "macro-F1", "exact_match": "EM", "f1": "F1"},
         "title": f"s3synth bench report: {res['task']} ({path.name})", "generated": time.strftime("%Y-%m-%d %H:%M"),
-        "path": path, "table": table, "runs": runs, "comparisons": comparisons(table, metric),
+        "path": path, "table": table, "runs": runs, "comparisons": comparisons(table, metric, res["runs"]),
         "figures": {"comparison": plots.bench_comparison(methods, metric)} if table else {},
         "llm": llm, "learner": learner, "llm_tokens": sum(r["tokens"] for r in runs),
     }
