@@ -195,16 +195,22 @@ def fewshot_seed_requests(n: int) -> list:
     return sorted(reqs, key=lambda r: r.prompt)
 
 
+def _fewshot(ctx: Context) -> list:
+    """The few-shot RTE seed requests that every embedded row answers, built once per benchmark run."""
+    if not hasattr(ctx, "fewshot"):
+        ctx.fewshot = fewshot_seed_requests(ctx.args.requests)
+    return ctx.fewshot
+
+
 def _embedded_row(ctx: Context, name: str, n_parallel: int, weights: str = "q8_0") -> Result:
     from s3synth.llm.embedded import EmbeddedLLM
 
-    if not hasattr(ctx, "fewshot"):
-        ctx.fewshot = fewshot_seed_requests(ctx.args.requests)
+    requests = _fewshot(ctx)
     llm = EmbeddedLLM(n_threads=ctx.args.threads, n_parallel=n_parallel, weights=weights, cache_mode="off")
     llm._load()                                         # model load (and the one-off conversion) is not timed
     try:
         t = time.perf_counter()
-        out = llm.generate(ctx.fewshot, desc=name)
+        out = llm.generate(requests, desc=name)
         dt = time.perf_counter() - t
     finally:
         llm.close()
@@ -231,17 +237,15 @@ def row_embedded_batched_q4_1(ctx: Context) -> Result:
 def _legacy_row(ctx: Context, name: str, weights: str) -> Result:
     from llama_cpp import Llama
 
-    from s3synth.llm.embedded import EmbeddedLLM, converted_model
+    from s3synth.llm.embedded import EmbeddedLLM
 
-    if not hasattr(ctx, "fewshot"):
-        ctx.fewshot = fewshot_seed_requests(ctx.args.requests)
-    seeds = EmbeddedLLM(cache_mode="off", weights=weights)
-    path = converted_model(seeds.path, weights, seeds.identity()["file"], ctx.args.threads)
-    llm = Llama(model_path=str(path), n_ctx=4096, n_threads=ctx.args.threads, n_batch=512, verbose=False)
+    requests = _fewshot(ctx)
+    seeds = EmbeddedLLM(cache_mode="off", weights=weights, n_threads=ctx.args.threads)
+    llm = Llama(model_path=str(seeds.weights_path()), n_ctx=4096, n_threads=ctx.args.threads, n_batch=512, verbose=False)
     pt = ct = 0
     try:
         t = time.perf_counter()
-        for r in ctx.fewshot:
+        for r in requests:
             p = r.params
             o = llm.create_completion(r.prompt, max_tokens=p.max_tokens, temperature=p.temperature, top_p=p.top_p,
                                       repeat_penalty=max(p.repeat_penalty, 1.1), stop=list(p.stop) or None,
@@ -250,7 +254,7 @@ def _legacy_row(ctx: Context, name: str, weights: str) -> Result:
         dt = time.perf_counter() - t
     finally:
         llm.close()
-    return Result(name, len(ctx.fewshot), 1, dt, pt, ct)
+    return Result(name, len(requests), 1, dt, pt, ct)
 
 
 def row_embedded_legacy(ctx: Context) -> Result:

