@@ -116,7 +116,7 @@ def start_server(threads: int, ctx: Context) -> str:
 def seed_requests(n: int, offset: int = 0) -> list:
     """n RTE seed requests as a `--llm openai:...` run builds them (paper style), on real premises."""
     from s3synth.data import load_examples
-    from s3synth.prompts import PromptBuilder
+    from s3synth.method.prompts import PromptBuilder
     from s3synth.tasks import load_task
 
     task = load_task("rte")
@@ -181,7 +181,7 @@ def fewshot_seed_requests(n: int) -> list:
     import random
 
     from s3synth.data import load_examples
-    from s3synth.prompts import PromptBuilder
+    from s3synth.method.prompts import PromptBuilder
     from s3synth.tasks import load_task
 
     task = load_task("rte")

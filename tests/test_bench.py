@@ -3,10 +3,10 @@
 from conftest import QueuedLLM
 from test_pipeline import fake_answer, tiny_data
 
-from s3synth.bench import run_bench
+from s3synth.method.bench import run_bench
 from s3synth.config import RunConfig
 from s3synth.io import read_json, read_jsonl
-from s3synth.pipeline import S3
+from s3synth.method import S3
 
 
 def test_each_baseline(tmp_path):

@@ -13,7 +13,7 @@ from openai_stub import OpenAIStub
 from s3synth.cli import cli
 from s3synth.config import RunConfig
 from s3synth.io import read_jsonl
-from s3synth.pipeline import S3
+from s3synth.method import S3
 from s3synth.tasks import load_task
 
 # 20 RTE pairs, 10 per label: the default 30% hold-out keeps 3 per label, the 4 few-shot demos come out of

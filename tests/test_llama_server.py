@@ -177,7 +177,7 @@ def test_fault_proxy_at_20_percent(server, gold, tmp_path, capsys):
     """In-process run (the client timeout is short so that hangs are felt) in completions mode."""
     from s3synth.config import RunConfig
     from s3synth.llm.openai_compat import OpenAICompatLLM
-    from s3synth.pipeline import S3
+    from s3synth.method import S3
     from s3synth.progress import set_quiet
 
     out = tmp_path / "run"

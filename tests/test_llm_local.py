@@ -156,7 +156,7 @@ def test_vllm_generates_on_a_gpu(tmp_path):
 def rte_requests(shared_data, n: int, max_tokens: int = 12) -> list[Request]:
     """Few-shot RTE seed prompts (4 demonstrations + a query), as the pipeline sends them, sorted."""
     from s3synth.data import load_examples
-    from s3synth.prompts import PromptBuilder
+    from s3synth.method.prompts import PromptBuilder
     from s3synth.tasks import load_task
 
     task = load_task("rte")

@@ -8,7 +8,7 @@ from conftest import QueuedLLM
 
 from s3synth.config import RunConfig
 from s3synth.io import read_json, read_jsonl
-from s3synth.pipeline import S3
+from s3synth.method import S3
 from s3synth.progress import set_quiet
 
 set_quiet(True)
@@ -69,7 +69,7 @@ LEARNER = {"imdb": "fast", "rte": "fast", "qnli": "fast", "adversarial_qa": "min
 def test_each_builtin_task_runs_the_loop(tmp_path, task):
     gold, test = tiny_data(tmp_path, task)
     cfg = RunConfig(task=task, gold_eval=str(gold), test=str(test), learner=LEARNER[task], seed_size=16, rounds=1,
-                    holdout_frac=0.25, learner_settings={"epochs": 1, "max_length": 64, "batch_size": 8})
+                    holdout_frac=0.25, learner_options={"epochs": 1, "max_length": 64, "batch_size": 8})
     out = tmp_path / "run"
     llm = QueuedLLM(fake_answer(task))
     res = S3(cfg, llm=llm).run(out)

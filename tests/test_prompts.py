@@ -2,7 +2,7 @@
 
 import pytest
 
-from s3synth.prompts import PromptBuilder, answer_window, clean_answer, numbered, parse_rationales
+from s3synth.method.prompts import PromptBuilder, answer_window, clean_answer, numbered, parse_rationales
 from s3synth.tasks import load_task
 
 RTE = load_task("rte")

@@ -12,16 +12,17 @@ from conftest import QueuedLLM
 from test_pipeline import fake_answer, tiny_data
 
 from s3synth.analysis import LeakGuard, find_duplicates, table6
-from s3synth.bench import run_bench
+from s3synth.method.bench import run_bench
 from s3synth.cli import cli
 from s3synth.config import RunConfig
 from s3synth.data import Example
 from s3synth.errors import S3Error
-from s3synth.export import export_run
+from s3synth.report.export import export_run
 from s3synth.io import read_json, read_jsonl
-from s3synth.pipeline import S3
+from s3synth.method import S3
 from s3synth.progress import set_quiet
-from s3synth.report import comparisons, write_report
+from s3synth.report import write_report
+from s3synth.report.pages import comparisons
 
 set_quiet(True)
 

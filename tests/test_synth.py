@@ -5,8 +5,8 @@ from collections import Counter
 from conftest import QueuedLLM
 
 from s3synth.data import Example
-from s3synth.prompts import PromptBuilder
-from s3synth.synth import Synthesizer, balance_sources, pick_demos
+from s3synth.method.prompts import PromptBuilder
+from s3synth.method.synth import Synthesizer, balance_sources, pick_demos
 from s3synth.tasks import load_task
 
 RTE = load_task("rte")

@@ -14,7 +14,7 @@ from .tasks import load_task  # noqa: E402
 
 def __getattr__(name):  # heavy pieces load on first use
     if name == "S3":
-        from .pipeline import S3
+        from .method import S3
         return S3
     raise AttributeError(name)
 

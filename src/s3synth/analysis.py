@@ -1,6 +1,6 @@
 """Analyses of synthetic data: Table 6 of the paper, the leakage guard and near-duplicate detection.
 
-Words are `prompts.normalize_words` tokens (lower-cased `\\w+` runs), so punctuation and case never count.
+Words are `normalize_words` tokens (lower-cased `\\w+` runs), so punctuation and case never count.
 
 - Table 6 (`pair_rows`, `summarize_pairs`): each added example x_add against the gold example x_mis it was
   extrapolated from: cosine similarity of sentence embeddings (MiniLM, mean-pooled and L2-normalised, as
@@ -20,15 +20,16 @@ Words are `prompts.normalize_words` tokens (lower-cased `\\w+` runs), so punctua
 from __future__ import annotations
 
 import math
+import re
 import random
 from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
+from rapidfuzz.distance import Levenshtein
 
 from .data import Example
-from .prompts import normalize_words
 
 LEAK_NGRAM = 8
 LEAK_CONTAINMENT = 0.5
@@ -44,16 +45,9 @@ def words(text: str | Sequence[str]) -> list[str]:
     return list(text) if not isinstance(text, str) else normalize_words(text)
 
 
-def _levenshtein_dp(a: Sequence[str], b: Sequence[str]) -> int:
-    if len(a) < len(b):
-        a, b = b, a
-    prev = list(range(len(b) + 1))
-    for i, wa in enumerate(a, start=1):
-        cur = [i]
-        for j, wb in enumerate(b, start=1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (wa != wb)))
-        prev = cur
-    return prev[-1]
+def normalize_words(s: str) -> list[str]:
+    """Example: normalize_words("The film, really!") -> ["the", "film", "really"]."""
+    return re.findall(r"\w+", s.lower())
 
 
 def word_edit_distance(a: str | Sequence[str], b: str | Sequence[str]) -> int:
@@ -62,10 +56,6 @@ def word_edit_distance(a: str | Sequence[str], b: str | Sequence[str]) -> int:
     Example: word_edit_distance("The movie is great", "the film is great!") -> 1
     """
     wa, wb = words(a), words(b)
-    try:
-        from rapidfuzz.distance import Levenshtein
-    except ImportError:  # pragma: no cover - rapidfuzz is a core dependency
-        return _levenshtein_dp(wa, wb)
     return int(Levenshtein.distance(wa, wb))
 
 

@@ -8,12 +8,12 @@ re-run with a larger budget to go on), 130 interrupted (re-run the same command 
 from __future__ import annotations
 
 import os
-import re
 import sys
 import traceback
 
 import click
 
+from .config import EXPORT_FORMATS, METHODS
 from .errors import BudgetExceeded, S3Error
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -63,111 +63,142 @@ def print_result(result: dict, task) -> None:
     click.echo("\n".join(lines))
 
 
-def _learner_settings(epochs, lr, batch_size, max_length):
-    d = {}
-    for k, v in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size), ("max_length", max_length)):
-        if v is not None:
-            d[k] = v
-    return d
+# Older flags kept as aliases of backend and learner options (scripts keep working): flag -> (option, type, help)
+LLM_ALIASES = {
+    "base_url": ("base_url", str, "openai: server URL, e.g. http://localhost:8000/v1 (-o base_url=URL)."),
+    "api_key_env": ("api_key_env", str, "openai: NAME of the environment variable holding the API key "
+                                        "(default OPENAI_API_KEY)."),
+    "concurrency": ("concurrency", int, "openai: requests in flight (default 8)."),
+    "llm_mode": ("mode", str, "openai: chat or completions endpoint (-o mode=...)."),
+    "llm_timeout": ("timeout", float, "openai: seconds to wait for one answer before retrying (default 60)."),
+    "embedded_weights": ("weights", str, "embedded: q8_0 (default; converted once, cached) or original (the "
+                                         "packaged Q4_1 file)."),
+}
+LEARNER_ALIASES = {
+    "epochs": ("epochs", int, "Learner epochs (default 6; --learner-option epochs=N)."),
+    "lr": ("lr", float, "Learner peak learning rate (default 5e-5)."),
+    "batch_size": ("batch_size", int, "Learner batch size (default 8)."),
+    "max_length": ("max_length", int, "Learner tokens per input (default: the task's)."),
+}
+CLICK_TYPES = {int: int, float: float, str: str}
 
 
-def _run_option_list(out_required: bool) -> list:
-    return [
-        click.option("--task", "task_name", required=True, help="Built-in task (see `s3synth tasks`) or a task YAML/TOML file."),
-        click.option("--gold-eval", required=True, type=click.Path(), help="Real labelled examples (JSONL, CSV or Parquet) whose errors are extrapolated."),
-        click.option("--test", type=click.Path(), help="Real test set for the reported metrics (never used for choices)."),
-        click.option("--llm", default="embedded", show_default=True, help="embedded | openai:MODEL | any registered BACKEND:MODEL."),
-        click.option("--learner", default="minilm", show_default=True, help="minilm | distilbert | hf:PATH | fast."),
-        click.option("--learner-path", type=click.Path(), help="Weights folder for --learner distilbert (the paper's model)."),
-        click.option("--seed-size", default=200, show_default=True, type=int, help="Seed examples to keep."),
-        click.option("--method", default="s3", show_default=True,
-                     type=click.Choice(["s3", "zerogen", "goldgen", "seed-only", "gold", "zerogen-s3"]),
-                     help="s3, or a baseline of the paper: zerogen (one fixed prompt per label), goldgen "
-                          "(extrapolate every gold example), seed-only, gold (train on the gold eval); zerogen-s3 "
-                          "is Table 5's transfer (ZeroGen seed, then S3's extrapolation)."),
-        click.option("--size", type=int, help="zerogen / seed-only: synthetic examples to keep (default: --seed-size)."),
-        click.option("--rounds", default=2, show_default=True, type=int, help="Error-extrapolation rounds (the paper: 2)."),
-        click.option("--out", required=out_required, type=click.Path(), help="Run directory; re-run the same command to resume."),
-        click.option("--seed", default=0, show_default=True, type=int, help="Random seed for sampling, splits and training."),
-        click.option("--max-gold-eval", type=int, help="Use a random subsample of this many gold eval examples."),
-        click.option("--max-test", type=int, help="Use a random subsample of this many test examples."),
-        click.option("--holdout-frac", default=0.3, show_default=True, type=float,
-                     help="Share of gold eval kept out of error mining, used to pick epochs and to stop."),
-        click.option("--min-gain", default=0.0, show_default=True, type=float,
-                     help="Stop when the held-out metric gains less than this over the previous round."),
-        click.option("--balance", default="fill", show_default=True, type=click.Choice(["fill", "cap", "none"]),
-                     help="Label balance of each round's added data (none = the paper)."),
-        click.option("--prompt-style", default="auto", show_default=True, type=click.Choice(["auto", "paper", "fewshot"]),
-                     help="auto: few-shot completion prompts for the embedded model, the paper's templates otherwise."),
-        click.option("--contexts", type=click.Path(), help="Pair/QA tasks: premises/contexts to write for (default: the gold eval's)."),
-        click.option("--drop-leaks", is_flag=True,
-                     help="Drop synthetic examples copying a gold-eval one (8-gram containment >= 0.5); always counted."),
-        click.option("--dedup", is_flag=True, help="Drop near-duplicate generations (same label, 3-word-shingle Jaccard >= 0.9)."),
-        click.option("--temperature", default=0.8, show_default=True, type=float),
-        click.option("--top-p", default=0.95, show_default=True, type=float),
-        click.option("--base-url", help="openai: server URL, e.g. http://localhost:8000/v1."),
-        click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True, help="Environment variable holding the API key."),
-        click.option("--concurrency", default=8, show_default=True, type=int, help="openai: requests in flight."),
-        click.option("--llm-mode", default="chat", show_default=True, type=click.Choice(["chat", "completions"]),
-                     help="openai: the chat or the plain completions endpoint."),
-        click.option("--llm-timeout", default=60.0, show_default=True, type=float,
-                     help="openai: seconds to wait for one answer before retrying."),
-        click.option("--embedded-weights", default="q8_0", show_default=True,
-                     type=click.Choice(["q8_0", "original"]),
-                     help="embedded: the format the model runs in; q8_0 (converted once, cached) is faster and "
-                          "gives the same answers batched or not; original keeps the packaged Q4_1 file."),
-        click.option("--max-tokens", "budget_tokens", type=int, help="Hard budget: LLM tokens over the whole run directory."),
-        click.option("--max-cost", type=float, help="Hard budget in money (needs --price-in/--price-out)."),
-        click.option("--price-in", default=0.0, type=float, help="Price per million prompt tokens."),
-        click.option("--price-out", default=0.0, type=float, help="Price per million completion tokens."),
-        click.option("--no-cache", is_flag=True, help="Do not read or write the LLM answer cache."),
-        click.option("--cache-only", is_flag=True, help="Fail instead of calling the LLM for an answer not in the cache."),
-        click.option("--epochs", type=int, help="Learner epochs (default 6)."),
-        click.option("--lr", type=float, help="Learner peak learning rate (default 5e-5)."),
-        click.option("--batch-size", type=int, help="Learner batch size (default 8)."),
-        click.option("--max-length", type=int, help="Learner tokens per input (default: the task's)."),
-        click.option("-q", "--quiet", is_flag=True, help="No progress bars or status lines."),
-        click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors."),
+def _field_type(tp) -> type:
+    import typing
+
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if args else tp
+
+
+def _config_option_list(out_required: bool) -> list:
+    """Click options generated from RunConfig's fields (help, choices and defaults live there), then
+    --out, the plugin options and the older aliases."""
+    import typing
+    from dataclasses import MISSING, fields
+
+    from .config import RunConfig
+
+    hints = typing.get_type_hints(RunConfig)
+    out = []
+    for f in fields(RunConfig):
+        md = f.metadata
+        if not md.get("cli", True):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if md.get("flag"):
+            out.append(click.option(flag, f.name, is_flag=True, default=None, help=md["help"]))
+            continue
+        tp = _field_type(hints[f.name])
+        ctype = click.Choice(md["choices"]) if md.get("choices") else (
+            click.Path() if md.get("path") else CLICK_TYPES.get(tp, str))
+        default = f.default if f.default is not MISSING else None
+        text = md["help"] + (f"  [default: {default}]" if default is not None else "")
+        out.append(click.option(flag, f.name, type=ctype, default=None, required=bool(md.get("required")), help=text))
+    out += [
+        click.option("--out", required=out_required, type=click.Path(),
+                     help="Run directory; re-run the same command to resume."),
+        click.option("-o", "--llm-option", "llm_option", multiple=True, metavar="KEY=VALUE",
+                     help="An option of the LLM backend (repeatable), e.g. -o rpm=60; `s3synth plugins` lists them."),
+        click.option("--learner-option", "learner_option", multiple=True, metavar="KEY=VALUE",
+                     help="An option of the learner (repeatable), e.g. --learner-option epochs=4."),
+        click.option("--no-cache", is_flag=True, help="Do not read or write the LLM answer cache (--cache-mode off)."),
+        click.option("--cache-only", is_flag=True,
+                     help="Fail instead of calling the LLM for an answer not in the cache (--cache-mode only)."),
     ]
+    for name, (_, tp, text) in {**LLM_ALIASES, **LEARNER_ALIASES}.items():
+        out.append(click.option("--" + name.replace("_", "-"), name, type=CLICK_TYPES[tp], default=None, help=text))
+    out += [click.option("-q", "--quiet", is_flag=True, help="No progress bars or status lines."),
+            click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")]
+    return out
 
 
 def run_options(out_required: bool = True):
-    """Decorator: the options of `run`, shared with `estimate` (which does not need --out)."""
+    """Decorator: the options of `run`, shared with `estimate` (which does not need --out) and `bench`."""
     def deco(f):
-        for opt in reversed(_run_option_list(out_required)):
+        for opt in reversed(_config_option_list(out_required)):
             f = opt(f)
         return f
     return deco
 
 
+def _aliased(o: dict, aliases: dict, given: dict, known: set, what: str) -> dict:
+    """Plugin options from the alias flags in `o`, then `given` (KEY=VALUE options) on top. An alias the
+    plugin does not take is dropped with a note."""
+    from .progress import info
+
+    out = {}
+    for flag, (key, _, _) in aliases.items():
+        if o.get(flag) is None:
+            continue
+        if key not in known:
+            info(f"note: --{flag.replace('_', '-')} does not apply to {what}; ignored")
+            continue
+        out[key] = o[flag]
+    out.update(given)
+    return out
+
+
 def config_from_options(o: dict):
-    """The RunConfig for the `run` options `o`: options named like a RunConfig field go straight in."""
+    """The RunConfig for the `run` options `o`: options named like a RunConfig field go straight in, only
+    when given (RunConfig holds the defaults); aliases become plugin options, checked here."""
     from dataclasses import fields
 
     from .config import RunConfig
+    from .learners import learner_class, learner_options
+    from .llm import backend_class
+    from .plugins import parse_kv, parse_options
 
-    if o.get("cache_only") and o.get("no_cache"):
-        raise S3Error("--no-cache and --cache-only exclude each other")
-    if o.get("budget_tokens") is not None and o["budget_tokens"] < 1:
-        raise S3Error(f"--max-tokens {o['budget_tokens']}: must be >= 1")
-    if (o.get("price_in") or 0) < 0 or (o.get("price_out") or 0) < 0:
-        raise S3Error("--price-in and --price-out must be >= 0")
-    if o.get("max_cost") is not None:
-        if o["max_cost"] <= 0:
-            raise S3Error(f"--max-cost {o['max_cost']}: must be > 0")
-        if not (o.get("price_in") or o.get("price_out")):
-            raise S3Error("--max-cost needs --price-in and/or --price-out (money per million tokens)")
-    env = o.get("api_key_env")
-    if env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", env):     # never echo it: it may be the key itself
-        raise S3Error("--api-key-env takes the NAME of an environment variable holding the key "
-                      "(e.g. OPENAI_API_KEY), not the key")
-    names = {f.name for f in fields(RunConfig)}
-    kw = {k: v for k, v in o.items() if k in names}
-    kw.update(task=o["task_name"], max_tokens=o.get("budget_tokens"),
-              cache_mode="off" if o.get("no_cache") else ("only" if o.get("cache_only") else "use"),
-              learner_settings=_learner_settings(o.get("epochs"), o.get("lr"), o.get("batch_size"),
-                                                 o.get("max_length")))
-    return RunConfig(**kw)
+    if sum(bool(o.get(k)) for k in ("cache_only", "no_cache", "cache_mode")) > 1:
+        raise S3Error("--no-cache, --cache-only and --cache-mode exclude each other")
+    kw = {f.name: o[f.name] for f in fields(RunConfig) if o.get(f.name) is not None}
+    if o.get("no_cache"):
+        kw["cache_mode"] = "off"
+    if o.get("cache_only"):
+        kw["cache_mode"] = "only"
+    defaults = RunConfig.__dataclass_fields__
+    backend = (kw.get("llm") or defaults["llm"].default).partition(":")[0]
+    kind = (kw.get("learner") or defaults["learner"].default).partition(":")[0]
+    llm_cls, learner_cls = backend_class(backend), learner_class(kind)
+    kw["llm_options"] = _aliased(o, LLM_ALIASES, parse_kv(o.get("llm_option"), "--llm-option"),
+                                 {f.name for f in fields(llm_cls.Options)}, f"the {backend} backend")
+    kw["learner_options"] = _aliased(o, LEARNER_ALIASES, parse_kv(o.get("learner_option"), "--learner-option"),
+                                     {f.name for f in fields(learner_cls.Options)}, f"the {kind} learner")
+    cfg = RunConfig(**kw)
+    # unknown or bad plugin options: one line, exit 2, before anything runs
+    parse_options(llm_cls.Options, cfg.llm_options, f"--llm-option for the {backend} backend")
+    learner_options(learner_cls, cfg.learner_options, cfg.seed, f"--learner-option for the {kind} learner")
+    return cfg
+
+
+def _write_report(out, embed="minilm") -> None:
+    """The report of a finished run; a failure here only warns (the run itself is done)."""
+    from .progress import info
+    from .report import write_report
+
+    try:
+        write_report(out, embed=embed)
+    except Exception as e:  # the report is a by-product: never fail a finished run for it
+        info(f"warning: no report written ({type(e).__name__}: {e}); try `s3synth report {out}`")
 
 
 @cli.command(context_settings=CONTEXT)
@@ -189,11 +220,13 @@ def run(**o):
     set_quiet(o["quiet"])
 
     def go():
-        from .pipeline import S3
+        from .method import S3
         from .tasks import load_task
 
-        result = S3(config_from_options(o)).run(o["out"])
-        print_result(result, load_task(o["task_name"]))
+        cfg = config_from_options(o)
+        result = S3(cfg).run(o["out"])
+        _write_report(o["out"])
+        print_result(result, load_task(cfg.task))
 
     _guard(go, o["verbose"])
 
@@ -220,7 +253,7 @@ def estimate(assume_error_rate, as_json, **o):
     def go():
         import json
 
-        from .estimate import estimate_run
+        from .method.estimate import estimate_run
 
         est = estimate_run(config_from_options(o), error_rate=assume_error_rate)
         click.echo(json.dumps(est.to_dict(), indent=2) if as_json else est.table())
@@ -235,16 +268,18 @@ def estimate(assume_error_rate, as_json, **o):
 @click.option("--test", "test_path", type=click.Path(), help="Data to report metrics on.")
 @click.option("--learner", default="minilm", show_default=True, help="minilm | distilbert | hf:PATH | fast.")
 @click.option("--learner-path", type=click.Path(), help="Weights folder for --learner distilbert.")
+@click.option("--learner-option", "learner_option", multiple=True, metavar="KEY=VALUE",
+              help="An option of the learner (repeatable), e.g. --learner-option epochs=4.")
 @click.option("--out", required=True, type=click.Path(), help="Folder for metrics.json and the model (safetensors).")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--epochs", type=int)
-@click.option("--lr", type=float)
-@click.option("--batch-size", type=int)
-@click.option("--max-length", type=int)
+@click.option("--epochs", type=int, help=LEARNER_ALIASES["epochs"][2])
+@click.option("--lr", type=float, help=LEARNER_ALIASES["lr"][2])
+@click.option("--batch-size", type=int, help=LEARNER_ALIASES["batch_size"][2])
+@click.option("--max-length", type=int, help=LEARNER_ALIASES["max_length"][2])
 @click.option("-q", "--quiet", is_flag=True)
 @click.option("-v", "--verbose", is_flag=True)
-def train(task_name, train_path, eval_path, test_path, learner, learner_path, out, seed, epochs, lr, batch_size,
-          max_length, quiet, verbose):
+def train(task_name, train_path, eval_path, test_path, learner, learner_path, learner_option, out, seed, quiet,
+          verbose, **aliases):
     """Train and evaluate a learner on any data set, e.g. the gold-data baseline.
 
     \b
@@ -257,22 +292,25 @@ def train(task_name, train_path, eval_path, test_path, learner, learner_path, ou
 
     def go():
         import time
+        from dataclasses import fields
         from pathlib import Path
 
         from .data import load_examples, stratified_split
         from .io import write_json
-        from .learners import make_learner
-        from .learners.base import TrainConfig
+        from .learners import learner_class, make_learner
+        from .plugins import parse_kv
         from .tasks import load_task
 
         task = load_task(task_name)
+        kind = learner.partition(":")[0]
+        options = _aliased(aliases, LEARNER_ALIASES, parse_kv(learner_option, "--learner-option"),
+                           {f.name for f in fields(learner_class(kind).Options)}, f"the {kind} learner")
+        lrn = make_learner(learner, task, options, model_path=learner_path, seed=seed)
         tr = load_examples(train_path, task, id_prefix="train")
         ev = load_examples(eval_path, task, id_prefix="eval") if eval_path else None
         te = load_examples(test_path, task, id_prefix="test") if test_path else None
         if ev is None:
             tr, ev = stratified_split(tr, 0.1, seed)
-        settings = {"seed": seed, **_learner_settings(epochs, lr, batch_size, max_length)}
-        lrn = make_learner(learner, task, TrainConfig.from_dict(settings), model_path=learner_path)
         lrn.check()
         t = time.time()
         history = lrn.fit(tr, ev)
@@ -296,7 +334,8 @@ def train(task_name, train_path, eval_path, test_path, learner, learner_path, ou
 @cli.command(context_settings=CONTEXT)
 @run_options()
 @click.option("--methods", default="s3,zerogen,goldgen,seed-only,gold", show_default=True,
-              help="Comma-separated methods to compare (s3 always runs: it sizes the baselines).")
+              help="Comma-separated methods to compare (s3 always runs: it sizes the baselines); one of "
+                   + ", ".join(METHODS) + ".")
 @click.option("--seeds", "n_seeds", default=3, show_default=True, type=int,
               help="Seeds per method: --seed, --seed+1, ...")
 def bench(methods, n_seeds, **o):
@@ -315,7 +354,7 @@ def bench(methods, n_seeds, **o):
     set_quiet(o["quiet"])
 
     def go():
-        from .bench import run_bench
+        from .method.bench import run_bench
 
         if n_seeds < 1:
             raise S3Error(f"--seeds {n_seeds}: must be >= 1")
@@ -342,6 +381,33 @@ def tasks():
 
 
 @cli.command(context_settings=CONTEXT)
+def plugins():
+    """List the registered LLM backends and learners with their options (-o / --learner-option KEY=VALUE).
+
+    \b
+    Example:
+      s3synth plugins
+      s3synth run ... --llm openai:gpt-4o-mini -o rpm=500 -o tpm=200000 --learner-option epochs=4
+    """
+    from .plugins import GROUPS, describe_options, load_plugin, plugin_names
+
+    def go():
+        for group in ("llms", "learners"):
+            click.echo(f"{GROUPS[group]}s (entry-point group s3synth.{group}):")
+            for name in plugin_names(group):
+                try:
+                    cls = load_plugin(group, name)
+                except S3Error as e:
+                    click.echo(f"  {name:<14} not loadable: {e}")
+                    continue
+                doc = (cls.__doc__ or "").strip().splitlines()
+                click.echo(f"  {name:<14} {doc[0] if doc else ''}")
+                for line in describe_options(cls.Options):
+                    click.echo(f"  {'':<14}   {line}")
+    _guard(go, False)
+
+
+@cli.command(context_settings=CONTEXT)
 @click.argument("run_dir", type=click.Path())
 @click.option("--no-embed", is_flag=True, help="No MiniLM sentence embeddings: faster, but no cosine figures.")
 @click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
@@ -365,7 +431,7 @@ def report(run_dir, no_embed, verbose):
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("run_dir", type=click.Path())
-@click.option("--format", "fmt", default="jsonl", show_default=True, type=click.Choice(["jsonl", "parquet", "hf"]),
+@click.option("--format", "fmt", default="jsonl", show_default=True, type=click.Choice(EXPORT_FORMATS),
               help="hf: a Hugging Face `datasets` dataset on disk (load it with datasets.load_from_disk).")
 @click.option("--out", type=click.Path(), help="Output file (jsonl, parquet) or folder (hf); default RUN_DIR/export/.")
 @click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
@@ -377,7 +443,7 @@ def export(run_dir, fmt, out, verbose):
       s3synth export runs/demo --format parquet --out demo.parquet
     """
     def go():
-        from .export import export_run
+        from .report.export import export_run
 
         where, n = export_run(run_dir, fmt, out)
         click.echo(f"{n} rows -> {where}")
@@ -385,8 +451,19 @@ def export(run_dir, fmt, out, verbose):
     _guard(go, verbose)
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived (a scheduler, `kill`, a container stopping): unwinds like Ctrl-C."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def _guard(fn, verbose: bool) -> None:
-    """Run `fn`, turning known errors into one-line messages and exit codes."""
+    """Run `fn`, turning known errors into one-line messages and exit codes; SIGTERM ends it like Ctrl-C."""
+    import signal
+
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         fn()
     except BudgetExceeded as e:
@@ -400,6 +477,12 @@ def _guard(fn, verbose: bool) -> None:
     except KeyboardInterrupt:
         click.echo("s3synth: interrupted; run the same command again to resume", err=True)
         sys.exit(130)
+    except Terminated:
+        click.echo("s3synth: terminated (SIGTERM); everything so far is saved: run the same command again to resume",
+                   err=True)
+        sys.exit(143)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main() -> None:

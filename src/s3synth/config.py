@@ -1,4 +1,9 @@
-"""The run configuration: one validated dataclass, saved whole as `config.toml` (never a secret)."""
+"""The run configuration and the table of methods: the one source of every setting, default and choice.
+
+`RunConfig` validates everything on construction (Python and the command line get the same errors);
+the CLI builds its options from the fields below (type, default, choices and help in each field's
+metadata). `config.toml` holds it whole, with credentials in URLs masked.
+"""
 
 from __future__ import annotations
 
@@ -7,58 +12,108 @@ from dataclasses import asdict, dataclass, field, fields
 
 from .errors import S3Error
 
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the methods table: which stages a method runs. The loop and the estimate read it;
+    neither names a method.
+
+    - seed: the prompt family of the seed stage ("seed": the task's seed prompt; "zerogen": one fixed
+      prompt per label; None: no synthetic seed, train on the gold eval's mining part itself)
+    - rationales: single-text tasks write rationales first and show them in seed prompts
+    - rounds: runs `--rounds` rounds of error extrapolation
+    - extrapolate_all: extrapolates every mining example once, errors or not (GoldGen)
+    - sized: the seed grows to `--size` (a bench sets it to S3's final size)
+    """
+
+    name: str
+    label: str
+    seed: str | None
+    rationales: bool
+    rounds: bool
+    extrapolate_all: bool = False
+    sized: bool = False
+    help: str = ""
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("s3", "S3", "seed", rationales=True, rounds=True, help="the paper's method"),
+    Method("zerogen", "ZeroGen", "zerogen", rationales=False, rounds=False, sized=True,
+           help="one fixed prompt per label, no rationales, no feedback"),
+    Method("goldgen", "GoldGen", "seed", rationales=True, rounds=False, extrapolate_all=True,
+           help="extrapolate every gold example once"),
+    Method("seed-only", "Seed only (w/o EES)", "seed", rationales=True, rounds=False, sized=True,
+           help="the seed grown to --size"),
+    Method("gold", "Gold data", None, rationales=False, rounds=False, help="train on the gold eval itself"),
+    Method("zerogen-s3", "ZeroGen seed + S3", "zerogen", rationales=False, rounds=True,
+           help="Table 5's transfer: a ZeroGen seed, then S3's extrapolation"),
+)}
 BALANCE_MODES = ("fill", "cap", "none")
-METHODS = ("s3", "zerogen", "goldgen", "seed-only", "gold", "zerogen-s3")
+PROMPT_STYLES = ("auto", "paper", "fewshot")
+CACHE_MODES = ("use", "off", "only")
+EXPORT_FORMATS = ("jsonl", "parquet", "hf")     # `s3synth export --format`
+
+
+def opt(default=None, help: str = "", *, choices=None, cli: bool = True, **more):
+    """A RunConfig field with its command-line help (and choices); `cli=False` keeps it off the CLI."""
+    kw = {"default_factory": default} if callable(default) else {"default": default}
+    return field(**kw, metadata={"help": help, "choices": choices, "cli": cli, **more})
 
 
 @dataclass
 class RunConfig:
-    """Everything a run was asked to do. Defaults are documented in the README."""
+    """Everything a run was asked to do."""
 
-    task: str
-    gold_eval: str
-    test: str | None = None
-    llm: str = "embedded"
-    learner: str = "minilm"
-    learner_path: str | None = None
-    method: str = "s3"              # s3 | zerogen | goldgen | seed-only | gold | zerogen-s3 (Table 5: ZeroGen seed + S3)
-    size: int | None = None         # zerogen / seed-only: synthetic examples to keep (default: --seed-size)
-    cache_path: str | None = None   # LLM cache file (default: DIR/llm_cache.sqlite; `bench` shares one)
-    seed_size: int = 200            # seed examples kept (rejected answers are replaced)
-    rounds: int = 2                 # error-extrapolation rounds (the paper: 2)
-    seed: int = 0
-    max_gold_eval: int | None = None   # random subsample of the gold eval set
-    max_test: int | None = None        # random subsample of the test set
-    holdout_frac: float = 0.3       # share of gold eval kept out of error mining, for selection and stopping
-    min_gain: float = 0.0           # stop when the held-out metric gains less than this over the last round
-    balance: str = "fill"           # label balance of each round's added data: fill | cap | none
-    prompt_style: str = "auto"      # auto (few-shot for embedded, paper otherwise) | paper | fewshot
-    temperature: float = 0.8
-    top_p: float = 0.95
-    extrapolate_attempts: int = 2   # LLM calls per error at most (a rejected answer is asked again)
-    contexts: str | None = None     # pair/QA: context pool file (default: the gold eval's contexts)
-    drop_leaks: bool = False        # drop synthetic examples flagged as copies of gold-eval ones (always counted)
-    dedup: bool = False             # drop near-duplicate generations (always counted)
-    # LLM connection (openai:)
-    base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = 8
-    llm_mode: str = "chat"          # openai: chat | completions endpoint
-    llm_timeout: float = 60.0       # openai: seconds per request before a retry
-    embedded_weights: str = "q8_0"  # embedded: q8_0 | original (the packaged Q4_1 file)
-    cache_mode: str = "use"         # use | off | only
-    max_tokens: int | None = None   # hard budget over the whole run directory
-    max_cost: float | None = None
-    price_in: float = 0.0
-    price_out: float = 0.0
-    # learner
-    learner_settings: dict = field(default_factory=dict)   # overrides of TrainConfig fields
+    task: str = opt(None, "Built-in task (see `s3synth tasks`) or a task YAML/TOML file.", required=True)
+    gold_eval: str = opt(None, "Real labelled examples (JSONL, CSV or Parquet) whose errors are extrapolated.",
+                         required=True, path=True)
+    test: str | None = opt(None, "Real test set for the reported metrics (never used for choices).", path=True)
+    llm: str = opt("embedded", "embedded | openai:MODEL | transformers:PATH | vllm:PATH | any registered BACKEND:MODEL.")
+    llm_options: dict = opt(dict, "Options of the LLM backend (-o KEY=VALUE).", cli=False)
+    learner: str = opt("minilm", "minilm | distilbert | hf:PATH | fast | any registered learner.")
+    learner_path: str | None = opt(None, "Weights folder for the learner (e.g. --learner distilbert, the paper's model).",
+                                   path=True)
+    learner_options: dict = opt(dict, "Options of the learner (--learner-option KEY=VALUE).", cli=False)
+    method: str = opt("s3", "s3, or a baseline of the paper: " + "; ".join(
+        f"{m.name}: {m.help}" for m in METHODS.values() if m.name != "s3") + ".", choices=tuple(METHODS))
+    size: int | None = opt(None, "zerogen / seed-only: synthetic examples to keep (default: --seed-size).")
+    cache_path: str | None = opt(None, "LLM cache file (default: DIR/llm_cache.sqlite; a bench shares one).", cli=False)
+    seed_size: int = opt(200, "Seed examples to keep (rejected answers are replaced).")
+    rounds: int = opt(2, "Error-extrapolation rounds (the paper: 2).")
+    seed: int = opt(0, "Random seed for sampling, splits and training.")
+    max_gold_eval: int | None = opt(None, "Use a random subsample of this many gold eval examples.")
+    max_test: int | None = opt(None, "Use a random subsample of this many test examples.")
+    holdout_frac: float = opt(0.3, "Share of gold eval kept out of error mining, used to pick epochs and to stop.")
+    min_gain: float = opt(0.0, "Stop when the held-out metric gains less than this over the previous round.")
+    balance: str = opt("fill", "Label balance of each round's added data (none = the paper).", choices=BALANCE_MODES)
+    prompt_style: str = opt("auto", "auto: the backend's default (few-shot completion prompts for the embedded "
+                                    "model, the paper's templates otherwise).", choices=PROMPT_STYLES)
+    temperature: float = opt(0.8, "Sampling temperature.")
+    top_p: float = opt(0.95, "Nucleus sampling mass.")
+    extrapolate_attempts: int = opt(2, "LLM calls per error at most (a rejected answer is asked again).")
+    contexts: str | None = opt(None, "Pair/QA tasks: premises/contexts to write for (default: the gold eval's).",
+                               path=True)
+    drop_leaks: bool = opt(False, "Drop synthetic examples copying a gold-eval one (8-gram containment >= 0.5); "
+                                  "always counted.", flag=True)
+    dedup: bool = opt(False, "Drop near-duplicate generations (same label, 3-word-shingle Jaccard >= 0.9).", flag=True)
+    cache_mode: str = opt("use", "LLM answer cache: use, off (--no-cache) or only (--cache-only: never call the LLM).",
+                          choices=CACHE_MODES)
+    max_tokens: int | None = opt(None, "Hard budget: LLM tokens over the whole run directory.")
+    max_cost: float | None = opt(None, "Hard budget in money (needs --price-in/--price-out).")
+    price_in: float = opt(0.0, "Price per million prompt tokens.")
+    price_out: float = opt(0.0, "Price per million completion tokens.")
 
     def __post_init__(self):
         def bad(name, why):
             raise S3Error(f"--{name.replace('_', '-')} {getattr(self, name)!r}: {why}")
-        if self.method not in METHODS:
-            bad("method", f"must be one of {', '.join(METHODS)}")
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.metadata.get("required") and not v:
+                raise S3Error(f"--{f.name.replace('_', '-')} is required")
+            if f.metadata.get("choices") and v not in f.metadata["choices"]:
+                bad(f.name, f"must be one of {', '.join(f.metadata['choices'])}")
+        if not isinstance(self.llm_options, dict) or not isinstance(self.learner_options, dict):
+            raise S3Error("llm_options and learner_options must be dicts of option name -> value")
         if self.size is not None and self.size < 1:
             bad("size", "must be >= 1")
         if self.seed_size < 1:
@@ -67,38 +122,39 @@ class RunConfig:
             bad("rounds", "must be >= 0")
         if self.max_gold_eval is not None and self.max_gold_eval < 2:
             bad("max_gold_eval", "must be >= 2")
+        if self.max_test is not None and self.max_test < 1:
+            bad("max_test", "must be >= 1")
         if not (0 <= self.holdout_frac < 1):
             bad("holdout_frac", "must be in [0, 1)")
-        if self.balance not in BALANCE_MODES:
-            bad("balance", f"must be one of {', '.join(BALANCE_MODES)}")
-        if self.prompt_style not in ("auto", "paper", "fewshot"):
-            bad("prompt_style", "must be auto, paper or fewshot")
         if not (0 <= self.temperature <= 2):
             bad("temperature", "must be in [0, 2]")
         if not (0 < self.top_p <= 1):
             bad("top_p", "must be in (0, 1]")
         if self.extrapolate_attempts < 1:
             bad("extrapolate_attempts", "must be >= 1")
-        if self.cache_mode not in ("use", "off", "only"):
-            bad("cache_mode", "must be use, off or only")
-        if self.llm_mode not in ("chat", "completions"):
-            bad("llm_mode", "must be chat or completions")
-        if self.embedded_weights not in ("q8_0", "original"):
-            bad("embedded_weights", "must be q8_0 or original")
-        if self.llm_timeout <= 0:
-            bad("llm_timeout", "must be > 0")
-        if self.concurrency < 1:
-            bad("concurrency", "must be >= 1")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            bad("max_tokens", "must be >= 1")
+        if self.price_in < 0 or self.price_out < 0:
+            raise S3Error("--price-in and --price-out must be >= 0")
+        if self.max_cost is not None:
+            if self.max_cost <= 0:
+                bad("max_cost", "must be > 0")
+            if not (self.price_in or self.price_out):
+                raise S3Error("--max-cost needs --price-in and/or --price-out (money per million tokens)")
+
+    @property
+    def method_spec(self) -> Method:
+        return METHODS[self.method]
 
     def to_dict(self) -> dict:
         """All settings, with credentials written into a URL masked (config.toml never holds a secret)."""
         d = asdict(self)
-        if d.get("base_url"):
-            d["base_url"] = redact_url(d["base_url"])
+        d["llm_options"] = {k: redact_url(v) if isinstance(v, str) else v for k, v in self.llm_options.items()}
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
+        """A RunConfig from a dict such as a config.toml; keys of other versions are left out."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -111,26 +167,14 @@ def redact_url(text: str) -> str:
     return _USERINFO.sub(lambda m: m.group("scheme") + "***@", text)
 
 
-def to_toml(d: dict, prefix: str = "") -> str:
-    """A small TOML writer for flat values and one level of tables (None values are omitted)."""
-    def val(v):
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, (list, tuple)):
-            return "[" + ", ".join(val(x) for x in v) + "]"
-        s = str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-        return f'"{s}"'
-    lines, tables = [], []
-    for k, v in d.items():
-        if v is None:
-            continue
-        if isinstance(v, dict):
-            tables.append((k, v))
-        else:
-            lines.append(f"{k} = {val(v)}")
-    for k, v in tables:
-        lines.append(f"\n[{prefix}{k}]")
-        lines += [f"{kk} = {val(vv)}" for kk, vv in v.items() if vv is not None]
-    return "\n".join(lines) + "\n"
+def to_toml(d: dict) -> str:
+    """TOML text of a settings dict (None values left out: TOML has no null)."""
+    import tomli_w
+
+    def clean(x):
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items() if v is not None}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x if v is not None]
+        return x
+    return tomli_w.dumps(clean(d))

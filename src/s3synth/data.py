@@ -53,6 +53,16 @@ class Example:
         )
 
 
+@dataclass
+class Prediction:
+    """A learner's output for one example."""
+
+    label: str | None = None            # classification
+    probs: dict | None = None           # classification: label -> probability
+    answer: str | None = None           # QA: predicted answer text
+    score: float | None = None          # QA: span score; classification: probability of `label`
+
+
 def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

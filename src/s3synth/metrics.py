@@ -12,8 +12,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
-    from .data import Example
-    from .learners.base import Prediction
+    from .data import Example, Prediction
     from .tasks import Task
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Sequence
 
-from ..data import Example
+from ..data import Example, Prediction  # noqa: F401 (Prediction: re-exported)
 from ..errors import S3Error
 from ..metrics import evaluate, selection_metric
 from ..tasks import Task
@@ -88,23 +88,21 @@ PRESETS = {
 }
 
 
-@dataclass
-class Prediction:
-    label: str | None = None            # classification
-    probs: dict | None = None           # classification: label -> probability
-    answer: str | None = None           # QA: predicted answer text
-    score: float | None = None          # QA: span score; classification: probability of `label`
-
-
 class Learner(ABC):
-    """Base class: subclasses implement `fit`, `predict` and `save`."""
+    """Base class: subclasses implement `fit`, `predict` and `save`; `Options` declares their settings."""
 
     name = "base"
+    Options = TrainConfig
 
-    def __init__(self, task: Task, config: TrainConfig | None = None, *, model_path: str | None = None):
+    def __init__(self, task: Task, config=None, *, model_path: str | None = None):
         self.task = task
-        self.config = config or TrainConfig()
+        self.config = config if config is not None else self.Options()
         self.model_path = model_path
+
+    @classmethod
+    def resolve_model_path(cls, path: str | None) -> str | None:
+        """The weights this learner starts from: `path` as given (a learner with defaults overrides this)."""
+        return path
 
     @abstractmethod
     def fit(self, train: Sequence[Example], eval: Sequence[Example] | None = None) -> dict:

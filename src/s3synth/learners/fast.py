@@ -59,6 +59,11 @@ class FastLearner(Learner):
     C_GRID = (0.1, 1.0, 10.0)
     DEFAULT_C = 1.0
 
+    @classmethod
+    def resolve_model_path(cls, path: str | None) -> str:
+        from .weights import minilm_path
+        return path or minilm_path()
+
     def __init__(self, task, config: TrainConfig | None = None, *, model_path: str | None = None):
         if task.kind not in ("single", "pair"):
             raise S3Error(f"the fast learner supports classification tasks only (single and pair); task "

@@ -111,7 +111,7 @@ def check_model_dir(path: str | Path) -> Path:
 def open_encoder(model_path: str | None) -> tuple[str, object]:
     """(folder, tokenizer) of a local encoder; None means the packaged all-MiniLM-L6-v2."""
     if model_path is None:
-        from . import minilm_path
+        from .weights import minilm_path
         model_path = minilm_path()
     check_model_dir(model_path)
     from transformers import AutoTokenizer
@@ -126,6 +126,14 @@ class HFLearner(Learner):
     """Fine-tunes a local Hugging Face encoder; `model_path` defaults to the packaged all-MiniLM-L6-v2."""
 
     name = "hf"
+
+    @classmethod
+    def resolve_model_path(cls, path: str | None) -> str:
+        if not path:
+            raise S3Error("the hf learner needs a local model folder: --learner hf:DIR")
+        if not Path(path).is_dir():
+            raise S3Error(f"learner model folder {path!r} not found (hf:DIR takes a local folder; nothing is downloaded)")
+        return path
 
     def __init__(self, task, config: TrainConfig | None = None, *, model_path: str | None = None):
         super().__init__(task, config, model_path=model_path)
@@ -402,6 +410,28 @@ class HFLearner(Learner):
         obj.model = obj._load_model(str(d))
         obj.model.eval()
         return obj
+
+
+class MiniLMLearner(HFLearner):
+    """`--learner minilm`: fine-tunes the packaged all-MiniLM-L6-v2 (or the folder given as --learner-path)."""
+
+    name = "minilm"
+
+    @classmethod
+    def resolve_model_path(cls, path: str | None) -> str:
+        from .weights import minilm_path
+        return path or minilm_path()
+
+
+class DistilBERTLearner(HFLearner):
+    """`--learner distilbert`: the paper's model, from --learner-path or an already cached hub copy."""
+
+    name = "distilbert"
+
+    @classmethod
+    def resolve_model_path(cls, path: str | None) -> str:
+        from .weights import distilbert_path
+        return path or distilbert_path()
 
 
 def _answer_chars(ex: Example) -> tuple[int, int]:

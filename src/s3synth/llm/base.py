@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 from ..errors import BudgetExceeded, LLMError
+from ..plugins import parse_options
 from ..progress import bar
 from .cache import LLMCache
 
@@ -116,15 +117,22 @@ class Budget:
 
 
 class LLM(ABC):
-    """Base class of every backend. Subclasses set `backend` and implement `_generate_batch`."""
+    """Base class of every backend. Subclasses set `backend`, implement `_generate_batch`, and declare
+    their settings as a dataclass `Options` (what `--llm-option KEY=VALUE` may set)."""
 
     backend = "base"
     batch_size = 8          # requests handed to `_generate_batch` at once (and cached together)
+    default_prompt_style = "paper"   # `--prompt-style auto`: "paper" (chat templates) or "fewshot" (small models)
+
+    @dataclass
+    class Options:
+        """No options."""
 
     def __init__(self, model: str, *, cache: LLMCache | None = None, seed: int = 0,
-                 cache_mode: str = "use", budget: Budget | None = None):
+                 cache_mode: str = "use", budget: Budget | None = None, **options):
         if cache_mode not in ("use", "off", "only"):
             raise ValueError(f"cache_mode must be use, off or only, not {cache_mode!r}")
+        self.options = parse_options(self.Options, options, f"LLM backend '{self.backend}'")
         self.model = model
         self.cache = cache
         self.seed = seed

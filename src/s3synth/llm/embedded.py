@@ -26,6 +26,7 @@ import glob
 import hashlib
 import importlib.util
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -104,15 +105,28 @@ class EmbeddedLLM(LLM):
 
     backend = "embedded"
     default_model = "smollm2-135m-instruct"
+    default_prompt_style = "fewshot"    # a 135M model follows few-shot completion prompts, not instructions
     batch_size = 256         # requests handed over at once: slots stay busy, short drain at the end
 
-    def __init__(self, model: str = default_model, *, n_ctx: int = 2048, n_threads: int | None = None,
-                 n_parallel: int = 16, weights: str | None = None, **kw):
+    @dataclass
+    class Options:
+        """Settings of `--llm embedded` (`-o KEY=VALUE`; --embedded-weights is an alias of weights)."""
+
+        weights: str = field(default_factory=lambda: os.environ.get("S3SYNTH_EMBEDDED_WEIGHTS") or "q8_0")
+        n_ctx: int = 2048               # context of each sequence
+        n_threads: int | None = None    # default: every core
+        n_parallel: int = 16            # sequences decoded together
+
+        def __post_init__(self):
+            if self.weights not in WEIGHTS:
+                raise LLMError(f"embedded weights '{self.weights}': choose from {', '.join(WEIGHTS)}")
+            if self.n_ctx < 64 or self.n_parallel < 1 or (self.n_threads is not None and self.n_threads < 1):
+                raise LLMError("embedded options: n_ctx must be >= 64, n_parallel and n_threads >= 1")
+
+    def __init__(self, model: str = default_model, **kw):
         super().__init__(model, **kw)
-        weights = weights or os.environ.get("S3SYNTH_EMBEDDED_WEIGHTS") or "q8_0"
-        if weights not in WEIGHTS:
-            raise LLMError(f"embedded weights '{weights}': choose from {', '.join(WEIGHTS)}")
-        self.weights = weights
+        n_ctx, n_threads, n_parallel = self.options.n_ctx, self.options.n_threads, self.options.n_parallel
+        self.weights = self.options.weights
         self.path = embedded_model_path() if model == self.default_model else Path(model)
         if not self.path.is_file():
             raise LLMError(f"GGUF model file not found: {self.path}")

@@ -26,6 +26,7 @@ import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Sequence
 from urllib.parse import urlsplit, urlunsplit
 
@@ -36,6 +37,7 @@ from .base import LLM, Budget, Completion, Request
 from .cache import LLMCache
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+MODES = ("chat", "completions")
 RETRYABLE = {408, 409, 429}
 RETRY_AFTER_CAP = 60.0
 # extra_body keys that, set to True, send the request's GenParams.repeat_penalty under that name
@@ -97,17 +99,42 @@ class OpenAICompatLLM(LLM):
 
     backend = "openai"
 
-    def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str | None = "OPENAI_API_KEY",
-                 mode: str = "chat", concurrency: int = 8, timeout: float = 60.0, max_retries: int = 5,
-                 rpm: float | None = None, tpm: float | None = None, extra_body: dict | None = None,
-                 backoff_base: float = 0.5, backoff_cap: float = 20.0,
-                 cache: LLMCache | None = None, seed: int = 0, cache_mode: str = "use",
-                 budget: Budget | None = None):
-        super().__init__(model, cache=cache, seed=seed, cache_mode=cache_mode, budget=budget)
-        if mode not in ("chat", "completions"):
-            raise LLMError(f"mode must be 'chat' or 'completions', not {mode!r}")
-        if concurrency < 1 or max_retries < 0 or timeout <= 0:
-            raise LLMError("concurrency must be >= 1, max_retries >= 0 and timeout > 0")
+    @dataclass
+    class Options:
+        """Settings of `--llm openai:MODEL` (`-o KEY=VALUE`; the older flags are aliases)."""
+
+        base_url: str | None = None     # --base-url; default $OPENAI_BASE_URL, else OpenAI's
+        api_key_env: str | None = "OPENAI_API_KEY"   # --api-key-env: the NAME of the variable holding the key
+        mode: str = "chat"              # --llm-mode: chat | completions endpoint
+        concurrency: int = 8            # --concurrency: requests in flight
+        timeout: float = 60.0           # --llm-timeout: seconds per request before a retry
+        max_retries: int = 5
+        rpm: float | None = None        # requests per minute
+        tpm: float | None = None        # tokens per minute
+        extra_body: dict | None = None  # merged into every request body (a None value removes a key)
+        backoff_base: float = 0.5
+        backoff_cap: float = 20.0
+
+        def __post_init__(self):
+            if self.mode not in MODES:
+                raise LLMError(f"openai option mode {self.mode!r}: must be one of {', '.join(MODES)}")
+            if self.concurrency < 1 or self.max_retries < 0 or self.timeout <= 0:
+                raise LLMError("openai options: concurrency must be >= 1, max_retries >= 0 and timeout > 0")
+            if self.api_key_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env):
+                # never echo it: it may be the key itself
+                raise LLMError("--api-key-env takes the NAME of an environment variable holding the key "
+                               "(e.g. OPENAI_API_KEY), not the key")
+            for name in ("rpm", "tpm"):
+                if getattr(self, name) is not None and getattr(self, name) <= 0:
+                    raise LLMError(f"openai option {name} {getattr(self, name)!r}: must be > 0")
+
+    def __init__(self, model: str, *, cache: LLMCache | None = None, seed: int = 0, cache_mode: str = "use",
+                 budget: Budget | None = None, **options):
+        super().__init__(model, cache=cache, seed=seed, cache_mode=cache_mode, budget=budget, **options)
+        o = self.options
+        base_url, api_key_env, mode, concurrency = o.base_url, o.api_key_env, o.mode, o.concurrency
+        timeout, max_retries, rpm, tpm, extra_body = o.timeout, o.max_retries, o.rpm, o.tpm, o.extra_body
+        backoff_base, backoff_cap = o.backoff_base, o.backoff_cap
         base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).strip()
         parts = urlsplit(base_url)
         netloc = parts.netloc.rpartition("@")[2]     # never show user:password@

@@ -17,6 +17,7 @@ Not handled: quantised weights (bitsandbytes, GPTQ), multi-GPU sharding, pickle 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -35,10 +36,17 @@ class TransformersLLM(LLM):
     backend = "transformers"
     batch_size = 32
 
-    def __init__(self, model: str, *, device: str | None = None, n_parallel: int = 8, **kw):
+    @dataclass
+    class Options:
+        """Settings of `--llm transformers:PATH` (`-o KEY=VALUE`)."""
+
+        device: str | None = None       # default: cuda when there is one, else cpu
+        n_parallel: int = 8             # sequences generated together
+
+    def __init__(self, model: str, **kw):
         super().__init__(model, **kw)
-        self.device_name = device
-        self.n_parallel = max(1, int(n_parallel))
+        self.device_name = self.options.device
+        self.n_parallel = max(1, int(self.options.n_parallel))
         self._model = self._tok = self._device = None
 
     def identity(self) -> dict:

@@ -11,6 +11,7 @@ Not handled: LoRA adapters, multi-node serving, guided decoding, CPU-only vLLM b
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 from ..errors import LLMError
@@ -23,10 +24,21 @@ class VLLMBackend(LLM):
     backend = "vllm"
     batch_size = 256
 
-    def __init__(self, model: str, *, gpu_memory_utilization: float = 0.85, max_model_len: int | None = None,
-                 dtype: str = "auto", **kw):
+    @dataclass
+    class Options:
+        """Settings of `--llm vllm:PATH` (`-o KEY=VALUE`), passed to vLLM's engine."""
+
+        gpu_memory_utilization: float = 0.85
+        max_model_len: int | None = None
+        dtype: str = "auto"
+        tensor_parallel_size: int = 1
+
+    def __init__(self, model: str, **kw):
         super().__init__(model, **kw)
-        self.engine_kwargs = {"gpu_memory_utilization": gpu_memory_utilization, "dtype": dtype}
+        o = self.options
+        gpu_memory_utilization, max_model_len, dtype = o.gpu_memory_utilization, o.max_model_len, o.dtype
+        self.engine_kwargs = {"gpu_memory_utilization": gpu_memory_utilization, "dtype": dtype,
+                              "tensor_parallel_size": o.tensor_parallel_size}
         if max_model_len:
             self.engine_kwargs["max_model_len"] = max_model_len
         self._llm = None

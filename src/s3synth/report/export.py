@@ -13,11 +13,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import S3Error
-from .io import atomic_write_bytes, write_jsonl
+from ..config import EXPORT_FORMATS as FORMATS
+from ..errors import S3Error
+from ..io import atomic_write_bytes, read_jsonl, write_jsonl
+from ..rundir import LAYOUT
 from .runview import RunView, load_run
 
-FORMATS = ("jsonl", "parquet", "hf")
 PROVENANCE = ("stage", "round", "source_id")
 
 
@@ -28,11 +29,9 @@ def columns(kind: str | None) -> list[str]:
 
 def export_rows(run: RunView) -> list[dict]:
     """One flat dict per row of final/train.jsonl, in its order."""
-    from .io import read_jsonl
-
     cols = columns(getattr(run.task, "kind", None))
     out = []
-    for d in read_jsonl(run.path / "final/train.jsonl"):
+    for d in read_jsonl(run.path / LAYOUT.final_train):
         meta, ans = d.get("meta") or {}, d.get("answer") or {}
         row = {"id": d.get("id", ""), "text": d["text"], "label": d.get("label"), "context": d.get("context"),
                "answer": ans.get("text"), "answer_start": ans.get("start"), "stage": meta.get("stage"),

@@ -24,12 +24,12 @@ import contextlib
 import math
 import os
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Sequence
 
-from .config import RunConfig
-from .errors import S3Error
-from .llm.base import LLM, Completion, Request, estimate_prompt_tokens
+from ..config import RunConfig
+from ..errors import S3Error
+from ..llm.base import LLM, Completion, Request, estimate_prompt_tokens
 
 SEED_FACTOR = 1.1       # seed requests per kept seed example
 RETRY_FACTOR = 1.1      # extrapolation requests per source when rejected answers are asked again
@@ -44,10 +44,12 @@ def scaled(n: int, factor: float) -> int:
 
 @dataclass
 class StageEstimate:
-    stage: str
-    calls: int
+    stage: str                  # the stage's name in manifest.json (seed, rationales, round-1/extrapolate, ...)
+    calls: int                  # requests with the allowance for rejected answers asked again
     prompt_tokens: int
     completion_tokens: int      # upper bound: every call uses all of max_tokens
+    requests: int = 0           # requests of the first pass (what the plan sends when nothing is rejected)
+    label: str = ""
 
     @property
     def tokens(self) -> int:
@@ -76,7 +78,7 @@ class Estimate:
 
     def total(self) -> StageEstimate:
         return StageEstimate("total", sum(s.calls for s in self.stages), sum(s.prompt_tokens for s in self.stages),
-                             sum(s.completion_tokens for s in self.stages))
+                             sum(s.completion_tokens for s in self.stages), sum(s.requests for s in self.stages))
 
     def budget_notes(self) -> list[str]:
         """Where a --max-tokens / --max-cost budget would stop the run, if it would."""
@@ -117,7 +119,7 @@ class Estimate:
         for s in self.stages + [self.total()]:
             if s.stage == "total":
                 lines.append(lines[3])
-            lines.append(f"{s.stage:<24} {s.calls:>7,} {s.prompt_tokens:>14,} {s.completion_tokens:>18,} "
+            lines.append(f"{s.label or s.stage:<24} {s.calls:>7,} {s.prompt_tokens:>14,} {s.completion_tokens:>18,} "
                          f"{s.tokens:>13,}" + (f" {self.cost(s):>11.4f}" if self.priced else ""))
         lines += ["", f"prompt tokens: {self.token_counter} of the real prompts"
                   + (" (extrapolation: averaged over the mining examples)" if a.get("rounds") else ""),
@@ -204,7 +206,7 @@ def token_counter(llm) -> tuple[str, Callable[[Request], int]]:
 
 def estimate_run(cfg: RunConfig, *, error_rate: float = 0.2) -> Estimate:
     """The estimate for `cfg`; loads and checks the inputs like `run` does, calls no LLM, writes nothing."""
-    from .pipeline import S3
+    from .loop import S3
 
     if not 0 <= error_rate <= 1:
         raise S3Error(f"--assume-error-rate {error_rate}: must be in [0, 1]")
@@ -217,62 +219,48 @@ def estimate_run(cfg: RunConfig, *, error_rate: float = 0.2) -> Estimate:
 
 
 def _estimate(s3, error_rate: float) -> Estimate:
+    """Walk the run's own stage plan (`s3.plan`), recording the requests each stage would send."""
     from .synth import Synthesizer
 
     cfg, task = s3.cfg, s3.task
-    method = getattr(cfg, "method", "s3")
     counter_name, count = token_counter(s3.llm)
     rec = _Recorder()
     synth = Synthesizer(task, rec, s3.builder, cfg.seed)
+    retry = RETRY_FACTOR if cfg.extrapolate_attempts > 1 else 1.0
+    errors = scaled(len(s3.mining), error_rate)
+    sources = errors * (len(task.labels) if cfg.balance == "fill" and task.kind != "qa" else 1)
     stages: list[StageEstimate] = []
-    a: dict = {"method": method, "error_rate": error_rate, "mining": len(s3.mining), "balance": cfg.balance,
-               "seed_factor": SEED_FACTOR}
+    a: dict = {"method": cfg.method, "error_rate": error_rate, "mining": len(s3.mining), "balance": cfg.balance,
+               "seed_factor": SEED_FACTOR, "retry_factor": retry}
 
-    def add(label: str, requests: list[Request], calls: int) -> None:
-        """A stage of `calls` requests like `requests` (all of them, or a sample to average over)."""
-        if not requests or not calls:
-            stages.append(StageEstimate(label, 0, 0, 0))
+    def add(step, reqs: list[Request], requests: int, calls: int) -> None:
+        """A stage of `calls` requests like `reqs` (all of them, or a sample to average over)."""
+        if not reqs or not calls:
+            stages.append(StageEstimate(step.name, 0, 0, 0, 0, step.label))
             return
-        sizes = [count(r) for r in requests]
+        sizes = [count(r) for r in reqs]
         pt = sum(sizes) if len(sizes) == calls else round(sum(sizes) / len(sizes) * calls)
-        stages.append(StageEstimate(label, calls, pt, calls * requests[0].params.max_tokens))
+        stages.append(StageEstimate(step.name, calls, pt, calls * reqs[0].params.max_tokens, requests, step.label))
 
     rationales = None
-    if method in ("s3", "seed-only", "goldgen") and task.kind == "single" and task.stage("rationale") is not None:
-        reqs = _planned(rec, synth.rationales)
-        add("rationales", reqs, len(reqs))
-        rationales = {lab: [PLACEHOLDER_RATIONALE] * task.rationale_keep for lab in task.label_names}
-
-    if method != "gold":
-        stage = "zerogen" if method == "zerogen" else "seed"
-        if task.stage(stage) is None:
-            raise S3Error(f"task {task.name} has no '{stage}' prompt; add prompts.{stage} to the task file")
-        size = getattr(cfg, "size", None)
-        n = (size or cfg.seed_size) if method in ("zerogen", "seed-only") else cfg.seed_size
-        calls = scaled(n, SEED_FACTOR)
-        a.update(seed_size=n, seed_requests=calls)
-        s3.builder.demos["seed"] = [s3._demo_fields("seed", d, None if stage == "zerogen" else rationales)
-                                    for d in s3.demos]
-        reqs = _planned(rec, lambda: synth.seed_examples(calls, rationales=None if stage == "zerogen" else rationales,
-                                                         contexts=s3.contexts, stage=stage))
-        add(stage, reqs, calls)
-
-    rounds = cfg.rounds if method == "s3" else 0
-    if rounds or method == "goldgen":
-        sp = task.stage("extrapolate")
-        if sp.fewshot and sp.fewshot.demos:
-            s3.builder.demos["extrapolate"] = [s3._handwritten_fields("extrapolate", d) for d in sp.fewshot.demos]
-        reqs = _planned(rec, lambda: synth.extrapolate(s3.mining, 1, attempts=1))   # one per mining example
-        retry = RETRY_FACTOR if cfg.extrapolate_attempts > 1 else 1.0
-        a["retry_factor"] = retry
-        if method == "goldgen":
-            add("goldgen: extrapolate", reqs, scaled(len(s3.mining), retry))
-        else:
-            errors = scaled(len(s3.mining), error_rate)
-            sources = errors * (len(task.labels) if cfg.balance == "fill" and task.kind != "qa" else 1)
-            a.update(rounds=rounds, errors_per_round=errors, sources_per_round=sources)
-            for q in range(1, rounds + 1):
-                add(f"round {q}: extrapolate", reqs, scaled(sources, retry))
+    for step in s3.plan:
+        if step.kind == "gold":
+            continue        # no LLM: the gold eval itself
+        if step.kind == "rationales":
+            reqs = _planned(rec, lambda: s3.synthesize(step, synth))
+            add(step, reqs, len(reqs), len(reqs))
+            rationales = {lab: [PLACEHOLDER_RATIONALE] * task.rationale_keep for lab in task.label_names}
+        elif step.kind in ("seed", "zerogen"):
+            calls = scaled(step.n, SEED_FACTOR)
+            a.update(seed_size=step.n, seed_requests=calls)
+            reqs = _planned(rec, lambda: s3.synthesize(replace(step, n=calls), synth, rationales))
+            add(step, reqs, step.n, calls)
+        else:   # extrapolation: prompts averaged over every mining example (the errors are not known yet)
+            reqs = _planned(rec, lambda: s3.synthesize(step, synth, sources=s3.mining))
+            n = len(s3.mining) if step.kind == "extrapolate_all" else sources
+            if step.kind == "extrapolate":
+                a.update(rounds=step.round, errors_per_round=errors, sources_per_round=sources)
+            add(step, reqs, n, scaled(n, retry))
 
     return Estimate(task=task.name, llm=s3.llm.name, prompt_style=s3.style, token_counter=counter_name,
                     stages=stages, assumptions=a, price_in=cfg.price_in, price_out=cfg.price_out,

@@ -11,9 +11,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from .data import Example
-from .llm.base import GenParams, Request
-from .tasks import StagePrompts, Task
+from ..analysis import normalize_words
+from ..data import Example
+from ..llm.base import GenParams, Request
+from ..tasks import StagePrompts, Task
 
 STYLES = ("paper", "fewshot")
 
@@ -146,10 +147,6 @@ def _strip_quotes(s: str) -> str:
     if s.count('"') == 1:
         s = s.replace('"', "").strip()
     return s
-
-
-def normalize_words(s: str) -> list[str]:
-    return re.findall(r"\w+", s.lower())
 
 
 def similarity(a: str, b: str) -> float:

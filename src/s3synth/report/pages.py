@@ -17,11 +17,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
-from .analysis import LEAK_COSINE, Embedder, LeakGuard, find_duplicates, minilm_embedder, table6, words
-from .data import Example
-from .errors import S3Error
-from .io import atomic_write_text, read_json
-from .progress import info
+from ..analysis import LEAK_COSINE, Embedder, LeakGuard, find_duplicates, minilm_embedder, table6, words
+from ..config import METHODS
+from ..data import Example
+from ..errors import S3Error
+from ..io import atomic_write_text, read_json
+from ..progress import info
+from ..rundir import LAYOUT
 from .runview import RunView, load_gold, load_run, stage_tokens
 
 FILES = {"run": {"report.html": "report.html.j2", "report.md": "report.md.j2", "dataset_card.md": "dataset_card.md.j2"},
@@ -38,10 +40,15 @@ PAPER_TABLE6 = {
 }
 
 
+def _label(method: str) -> str:
+    """Example: _label("seed-only") -> "Seed only (w/o EES)" (an unknown name as it is)."""
+    return METHODS[method].label if method in METHODS else method
+
+
 def detect_kind(path: Path) -> str:
     if (path / "bench.json").exists():
         return "bench"
-    if (path / "manifest.json").exists():
+    if (path / LAYOUT.manifest).exists():
         return "run"
     raise S3Error(f"{path} is not an s3synth run directory (no manifest.json); give the --out of `s3synth run`")
 
@@ -78,7 +85,7 @@ def _jinja():
         import jinja2
     except ImportError:
         raise S3Error("the report needs jinja2 and matplotlib: pip install 's3synth[report]'") from None
-    env = jinja2.Environment(loader=jinja2.PackageLoader("s3synth", "templates"),
+    env = jinja2.Environment(loader=jinja2.PackageLoader("s3synth.report", "templates"),
                              autoescape=jinja2.select_autoescape(["html.j2"]), trim_blocks=True, lstrip_blocks=True)
     env.filters["pct"] = lambda x, d=1: "–" if x is None else f"{100 * x:.{d}f}"
     env.filters["num"] = lambda x, d=2: "–" if x is None else (f"{x:,.{d}f}" if isinstance(x, float) else f"{x:,}")
@@ -88,14 +95,14 @@ def _jinja():
 # ------------------------------------------------------------------ a run directory
 
 def _stage_names(run: RunView) -> list[str]:
-    return ["seed"] + [f"round-{r.q}" for r in run.rounds]
+    return ["seed"] + [LAYOUT.round_dir(r.q) for r in run.rounds]
 
 
 def _stage_examples(run: RunView) -> dict[str, tuple[list[Example], list[Example]]]:
     """stage -> (examples kept, examples dropped by --drop-leaks/--dedup)."""
     out = {"seed": (run.seed, run.seed_dropped)}
     for r in run.rounds:
-        out[f"round-{r.q}"] = (r.added, r.dropped)
+        out[LAYOUT.round_dir(r.q)] = (r.added, r.dropped)
     return out
 
 
@@ -109,7 +116,7 @@ def _points(run: RunView, tokens: dict[str, int]) -> list[dict]:
             pts.append({"name": f"round {r.q}", "size": m["train_size"], "tokens": spent,
                         "holdout": (m.get("holdout") or {}).get(metric), "test": (m.get("test") or {}).get(metric),
                         "pred_share": (m.get("test") or {}).get("pred_share"), "errors": m.get("errors")})
-        spent += tokens.get(f"round-{r.q}", 0)
+        spent += tokens.get(LAYOUT.round_dir(r.q), 0)
     if run.final:
         spent += tokens.get("goldgen", 0)
         f = run.final
@@ -123,7 +130,7 @@ def _pairs(run: RunView, gold_by_id: dict[str, Example]) -> dict[str, list[tuple
     out = {}
     for r in run.rounds:
         by_id = {**gold_by_id, **{e.id: e for e in r.errors}, **{e.id: e for e in r.sources}}
-        out[f"round-{r.q}"] = [(a, by_id[a.meta["source_id"]]) for a in r.added if a.meta.get("source_id") in by_id]
+        out[LAYOUT.round_dir(r.q)] = [(a, by_id[a.meta["source_id"]]) for a in r.added if a.meta.get("source_id") in by_id]
     return out
 
 
@@ -268,7 +275,6 @@ def comparisons(table: list[dict], metric: str, runs: list[dict] | None = None) 
     """S3 against each baseline: the mean difference in `metric` (points) and whether it exceeds the larger
     of the two methods' standard deviations over seeds; with `runs` (bench.json's), also the difference
     paired by seed (both methods see the same gold eval and test set within a seed): mean ± std."""
-    from .bench import LABELS
 
     rows = {r["method"]: r for r in table}
     s3 = rows.get("s3")
@@ -287,7 +293,7 @@ def comparisons(table: list[dict], metric: str, runs: list[dict] | None = None) 
         spread = 100 * max(s3[metric + "_std"], r[metric + "_std"])
         verdict = "one seed, no spread to compare with" if min(s3["runs"], r["runs"]) < 2 else \
             ("larger than the spread" if abs(diff) > spread else "within the spread")
-        name = LABELS.get(m, m)
+        name = _label(m)
         text = f"S3 − {name}: {diff:+.1f} points; seed spread {spread:.1f}: {verdict}"
         seeds = sorted(set(by_seed.get("s3", {})) & set(by_seed.get(m, {})))
         paired = [100 * (by_seed["s3"][k] - by_seed[m][k]) for k in seeds]
@@ -304,10 +310,10 @@ def comparisons(table: list[dict], metric: str, runs: list[dict] | None = None) 
 
 def _run_settings(path: Path) -> tuple[str | None, str | None]:
     """The LLM and learner of the bench's first run directory (the same for every run)."""
-    manifests = sorted(path.glob("*-seed*/manifest.json"))
+    manifests = sorted(path.glob(f"*-seed*/{LAYOUT.manifest}"))
     if not manifests:
         return None, None
-    cfg = manifests[0].parent / "config.toml"
+    cfg = manifests[0].parent / LAYOUT.config
     learner = tomllib.loads(cfg.read_text(encoding="utf-8")).get("learner") if cfg.exists() else None
     return (read_json(manifests[0]).get("llm") or {}).get("name"), learner
 
@@ -315,7 +321,6 @@ def _run_settings(path: Path) -> tuple[str | None, str | None]:
 def build_bench(path: Path, embed: Embedder | None) -> dict:
     """The template context for a bench directory (bench.json of `s3synth bench`); `embed` is unused."""
     from . import plots
-    from .bench import LABELS
 
     try:
         res = read_json(path / "bench.json")
@@ -328,11 +333,11 @@ def build_bench(path: Path, embed: Embedder | None) -> dict:
     runs = []
     for r in res["runs"]:
         d = path / Path(r["dir"]).name
-        runs.append({**r, "name": LABELS.get(r["method"], r["method"]), "run_dir": d.name,
+        runs.append({**r, "name": _label(r["method"]), "run_dir": d.name,
                      "tokens": r["llm"]["prompt_tokens"] + r["llm"]["completion_tokens"],
                      "values": {k: _value(r["test"].get(k)) for k in keys},
                      "report": f"{d.name}/report.html" if (d / "report.html").exists() else None})
-    table = [{**r, "name": LABELS.get(r["method"], r["method"]),
+    table = [{**r, "name": _label(r["method"]),
               **{k: _value(r.get(k)) for k in keys}, **{k + "_std": _value(r.get(k + "_std")) for k in keys}}
              for r in res["table"]]
     methods = [{"key": r["method"], "name": r["name"], "mean": r[metric], "std": r[metric + "_std"] or 0.0,

@@ -8,9 +8,10 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .data import Example, file_sha256, load_examples, subsample
-from .errors import S3Error
-from .io import read_json, read_jsonl
+from ..data import Example, file_sha256, load_examples, subsample
+from ..errors import S3Error
+from ..io import read_json, read_jsonl
+from ..rundir import LAYOUT, band_of
 
 
 def _examples(path: Path) -> list[Example]:
@@ -42,7 +43,7 @@ class RunView:
     @property
     def finished(self) -> bool:
         st = self.manifest.get("stages", {}).get("final", {})
-        return bool(st.get("finished")) and self.final is not None and (self.path / "final/train.jsonl").exists()
+        return bool(st.get("finished")) and self.final is not None and (self.path / LAYOUT.final_train).exists()
 
     @property
     def metric(self) -> str:
@@ -62,7 +63,7 @@ class RunView:
 def load_run(path: str | Path) -> RunView:
     """Read everything a report or export needs; S3Error when `path` is not a run directory."""
     path = Path(path)
-    mf = path / "manifest.json"
+    mf = path / LAYOUT.manifest
     if not path.is_dir() or not mf.exists():
         raise S3Error(f"{path} is not an s3synth run directory (no manifest.json); give the --out of `s3synth run`")
     try:
@@ -70,27 +71,25 @@ def load_run(path: str | Path) -> RunView:
     except (json.JSONDecodeError, OSError) as e:
         raise S3Error(f"{mf}: unreadable ({e})") from None
     config = {}
-    if (path / "config.toml").exists():
-        config = tomllib.loads((path / "config.toml").read_text(encoding="utf-8"))
+    if (path / LAYOUT.config).exists():
+        config = tomllib.loads((path / LAYOUT.config).read_text(encoding="utf-8"))
     notes = []
     task = None
     src = manifest.get("task_source") or config.get("task")
     if src:
-        from .tasks import load_task
+        from ..tasks import load_task
         try:
             task = load_task(src[len("builtin:"):] if src.startswith("builtin:") else src)
         except S3Error as e:
             notes.append(f"task definition not loadable ({e}); labels are taken from the data")
     rounds = []
-    q = 1
-    while (path / f"round-{q}").is_dir():
-        d = path / f"round-{q}"
-        rounds.append(RoundView(q, read_json(d / "metrics.json") if (d / "metrics.json").exists() else None,
-                                _examples(d / "added.jsonl"), _examples(d / "sources.jsonl"),
-                                _examples(d / "errors.jsonl"), _examples(d / "dropped.jsonl")))
-        q += 1
-    final = read_json(path / "final/metrics.json") if (path / "final/metrics.json").exists() else None
-    return RunView(path, manifest, config, task, _examples(path / "seed.jsonl"), _examples(path / "seed_dropped.jsonl"),
+    for q in LAYOUT.rounds_present(path):
+        f = {k: path / LAYOUT.round(q, k) for k in LAYOUT.ROUND_FILES}
+        rounds.append(RoundView(q, read_json(f["metrics"]) if f["metrics"].exists() else None,
+                                _examples(f["added"]), _examples(f["sources"]), _examples(f["errors"]),
+                                _examples(f["dropped"])))
+    final = read_json(path / LAYOUT.final_metrics) if (path / LAYOUT.final_metrics).exists() else None
+    return RunView(path, manifest, config, task, _examples(path / LAYOUT.seed), _examples(path / LAYOUT.seed_dropped),
                    rounds, final, notes)
 
 
@@ -132,7 +131,7 @@ def stage_tokens(run: RunView) -> tuple[dict[str, int], str]:
             key = name.split("/")[0]
             out[key] = out.get(key, 0) + u.get("used_prompt_tokens", 0) + u.get("used_completion_tokens", 0)
         return out, "recorded per stage"
-    db = run.path / "llm_cache.sqlite"
+    db = run.path / LAYOUT.cache
     if not db.exists():
         return {}, "unknown (no per-stage record and no answer cache)"
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
@@ -142,10 +141,10 @@ def stage_tokens(run: RunView) -> tuple[dict[str, int], str]:
         con.close()
     out = {}
     extra = []
-    names = {0: "rationales", 1: "seed", 3: "seed"}
+    names = {"rationale": "rationales", "seed": "seed", "zerogen": "seed"}
     for req, tok, created in rows:
-        band = int(json.loads(req).get("sample_index", 0)) // 10_000_000
-        if band == 2:
+        band = band_of(json.loads(req).get("sample_index", 0))
+        if band == "extrapolate":
             extra.append((created, tok))
         else:
             out[names.get(band, "other")] = out.get(names.get(band, "other"), 0) + tok
@@ -153,8 +152,8 @@ def stage_tokens(run: RunView) -> tuple[dict[str, int], str]:
     i = 0
     for r in run.rounds:
         n = run.synthesis(f"extrapolate-round-{r.q}").get("requested", 0)
-        out[f"round-{r.q}"] = sum(t for _, t in extra[i:i + n])
+        out[LAYOUT.round_dir(r.q)] = sum(t for _, t in extra[i:i + n])
         i += n
     if i < len(extra) and run.rounds:
-        out[f"round-{run.rounds[-1].q}"] += sum(t for _, t in extra[i:])
+        out[LAYOUT.round_dir(run.rounds[-1].q)] += sum(t for _, t in extra[i:])
     return out, "estimated from the LLM answer cache"

@@ -13,14 +13,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from .data import Example
-from .llm.base import LLM, Request
-from .prompts import PromptBuilder, clean_answer, cut_words, numbered, parse_rationales
-from .tasks import Task
-
-# sample indices: stage offset + attempt offset keep every request of a run distinct
-_STAGE_BASE = {"rationale": 0, "seed": 10_000_000, "extrapolate": 20_000_000, "zerogen": 30_000_000}
-_ATTEMPT = 1_000_000
+from ..data import Example
+from ..llm.base import LLM, Request
+from ..rundir import ATTEMPT_STRIDE, SAMPLE_BANDS
+from ..tasks import Task
+from .prompts import PromptBuilder, clean_answer, numbered, parse_rationales
 
 
 @dataclass
@@ -65,7 +62,7 @@ class Synthesizer:
         """Ask for every item once; return kept examples by item index and the rejected items."""
         sp = self.task.stage(stage)
         rep = self._report(report_as or stage)
-        reqs = [self.builder.build(stage, it.fields, _STAGE_BASE[stage] + attempt * _ATTEMPT + it.index)
+        reqs = [self.builder.build(stage, it.fields, SAMPLE_BANDS[stage] + attempt * ATTEMPT_STRIDE + it.index)
                 for it in items]
         order = sorted(range(len(items)), key=lambda i: (reqs[i].prompt or str(reqs[i].messages)))
         answers = self.llm.generate([reqs[i] for i in order], desc=desc)
@@ -102,7 +99,7 @@ class Synthesizer:
             else:
                 f = self.builder.fields("rationale", label=label, n=task.rationale_keep)
             for j in range(task.rationale_calls):
-                reqs.append(self.builder.build("rationale", f, _STAGE_BASE["rationale"] + j))
+                reqs.append(self.builder.build("rationale", f, SAMPLE_BANDS["rationale"] + j))
                 owners.append(label)
         answers = self.llm.generate(reqs, desc="rationales")
         out: dict[str, list[str]] = {lab: [] for lab in task.label_names}

@@ -11,20 +11,18 @@ import statistics
 from dataclasses import replace
 from pathlib import Path
 
-from .config import METHODS, RunConfig
-from .errors import S3Error
-from .io import read_json, write_json, atomic_write_text
-from .metrics import headline_metric
-from .progress import info
-
-LABELS = {"s3": "S3", "zerogen": "ZeroGen", "goldgen": "GoldGen", "seed-only": "Seed only (w/o EES)",
-          "gold": "Gold data"}
+from ..config import METHODS, RunConfig
+from ..errors import S3Error
+from ..io import atomic_write_text, read_json, write_json
+from ..metrics import headline_metric
+from ..progress import info
+from ..rundir import LAYOUT
 
 
 def run_bench(base: RunConfig, methods: list[str], seeds: list[int], out: str | Path, llm=None) -> dict:
     """Run the grid; `llm` (optional) is an LLM object to use instead of building one from `base.llm`."""
-    from .pipeline import S3
-    from .tasks import load_task
+    from ..tasks import load_task
+    from .loop import S3
 
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
@@ -34,44 +32,47 @@ def run_bench(base: RunConfig, methods: list[str], seeds: list[int], out: str | 
     task = load_task(base.task)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    cache = str(out / "llm_cache.sqlite")
+    cache = str(out / LAYOUT.cache)
     runs: list[dict] = []
     for seed in seeds:
         s3_dir = out / f"s3-seed{seed}"
         info(f"bench: seed {seed}: s3")
         s3_res = S3(replace(base, method="s3", seed=seed, cache_path=cache), llm=llm).run(s3_dir)
+        _write_report(s3_dir, "minilm")
         runs.append(_summary("s3", seed, s3_dir, s3_res))
         for m in methods:
             if m == "s3":
                 continue
             kw = {"method": m, "seed": seed, "cache_path": cache}
-            if m in ("zerogen", "seed-only"):
+            if METHODS[m].sized:
                 kw["size"] = base.size or s3_res["final"]["train_size"]
             info(f"bench: seed {seed}: {m}")
             d = out / f"{m}-seed{seed}"
-            runs.append(_summary(m, seed, d, S3(replace(base, **kw), llm=llm).run(d)))
+            res = S3(replace(base, **kw), llm=llm).run(d)
+            _write_report(d, "minilm")
+            runs.append(_summary(m, seed, d, res))
     runs = [r for r in runs if r["method"] in methods]
     table = aggregate(runs, methods, task.kind)
     result = {"task": task.name, "metric": headline_metric(task), "seeds": seeds, "methods": methods,
               "runs": runs, "table": table}
     write_json(out / "bench.json", result)
     atomic_write_text(out / "bench.md", to_markdown(result))
-    _write_report(out)
+    _write_report(out, None)
     return result
 
 
-def _write_report(out: Path) -> None:
-    """DIR/report.html and report.md comparing the methods; a failure here only warns."""
+def _write_report(out: Path, embed) -> None:
+    """The report of a run or of the bench directory; a failure here only warns."""
     try:
-        from .report import write_report
+        from ..report import write_report
 
-        write_report(out, embed=None)
+        write_report(out, embed=embed)
     except Exception as e:  # the report is a by-product: never fail a finished bench for it
-        info(f"warning: no bench report written ({type(e).__name__}: {e}); try `s3synth report {out}`")
+        info(f"warning: no report written for {out} ({type(e).__name__}: {e}); try `s3synth report {out}`")
 
 
 def _summary(method: str, seed: int, d: Path, res: dict) -> dict:
-    m = read_json(d / "manifest.json")
+    m = read_json(d / LAYOUT.manifest)
     usage = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
     for st in m["stages"].values():
         u = st.get("llm") or {}
@@ -124,7 +125,7 @@ def to_markdown(result: dict) -> str:
              "the synthetic examples flagged as copies of gold-eval ones; dups: near-duplicates per run.", "", head,
              "|" + "---|" * (head.count("|") - 1)]
     for r in result["table"]:
-        name = LABELS.get(r["method"], r["method"])
+        name = METHODS[r["method"]].label if r["method"] in METHODS else r["method"]
         screen = (f"{100 * r['leak_rate']:.1f}% | {r['duplicates']:.1f}" if "leak_rate" in r else "- | -")
         if qa:
             lines.append(f"| {name} | {r['size']:.0f} | {100 * r['exact_match']:.1f} ± {100 * r['exact_match_std']:.1f} "

@@ -1,0 +1,461 @@
+"""The loop: seed synthesis -> (train -> mine errors -> extrapolate) x R -> final model.
+
+What runs is read from the method's row of `config.METHODS` through `stage_plan`, which the
+estimate reads too; nothing here names a method. Every stage goes through the run directory's stage
+guard: it writes its outputs atomically and records a fingerprint of its inputs, so a re-run skips
+finished stages and a killed stage resumes with every LLM answer taken from the cache.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from ..config import RunConfig, to_toml
+from ..data import Example, file_sha256, load_contexts, load_examples, stratified_split, subsample
+from ..errors import S3Error
+from ..io import atomic_write_text, read_json, read_jsonl, write_json, write_jsonl
+from ..metrics import evaluate, headline_metric, is_error, selection_metric
+from ..progress import info
+from ..rundir import LAYOUT, RunDir, command_line, fingerprint, versions
+from ..tasks import Task, load_task
+from .prompts import PromptBuilder
+from .synth import Synthesizer, balance_sources, pick_demos
+
+
+def _examples_out(examples: Sequence[Example]) -> list[dict]:
+    return [ex.to_dict() for ex in examples]
+
+
+def _examples_in(path: Path) -> list[Example]:
+    return [Example.from_dict(d) for d in read_jsonl(path)]
+
+
+def label_counts(examples: Sequence[Example]) -> dict:
+    return dict(sorted(Counter(str(ex.label) for ex in examples).items()))
+
+
+@dataclass(frozen=True)
+class Step:
+    """One LLM stage of a run's plan. kind: rationales | seed | zerogen | gold | extrapolate_all | extrapolate.
+    `name` is the stage's key in manifest.json; `n` the examples to keep (seed); `round` for extrapolation."""
+
+    name: str
+    kind: str
+    n: int = 0
+    round: int = 0
+
+    @property
+    def label(self) -> str:
+        """Example: Step("seed", "zerogen").label -> "seed (zerogen prompts)"."""
+        return f"{self.name} (zerogen prompts)" if self.kind == "zerogen" else self.name
+
+
+def stage_plan(cfg: RunConfig, task: Task) -> list[Step]:
+    """The stages a run of `cfg` goes through, in order, read from its method's row; every round is listed
+    although the loop may stop earlier (--min-gain, no errors left)."""
+    m = cfg.method_spec
+    steps = []
+    if m.rationales and task.kind == "single" and task.stage("rationale") is not None:
+        steps.append(Step("rationales", "rationales"))
+    n = (cfg.size or cfg.seed_size) if m.sized else cfg.seed_size
+    steps.append(Step("seed", m.seed, n) if m.seed else Step("seed", "gold"))
+    if m.extrapolate_all:
+        steps.append(Step("goldgen", "extrapolate_all", round=1))
+    if m.rounds:
+        steps += [Step(f"{LAYOUT.round_dir(q)}/extrapolate", "extrapolate", round=q) for q in range(1, cfg.rounds + 1)]
+    return steps
+
+
+class S3:
+    """One S3 run. `S3(RunConfig(...)).run("runs/x")`, or from Python:
+    `S3(task="rte", gold_eval="rte_train.jsonl", test="rte_val.jsonl", llm="embedded").run("runs/rte")`.
+    `llm` and `task` may also be objects (an LLM instance, a Task). The report is written by the caller
+    (`s3synth.report.write_report(out)`), as the CLI does after `run`.
+    """
+
+    def __init__(self, config: RunConfig | None = None, *, task: Task | str | None = None, llm=None, **kw):
+        if config is None:
+            tname = task.name if isinstance(task, Task) else task
+            config = RunConfig(task=tname, **({"llm": llm} if isinstance(llm, str) else {}), **kw)
+        self.cfg = config
+        self._task_obj = task if isinstance(task, Task) else None
+        self._llm_obj = llm if (llm is not None and not isinstance(llm, str)) else None
+        self._last_model = None
+        self._guard = None
+
+    # ------------------------------------------------------------------ preparation (no writes)
+    def prepare(self) -> None:
+        """Load and validate every input; raises before anything is written."""
+        from ..learners import learner_class, learner_options
+        from ..llm import Budget, make_llm
+
+        cfg = self.cfg
+        self.task = self._task_obj or load_task(cfg.task)
+        gold_all = load_examples(cfg.gold_eval, self.task, id_prefix="gold")
+        self.gold = subsample(gold_all, cfg.max_gold_eval, cfg.seed)
+        self.test = None
+        if cfg.test:
+            self.test = subsample(load_examples(cfg.test, self.task, id_prefix="test"), cfg.max_test, cfg.seed)
+        self.contexts = None
+        if self.task.kind != "single":
+            self.contexts = load_contexts(cfg.contexts, self.task) if cfg.contexts else self._gold_contexts()
+        kind = (cfg.learner or "minilm").partition(":")[0]
+        self.train_config = learner_options(learner_class(kind), cfg.learner_options, cfg.seed)
+        self._new_learner().check()
+        budget = Budget(max_tokens=cfg.max_tokens, max_cost=cfg.max_cost, price_in=cfg.price_in,
+                        price_out=cfg.price_out)
+        if self._llm_obj is not None:
+            self.llm = self._llm_obj
+            self.llm.seed, self.llm.budget, self.llm.cache_mode = cfg.seed, budget, cfg.cache_mode
+        else:
+            self.llm = make_llm(cfg.llm, seed=cfg.seed, cache_mode=cfg.cache_mode, budget=budget, **cfg.llm_options)
+        self.style = self.llm.default_prompt_style if cfg.prompt_style == "auto" else cfg.prompt_style
+        # split gold eval: error mining / held out for selection; demonstrations come out of mining
+        self.mining, self.holdout = stratified_split(self.gold, cfg.holdout_frac, cfg.seed)
+        sp = self.task.stage("seed")
+        n_demos = sp.fewshot.n_demos if (self.style == "fewshot" and sp.fewshot and not sp.fewshot.is_chat) else 0
+        self.demos = pick_demos(self.task, self.mining, n_demos, cfg.seed)
+        demo_ids = {d.id for d in self.demos}
+        self.mining = [ex for ex in self.mining if ex.id not in demo_ids]
+        if not self.mining:
+            raise S3Error(f"{cfg.gold_eval}: too few gold eval examples ({len(self.gold)}) to mine errors from; "
+                          "give more or lower --holdout-frac")
+        self.builder = PromptBuilder(self.task, style=self.style, temperature=cfg.temperature, top_p=cfg.top_p)
+        self.synth = Synthesizer(self.task, self.llm, self.builder, cfg.seed)
+        self.plan = stage_plan(cfg, self.task)
+        for step in self.plan:
+            if step.kind in ("seed", "zerogen") and self.task.stage(step.kind) is None:
+                raise S3Error(f"task {self.task.name} has no '{step.kind}' prompt; add prompts.{step.kind} "
+                              "to the task file")
+        self.input_hashes = {"gold_eval": file_sha256(cfg.gold_eval)}
+        if cfg.test:
+            self.input_hashes["test"] = file_sha256(cfg.test)
+        if cfg.contexts:
+            self.input_hashes["contexts"] = file_sha256(cfg.contexts)
+
+    def _gold_contexts(self) -> list[dict]:
+        """Pair/QA tasks without --contexts: the gold eval's distinct contexts (with their answers for QA)."""
+        seen, out = set(), []
+        for ex in self.gold:
+            key = (ex.context, ex.answer["text"] if ex.answer else None)
+            if key not in seen:
+                seen.add(key)
+                out.append({"context": ex.context, **({"answer": ex.answer} if ex.answer else {})})
+        return out
+
+    def _usage(self) -> dict:
+        """LLM requests and tokens served so far (cached or new); a stage records its difference."""
+        now = self.llm.stats.to_dict()
+        return {k: now[k] for k in ("requests", "calls", "used_prompt_tokens", "used_completion_tokens")}
+
+    def _new_learner(self):
+        from ..learners import make_learner
+        return make_learner(self.cfg.learner, self.task, self.train_config, model_path=self.cfg.learner_path)
+
+    # ------------------------------------------------------------------ what each LLM stage sends
+    def synthesize(self, step: Step, synth: Synthesizer, rationales: dict | None = None,
+                   sources: Sequence[Example] = ()) -> object:
+        """Run `step` through `synth`: the run calls this with the real LLM, the estimate with one that
+        records the requests. Returns the synthesizer's output (rationales or examples)."""
+        if step.kind == "rationales":
+            return synth.rationales()
+        if step.kind in ("seed", "zerogen"):
+            shown = rationales if step.kind == "seed" else None
+            self.builder.demos["seed"] = [self._demo_fields("seed", d, shown) for d in self.demos]
+            return synth.seed_examples(step.n, rationales=shown, contexts=self.contexts, stage=step.kind)
+        if step.kind in ("extrapolate", "extrapolate_all"):
+            self._extrapolate_demos()
+            return synth.extrapolate(sources, step.round, attempts=self.cfg.extrapolate_attempts)
+        raise ValueError(f"step {step.name} ({step.kind}) sends no LLM requests")
+
+    # ------------------------------------------------------------------ the run
+    def run(self, out: str | Path) -> dict:
+        t0 = time.time()
+        self.prepare()
+        rd = RunDir(out).open()
+        self.rd = rd
+        try:
+            from ..llm.cache import LLMCache
+            self.llm.cache = LLMCache(self.cfg.cache_path or (rd / LAYOUT.cache))
+            return self._run(rd, t0)
+        finally:
+            inv = rd.manifest["invocations"]
+            if inv and "seconds" not in inv[-1]:
+                inv[-1]["seconds"] = round(time.time() - t0, 2)
+                inv[-1]["llm"] = self.llm.stats.to_dict()
+                inv[-1]["interrupted"] = True
+            if self.llm.cache is not None:
+                rd.manifest["llm"] = {**rd.manifest.get("llm", {}), "spent_total": self.llm.cache.spent()}
+            rd.save_manifest()
+            self.llm.close()
+            rd.close()
+
+    def _run(self, rd: RunDir, t0: float) -> dict:
+        cfg, task = self.cfg, self.task
+        atomic_write_text(rd / LAYOUT.config, to_toml(cfg.to_dict()))
+        m = rd.manifest
+        m.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S"))
+        m.update({
+            "versions": versions(), "seed": cfg.seed, "task": task.name, "task_source": task.source,
+            "llm": {**m.get("llm", {}), "name": self.llm.name, "identity": self.llm.identity()},
+            "prompt_style": self.style, "method": cfg.method,
+            "inputs": {k: {"path": str(getattr(cfg, k)), "sha256": v} for k, v in self.input_hashes.items()},
+            "split": {"gold_eval": len(self.gold), "mining": len(self.mining), "holdout": len(self.holdout),
+                      "demos": [d.id for d in self.demos], "test": len(self.test) if self.test else 0},
+        })
+        m["invocations"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": command_line()})
+        rd.save_manifest()
+
+        base_fp = fingerprint(task.source, task.name, repr(task.prompts), self.input_hashes, cfg.max_gold_eval,
+                              cfg.seed, cfg.holdout_frac, self.llm.identity(), self.style, cfg.temperature,
+                              cfg.top_p)
+        learn_fp = fingerprint(cfg.learner, cfg.learner_path, self.train_config.to_dict()
+                               if hasattr(self.train_config, "to_dict") else repr(self.train_config),
+                               cfg.balance, cfg.extrapolate_attempts, cfg.max_test, self.input_hashes.get("test"),
+                               *self._screen_key())
+        rationales, seed, seed_fp = None, [], base_fp
+        added: list[Example] = []
+        prev_fp = None
+        rounds = []
+        for step in self.plan:
+            if step.kind == "rationales":
+                rationales = self._rationales(rd, base_fp, step)
+            elif step.name == "seed":
+                seed, seed_fp = self._seed(rd, base_fp, step, rationales)
+                prev_fp = seed_fp
+            elif step.kind == "extrapolate_all":
+                added = self._extrapolate_all(rd, fingerprint(seed_fp, learn_fp, "goldgen", *self._screen_key()),
+                                              step, seed)
+                prev_fp = fingerprint(seed_fp, "goldgen", len(added))
+            else:
+                rounds.append(step)
+
+        rounds_out, prev_sel, extrapolated_last = [], None, True
+        stop_reason = (f"completed {len(rounds)} round(s)" if rounds
+                       else f"method {cfg.method}: no error-extrapolation rounds")
+        for step in rounds:
+            q = step.round
+            fp = fingerprint(prev_fp, learn_fp, q)
+            res = self._train_round(rd, q, fp, seed + added)
+            sel = res["holdout"][res["selection_metric"]] if res.get("holdout") else None
+            rounds_out.append(res)
+            if q > 1 and sel is not None and prev_sel is not None and sel - prev_sel < cfg.min_gain:
+                stop_reason = (f"stopped after training round {q}: held-out {res['selection_metric']} "
+                               f"{sel:.4f} gained {sel - prev_sel:+.4f} < --min-gain {cfg.min_gain}")
+                extrapolated_last = False
+                break
+            if res["errors"] == 0:
+                stop_reason = f"stopped in round {q}: no errors left on the gold eval mining set"
+                extrapolated_last = False
+                break
+            new = self._extrapolate_round(rd, step, fp, seed + added)
+            rounds_out[-1] = read_json(rd / LAYOUT.round(q, "metrics"))
+            added += new
+            prev_fp, prev_sel = fingerprint(fp, "added", len(new)), sel
+        m["stop_reason"] = stop_reason
+        rd.save_manifest()
+
+        final = self._final(rd, fingerprint(prev_fp, learn_fp, "final", extrapolated_last), seed + added)
+        result = {"task": task.name, "method": cfg.method, "out": str(rd.path), "seed_size": len(seed),
+                  "added": len(added),
+                  "rounds": [{k: r.get(k) for k in ("round", "train_size", "holdout", "test", "errors", "added",
+                                                     "added_label_counts")} for r in rounds_out],
+                  "final": final, "stop_reason": stop_reason, "headline_metric": headline_metric(task)}
+        inv = m["invocations"][-1]
+        inv["seconds"] = round(time.time() - t0, 2)
+        inv["llm"] = self.llm.stats.to_dict()
+        m["llm"]["spent_total"] = self.llm.cache.spent()
+        m["result"] = {"final_test": final.get("test"), "seed_size": len(seed), "added": len(added)}
+        rd.save_manifest()
+        return result
+
+    # ------------------------------------------------------------------ stages
+    def _rationales(self, rd: RunDir, fp: str, step: Step) -> dict:
+        st = rd.stage("rationales", fp, LAYOUT.rationales, usage=self._usage)
+        if st.done:
+            return read_json(rd / LAYOUT.rationales)
+        info("stage: rationales")
+        with st:
+            rat = self.synthesize(step, self.synth)
+            write_json(rd / LAYOUT.rationales, rat)
+            rd.manifest["synthesis"]["rationale"] = self.synth.reports["rationale"].to_dict()
+            st.extra["per_label"] = {k: len(v) for k, v in rat.items()}
+        empty = [lab for lab, v in rat.items() if not v]
+        if empty:
+            info(f"warning: no usable rationales for {', '.join(empty)}; its seed prompts go without reasons")
+        return rat
+
+    def _seed(self, rd: RunDir, base_fp: str, step: Step, rationales: dict | None) -> tuple[list[Example], str]:
+        """The seed set and its fingerprint (which the later stages build on)."""
+        if step.kind == "gold":        # the real gold-eval data itself (minus the held-out slice)
+            held = {ex.id for ex in self.holdout}
+            return [ex for ex in self.gold if ex.id not in held], fingerprint(base_fp, "gold")
+        seed_fp = (fingerprint(base_fp, "zerogen", step.n) if step.kind == "zerogen"
+                   else fingerprint(base_fp, step.n, rationales))
+        key = self._screen_key()
+        st = rd.stage("seed", fingerprint(seed_fp, *key) if key else seed_fp, LAYOUT.seed, usage=self._usage)
+        if st.done:
+            return _examples_in(rd / LAYOUT.seed), seed_fp
+        info(f"stage: {step.label} ({step.n} examples, "
+             f"{'completion' if step.kind == 'zerogen' else self.style} prompts)")
+        with st:
+            seed = self.synthesize(step, self.synth, rationales)
+            for i, ex in enumerate(seed):
+                ex.id = f"seed-{i}"
+            if not seed:
+                raise S3Error("the LLM produced no usable seed example; see manifest.json 'synthesis' for the "
+                              "reject reasons, or try --prompt-style paper/fewshot")
+            seed, _ = self._screen(rd, "seed", seed)
+            if not seed:
+                raise S3Error(f"--drop-leaks/--dedup dropped every seed example; see {LAYOUT.seed_dropped}")
+            write_jsonl(rd / LAYOUT.seed, _examples_out(seed))
+            rd.manifest["synthesis"][step.kind] = self.synth.reports[step.kind].to_dict()
+            rd.manifest["seed_label_counts"] = label_counts(seed)
+            st.extra["examples"] = len(seed)
+        return seed, seed_fp
+
+    def _screen_key(self) -> list:
+        """Fingerprint part for --drop-leaks/--dedup (empty when both are off, so older runs still resume)."""
+        return [("screen", self.cfg.drop_leaks, self.cfg.dedup)] if (self.cfg.drop_leaks or self.cfg.dedup) else []
+
+    def _screen(self, rd: RunDir, stage: str, examples: list[Example], prior: Sequence[Example] = ()
+                ) -> tuple[list[Example], dict]:
+        """Flag leaks (n-gram overlap with the gold eval) and duplicates; record the counts in the manifest,
+        drop them under --drop-leaks/--dedup (dropped rows go to LAYOUT.dropped(stage))."""
+        from ..analysis import LeakGuard, screen
+
+        if self._guard is None:
+            self._guard = LeakGuard(self.gold)
+        kept, dropped, leak, dup = screen(examples, self._guard, prior, drop_leaks=self.cfg.drop_leaks,
+                                          dedup=self.cfg.dedup)
+        write_jsonl(rd / LAYOUT.dropped(stage), dropped)
+        for key, summary in (("leakage", leak), ("dedup", dup)):
+            rd.manifest.setdefault(key, {})[stage] = {k: v for k, v in summary.items() if not k.endswith("_ids")}
+        if leak["flagged"] or dup["duplicates"]:
+            info(f"{stage}: {leak['flagged']} of {len(examples)} flagged as gold-eval leaks, "
+                 f"{dup['duplicates']} duplicates; dropped {len(dropped)}")
+        return kept, {"leakage": leak, "dedup": dup}
+
+    def _demo_fields(self, stage: str, ex: Example, rationales: dict | None) -> dict:
+        sp = self.task.stage(stage)
+        rs = []
+        if rationales and rationales.get(ex.label):
+            rs = random.Random(f"{self.cfg.seed}:demo:{ex.id}").sample(
+                rationales[ex.label], min(self.task.rationale_k, len(rationales[ex.label])))
+        return self.builder.fields(stage, text=ex.text, context=ex.context or "", answer=ex.answer, label=ex.label,
+                                   rationales=rs, shorten=sp.fewshot.demo_max_words if sp.fewshot else None)
+
+    def _handwritten_fields(self, stage: str, d: dict) -> dict:
+        ctx = d.get("context", "")
+        ans = {"text": d["answer"], "start": max(ctx.find(d["answer"]), 0)} if d.get("answer") else None
+        return self.builder.fields(stage, text=d.get("text", ""), context=ctx, answer=ans, label=d.get("label"),
+                                   new_text=d.get("new_text", ""))
+
+    def _extrapolate_demos(self) -> None:
+        sp = self.task.stage("extrapolate")
+        if "extrapolate" not in self.builder.demos and sp.fewshot and sp.fewshot.demos:
+            self.builder.demos["extrapolate"] = [self._handwritten_fields("extrapolate", d) for d in sp.fewshot.demos]
+
+    def _extrapolate_all(self, rd: RunDir, fp: str, step: Step, seed: list[Example]) -> list[Example]:
+        added_file = LAYOUT.round(1, "added")
+        st = rd.stage(step.name, fp, added_file, usage=self._usage)
+        if st.done:
+            return _examples_in(rd / added_file)
+        info(f"stage: {step.name}: extrapolate all {len(self.mining)} gold eval examples")
+        with st:
+            added = self.synthesize(step, self.synth, sources=self.mining)
+            added, _ = self._screen(rd, LAYOUT.round_dir(1), added, seed)
+            write_jsonl(rd / added_file, _examples_out(added))
+            rd.manifest["synthesis"][step.name] = self.synth.reports["extrapolate-round-1"].to_dict()
+            st.extra["added"] = len(added)
+        return added
+
+    def _train_round(self, rd: RunDir, q: int, fp: str, train: list[Example]) -> dict:
+        name = LAYOUT.round_dir(q)
+        st = rd.stage(f"{name}/train", fp, LAYOUT.round(q, "metrics"), LAYOUT.round(q, "errors"))
+        if st.done:
+            return read_json(rd / LAYOUT.round(q, "metrics"))
+        info(f"stage: round {q}: train {self.cfg.learner} on {len(train)} synthetic examples")
+        with st:
+            learner = self._new_learner()
+            history = learner.fit(train, self.holdout or self.mining)
+            preds = learner.predict(self.mining)
+            errors, correct = [], []
+            for ex, p in zip(self.mining, preds):
+                if is_error(self.task, ex, p):
+                    errors.append(ex)
+                elif p.probs:
+                    correct.append((ex, p.probs.get(ex.label, 1.0)))
+            sources, bal = balance_sources(self.task, errors, correct, self.cfg.balance, self.cfg.seed, q)
+            res = {
+                "round": q, "train_size": len(train), "train_label_counts": label_counts(train),
+                "selection_metric": selection_metric(self.task), "history": history,
+                "mining": evaluate(self.task, self.mining, preds),
+                "holdout": learner.evaluate(self.holdout) if self.holdout else None,
+                "test": learner.evaluate(self.test) if self.test else None,
+                "errors": len(errors), "balance": bal, "seconds_train": st.seconds,
+            }
+            write_jsonl(rd / LAYOUT.round(q, "errors"), _examples_out(errors))
+            write_jsonl(rd / LAYOUT.round(q, "sources"), _examples_out(sources))
+            write_json(rd / LAYOUT.round(q, "metrics"), res)
+        self._last_model = (fingerprint([e.to_dict() for e in train]), learner, res)
+        self._print_round(res)
+        return res
+
+    def _extrapolate_round(self, rd: RunDir, step: Step, fp: str, prior: list[Example]) -> list[Example]:
+        q = step.round
+        st = rd.stage(step.name, fp, LAYOUT.round(q, "added"), usage=self._usage)
+        if st.done:
+            return _examples_in(rd / LAYOUT.round(q, "added"))
+        sources = _examples_in(rd / LAYOUT.round(q, "sources"))
+        info(f"stage: round {q}: extrapolate {len(sources)} gold eval examples")
+        with st:
+            added = self.synthesize(step, self.synth, sources=sources)
+            added, screened = self._screen(rd, LAYOUT.round_dir(q), added, prior)
+            write_jsonl(rd / LAYOUT.round(q, "added"), _examples_out(added))
+            res = read_json(rd / LAYOUT.round(q, "metrics"))
+            res.update({"added": len(added), "added_label_counts": label_counts(added), **screened,
+                        "seconds_extrapolate": st.seconds,
+                        "synthesis": self.synth.reports[f"extrapolate-round-{q}"].to_dict()})
+            write_json(rd / LAYOUT.round(q, "metrics"), res)
+            rd.manifest["synthesis"][f"extrapolate-round-{q}"] = res["synthesis"]
+            st.extra["added"] = len(added)
+        return added
+
+    def _final(self, rd: RunDir, fp: str, train: list[Example]) -> dict:
+        st = rd.stage("final", fp, LAYOUT.final_metrics)
+        if st.done:
+            return read_json(rd / LAYOUT.final_metrics)
+        info(f"stage: final: train {self.cfg.learner} on {len(train)} synthetic examples")
+        with st:
+            key = fingerprint([e.to_dict() for e in train])
+            if self._last_model and self._last_model[0] == key:
+                _, learner, r = self._last_model
+                history, reused = r["history"], LAYOUT.round_dir(r["round"])
+            else:
+                learner = self._new_learner()
+                history, reused = learner.fit(train, self.holdout or self.mining), None
+            res = {"train_size": len(train), "train_label_counts": label_counts(train), "history": history,
+                   "reused_model_of": reused,
+                   "holdout": learner.evaluate(self.holdout) if self.holdout else None,
+                   "test": learner.evaluate(self.test) if self.test else None,
+                   "seconds": st.seconds}
+            learner.save(rd / LAYOUT.final_model)
+            write_jsonl(rd / LAYOUT.final_train, _examples_out(train))
+            write_json(rd / LAYOUT.final_metrics, res)
+        return res
+
+    def _print_round(self, res: dict) -> None:
+        hm = headline_metric(self.task)
+        parts = [f"round {res['round']}: train {res['train_size']}"]
+        if res.get("holdout"):
+            parts.append(f"held-out {hm} {res['holdout'][hm]:.3f}")
+        if res.get("test"):
+            parts.append(f"test {hm} {res['test'][hm]:.3f}")
+        parts.append(f"errors {res['errors']}")
+        info(" | ".join(parts))
