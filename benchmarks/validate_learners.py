@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 SHARED = ROOT.parent / "shared" / "data"
 
-from s3synth.data import Example, load_examples, stratified_split  # noqa: E402
+from s3synth.data import load_examples, stratified_split  # noqa: E402
 from s3synth.learners import make_learner  # noqa: E402
 from s3synth.learners.base import TrainConfig  # noqa: E402
 from s3synth.progress import set_quiet  # noqa: E402

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from ..analysis import normalize_words
-from ..data import Example
 from ..llm.base import GenParams, Request
 from ..tasks import StagePrompts, Task
 

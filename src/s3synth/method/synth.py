@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from ..data import Example
-from ..llm.base import LLM, Request
+from ..llm.base import LLM
 from ..rundir import ATTEMPT_STRIDE, SAMPLE_BANDS
 from ..tasks import Task
 from .prompts import PromptBuilder, clean_answer, numbered, parse_rationales
@@ -125,7 +125,6 @@ class Synthesizer:
     def seed_examples(self, n: int, *, rationales: dict | None = None, contexts: Sequence[dict] | None = None,
                       stage: str = "seed", max_passes: int = 3) -> list[Example]:
         """n kept examples; labels uniform; rejected answers are replaced by new plans (up to max_passes)."""
-        task = self.task
         kept: dict[int, Example] = {}
         next_index = 0
         for p in range(max_passes):
