@@ -1,14 +1,18 @@
-"""Learner throughput: s3synth's trainer vs a paper-style loop, on the same RTE pairs, in one run.
+"""Learner throughput: s3synth's trainer in fp32 and in bf16 vs a paper-style loop, on the same RTE
+pairs, in one run; optionally the accuracy each precision reaches on QNLI.
 
 The paper's released code pads every input to 512 tokens and trains in fp32 with batch 8. s3synth
 pads per batch (dynamic padding), groups batches by length and truncates at the task's maximum
-length. Each variant runs in its own subprocess so that peak memory is its own.
+length, and (precision auto) uses bf16 autocast where the CPU has native bf16 (AVX512-BF16/AMX).
+Each variant runs in its own subprocess so that peak memory is its own.
 
-    .venv/bin/python benchmarks/learner_throughput.py [--train 256] [--infer 256] [--threads 2]
+    .venv/bin/python benchmarks/learner_throughput.py [--train 256] [--infer 256] [--threads 2] [--qnli 800]
 
 Prints a table: training and inference examples/s, effective GFLOP/s (useful FLOPs on real,
 non-padding tokens: 6 x parameters per token for training, 2 x for inference), peak RSS, and the
-speed-up of s3synth over the paper-style loop measured in the same run.
+ratios measured in the same run (bf16 against fp32, s3synth against the paper-style loop). With
+--qnli N: MiniLM trained on N QNLI pairs of the shared evaluation pool (3 epochs), test accuracy on the
+shared QNLI test set, per precision.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ def _real_tokens(tok, examples, max_length):
     return sum(len(ids) for ids in enc["input_ids"])
 
 
-def run_s3synth(n_train: int, n_infer: int) -> dict:
+def run_s3synth(n_train: int, n_infer: int, precision: str) -> dict:
     from s3synth.learners import make_learner, minilm_path
     from s3synth.learners.base import TrainConfig
     from s3synth.progress import set_quiet
@@ -51,7 +55,8 @@ def run_s3synth(n_train: int, n_infer: int) -> dict:
 
     set_quiet(True)
     task, train, infer = _load(n_train, n_infer)
-    learner = make_learner("minilm", task, TrainConfig(epochs=1, batch_size=16, eval_batch_size=64))
+    learner = make_learner("minilm", task, TrainConfig(epochs=1, batch_size=16, eval_batch_size=64,
+                                                       precision=precision))
     t = time.perf_counter()
     learner.fit(train, None)
     t_train = time.perf_counter() - t
@@ -112,8 +117,33 @@ def run_paper(n_train: int, n_infer: int) -> dict:
             "infer_tokens": _real_tokens(tok, infer, task.max_length)}
 
 
+def run_qnli(n_train: int, precision: str) -> dict:
+    """Accuracy on the shared QNLI test set after training MiniLM on n_train pairs of the evaluation pool."""
+    from s3synth.data import load_examples, stratified_split
+    from s3synth.learners import make_learner
+    from s3synth.progress import set_quiet
+    from s3synth.tasks import load_task
+
+    set_quiet(True)
+    task = load_task("qnli")
+    pool = load_examples(ROOT.parent / "shared" / "data" / "qnli" / "eval.jsonl", task)[:n_train]
+    test = load_examples(ROOT.parent / "shared" / "data" / "qnli" / "test.jsonl", task)
+    train, select = stratified_split(pool, 0.2, 0)
+    learner = make_learner("minilm", task, {"epochs": 3, "precision": precision, "seed": 0})
+    t = time.perf_counter()
+    learner.fit(train, select)
+    acc = learner.evaluate(test)["accuracy"]
+    return {"accuracy": acc, "seconds": time.perf_counter() - t, "train": len(train), "test": len(test),
+            "precision_used": learner.precision}
+
+
 def child(variant: str, n_train: int, n_infer: int) -> None:
-    res = (run_s3synth if variant == "s3synth" else run_paper)(n_train, n_infer)
+    if variant.startswith("qnli-"):
+        res = run_qnli(n_train, variant[5:])
+    elif variant == "paper":
+        res = run_paper(n_train, n_infer)
+    else:
+        res = run_s3synth(n_train, n_infer, variant)
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     res.update(variant=variant, n_train=n_train, n_infer=n_infer)
     print("RESULT " + json.dumps(res))
@@ -124,33 +154,45 @@ def main() -> None:
     ap.add_argument("--train", type=int, default=256, help="RTE training pairs (one epoch)")
     ap.add_argument("--infer", type=int, default=256, help="RTE validation pairs to predict")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads per variant")
-    ap.add_argument("--child", choices=["s3synth", "paper"], help=argparse.SUPPRESS)
+    ap.add_argument("--qnli", type=int, default=0, help="also: QNLI test accuracy after training on N pairs")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         import torch
         torch.set_num_threads(a.threads)
-        return child(a.child, a.train, a.infer)
-    rows = {}
-    for variant in ("paper", "s3synth"):
+        return child(a.child, a.qnli if a.child.startswith("qnli-") else a.train, a.infer)
+
+    def spawn(variant: str) -> dict:
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         p = subprocess.run([sys.executable, __file__, "--child", variant, "--train", str(a.train),
-                            "--infer", str(a.infer), "--threads", str(a.threads)],
+                            "--infer", str(a.infer), "--threads", str(a.threads), "--qnli", str(a.qnli)],
                            capture_output=True, text=True, env=env)
         line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
         if p.returncode or not line:
             sys.exit(f"{variant} failed:\n{p.stderr[-2000:]}")
-        rows[variant] = json.loads(line[0][7:])
+        return json.loads(line[0][7:])
+
+    rows = {v: spawn(v) for v in ("paper", "fp32", "bf16")}
+    names = {"paper": "paper-style (pad 512, bs 8)", "fp32": "s3synth fp32 (dynamic, bs 16)",
+             "bf16": "s3synth bf16 autocast"}
     print(f"RTE pairs: train {a.train} (1 epoch), predict {a.infer}; MiniLM-L6; torch threads {a.threads}")
-    print(f"{'variant':<26} {'train ex/s':>10} {'infer ex/s':>10} {'train GFLOP/s':>14} {'infer GFLOP/s':>14} "
+    print(f"{'variant':<30} {'train ex/s':>10} {'infer ex/s':>10} {'train GFLOP/s':>14} {'infer GFLOP/s':>14} "
           f"{'peak RSS MB':>12}")
     for v, r in rows.items():
-        name = "paper-style (pad 512, bs 8)" if v == "paper" else "s3synth (dynamic, bs 16)"
         tr, inf = r["n_train"] / r["train_s"], r["n_infer"] / r["infer_s"]
         gtr = 6 * r["params"] * r["train_tokens"] / r["train_s"] / 1e9
         ginf = 2 * r["params"] * r["infer_tokens"] / r["infer_s"] / 1e9
-        print(f"{name:<26} {tr:>10.1f} {inf:>10.1f} {gtr:>14.1f} {ginf:>14.1f} {r['peak_rss_mb']:>12.0f}")
-    p, s = rows["paper"], rows["s3synth"]
-    print(f"speed-up of s3synth: training {p['train_s'] / s['train_s']:.1f}x, inference {p['infer_s'] / s['infer_s']:.1f}x")
+        print(f"{names[v]:<30} {tr:>10.1f} {inf:>10.1f} {gtr:>14.1f} {ginf:>14.1f} {r['peak_rss_mb']:>12.0f}")
+    p, f, b = rows["paper"], rows["fp32"], rows["bf16"]
+    print(f"bf16 against fp32: training {f['train_s'] / b['train_s']:.2f}x, inference {f['infer_s'] / b['infer_s']:.2f}x")
+    print(f"s3synth fp32 against paper-style: training {p['train_s'] / f['train_s']:.1f}x, "
+          f"inference {p['infer_s'] / f['infer_s']:.1f}x")
+    if a.qnli:
+        print(f"\nQNLI: MiniLM trained on {a.qnli} pairs of the evaluation pool (80% train, 20% epoch choice, 3 epochs)")
+        print(f"{'precision':<10} {'test accuracy':>14} {'test pairs':>10} {'seconds':>8}")
+        for prec in ("fp32", "bf16"):
+            r = spawn("qnli-" + prec)
+            print(f"{prec:<10} {100 * r['accuracy']:>14.1f} {r['test']:>10} {r['seconds']:>8.0f}")
 
 
 if __name__ == "__main__":

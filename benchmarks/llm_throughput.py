@@ -268,10 +268,30 @@ def row_embedded_legacy_q8_0(ctx: Context) -> Result:
     return _legacy_row(ctx, "embedded-legacy-q8_0", "q8_0")
 
 
+def row_embedded_batched_other_build(ctx: Context) -> Result:
+    """embedded-batched in a child process whose llama-cpp-python comes from `--other-build DIR` (a
+    `pip install --target DIR` of another build, e.g. the portable one against the CPU-dispatched one)."""
+    if not ctx.args.other_build:
+        raise SystemExit("row embedded-batched-other-build needs --other-build DIR")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "r.json"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([ctx.args.other_build, str(ROOT / "src")])}
+        p = subprocess.run([sys.executable, __file__, "--rows", "embedded-batched", "--repeats", "1",
+                            "--requests", str(ctx.args.requests), "--threads", str(ctx.args.threads),
+                            "--json", str(out), "--texts"], env=env, capture_output=True, text=True)
+        if p.returncode:
+            raise SystemExit(f"the other build failed (exit {p.returncode}):\n{p.stderr[-2000:]}")
+        data = json.loads(out.read_text())
+    ctx.__dict__.setdefault("texts", {})["embedded-batched-other-build"] = data["texts"]["embedded-batched"]
+    r = data["embedded-batched"][0]
+    return Result(**{**r, "row": "embedded-batched-other-build"})
+
+
 ROWS = {"openai-bare": row_openai_bare, "openai-s3synth": row_openai_s3synth}
 ROWS.update({"embedded-legacy": row_embedded_legacy, "embedded-legacy-q8_0": row_embedded_legacy_q8_0,
              "embedded-single": row_embedded_single, "embedded-batched": row_embedded_batched,
-             "embedded-batched-q4_1": row_embedded_batched_q4_1})
+             "embedded-batched-q4_1": row_embedded_batched_q4_1,
+             "embedded-batched-other-build": row_embedded_batched_other_build})
 
 
 # -- output ----------------------------------------------------------------------------------------
@@ -297,6 +317,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, from: {', '.join(ROWS)}")
     ap.add_argument("--json", dest="json_out", help="also write the results here")
+    ap.add_argument("--other-build", help="a folder holding another llama-cpp-python build (pip install --target "
+                                          "DIR), for the row embedded-batched-other-build")
+    ap.add_argument("--texts", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = [r for r in rows if r not in ROWS]
@@ -340,15 +363,28 @@ def main() -> None:
                   f"{statistics.median(pairs):.2f}x; identical answers {same} of {len(t.get('embedded-single', []))}")
         if "embedded-batched" in runs:
             many = median_result(runs["embedded-batched"])
-            for base in ("embedded-legacy", "embedded-legacy-q8_0", "embedded-batched-q4_1"):
+            for base in ("embedded-legacy", "embedded-legacy-q8_0", "embedded-batched-q4_1",
+                         "embedded-batched-other-build"):
                 if base in runs:
                     old = median_result(runs[base])
                     pairs = [y.seconds / x.seconds for x, y in zip(runs["embedded-batched"], runs[base])]
                     print(f"embedded-batched vs {base}: {many.req_per_s / old.req_per_s:.2f}x examples/s "
                           f"(per back-to-back pair {statistics.median(pairs):.2f}x), "
                           f"{many.tok_per_s / old.tok_per_s:.2f}x completion tokens/s")
+        if "embedded-batched-other-build" in runs:
+            import llama_cpp
+            from s3synth.llm import llama_batch
+
+            t = getattr(ctx, "texts", {})
+            same = sum(a == b for a, b in zip(t.get("embedded-batched", []), t.get("embedded-batched-other-build", [])))
+            print(f"this process's llama.cpp: {Path(llama_cpp.__file__).parent} "
+                  f"(CPU variant: {llama_batch._VARIANT or 'linked in'}); "
+                  f"other build: {args.other_build}; identical answers {same} of {len(t.get('embedded-batched', []))}")
         if args.json_out:
-            Path(args.json_out).write_text(json.dumps({r: [asdict(x) for x in v] for r, v in runs.items()}, indent=2))
+            res = {r: [asdict(x) for x in v] for r, v in runs.items()}
+            if args.texts:
+                res["texts"] = getattr(ctx, "texts", {})
+            Path(args.json_out).write_text(json.dumps(res, indent=2))
     finally:
         ctx.close()
 

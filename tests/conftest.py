@@ -1,9 +1,18 @@
-"""Shared fixtures. `QueuedLLM` is a fake backend for unit tests only (never shipped to users)."""
+"""Shared fixtures. `QueuedLLM` is a fake backend for unit tests only (never shipped to users).
+
+The test plugins of fake_plugins.py (learner `fake`, LLM backend `echo`) are registered like any
+third-party plugin: through entry points of a distribution `s3synth_test_plugins`, whose dist-info
+folder is written to a temporary folder put on sys.path here (and on PYTHONPATH for subprocesses:
+`plugin_env()`).
+"""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -14,7 +23,38 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-sys.path.insert(0, str(ROOT / "tests"))
+TESTS = ROOT / "tests"
+sys.path.insert(0, str(TESTS))
+
+ENTRY_POINTS = """[s3synth.learners]
+fake = fake_plugins:FakeLearner
+
+[s3synth.llms]
+echo = fake_plugins:EchoLLM
+"""
+
+
+def _register_test_plugins() -> Path:
+    """A dist-info folder declaring the test plugins' entry points, on sys.path (removed at exit)."""
+    where = Path(tempfile.mkdtemp(prefix="s3synth-test-plugins-"))
+    info = where / "s3synth_test_plugins-0.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: s3synth_test_plugins\nVersion: 0.0\n")
+    (info / "entry_points.txt").write_text(ENTRY_POINTS)
+    atexit.register(shutil.rmtree, where, ignore_errors=True)
+    sys.path.insert(0, str(where))
+    return where
+
+
+PLUGIN_DIR = _register_test_plugins()
+
+
+def plugin_env(**extra) -> dict:
+    """os.environ for a subprocess that should see the test plugins (`--learner fake`, `--llm echo:M`)."""
+    path = os.pathsep.join([str(PLUGIN_DIR), str(TESTS)] + ([os.environ["PYTHONPATH"]]
+                                                            if os.environ.get("PYTHONPATH") else []))
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
 
 from s3synth.llm.base import LLM, Completion, Request  # noqa: E402
 
@@ -23,6 +63,7 @@ class QueuedLLM(LLM):
     """Answers from a queue of strings, or from `fn(request) -> str`; records every request it answered."""
 
     backend = "fake"
+    default_prompt_style = "fewshot"
 
     def __init__(self, answers: Sequence[str] | Callable[[Request], str] = (), **kw):
         super().__init__(kw.pop("model", "queued"), **kw)
@@ -52,3 +93,32 @@ def shared_data() -> Path:
     if not SHARED.exists():
         pytest.skip(f"{SHARED} is not beside the repository")
     return SHARED
+
+
+@pytest.fixture
+def fake_embedder(monkeypatch):
+    """Reports written during the test embed with fake_plugins.fake_embed instead of MiniLM."""
+    from fake_plugins import fake_embed, use_fake_embedder
+
+    use_fake_embedder(monkeypatch)
+    return fake_embed
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory):
+    """(run dir, result, RunConfig) of a finished two-round imdb run with its report, shared by the report
+    tests (test_report_export, test_report_browser); a test that changes it works on a copy."""
+    from test_report_export import make_run
+
+    tmp = tmp_path_factory.mktemp("plain")
+    res, cfg, _ = make_run(tmp, tmp / "run")
+    return tmp / "run", res, cfg
+
+
+@pytest.fixture(scope="session")
+def small_bench(tmp_path_factory):
+    """(bench dir, bench result) of a small bench with its reports, shared like `small_run`."""
+    from test_report_export import make_bench
+
+    tmp = tmp_path_factory.mktemp("bench")
+    return tmp / "bench", make_bench(tmp)

@@ -1,17 +1,21 @@
-"""Baselines through the same machinery, and the bench grid (queued fake LLM, fast learner)."""
+"""Baselines through the same machinery, and the bench grid (queued fake LLM, fake learner)."""
+
+import statistics
 
 from conftest import QueuedLLM
 from test_pipeline import fake_answer, tiny_data
 
-from s3synth.method.bench import run_bench
+from s3synth.analysis import find_duplicates
 from s3synth.config import RunConfig
+from s3synth.data import Example
 from s3synth.io import read_json, read_jsonl
 from s3synth.method import S3
+from s3synth.method.bench import run_bench
 
 
 def test_each_baseline(tmp_path):
     gold, test = tiny_data(tmp_path, "rte", n=40)
-    base = dict(task="rte", gold_eval=str(gold), test=str(test), learner="fast", seed_size=12, rounds=1)
+    base = dict(task="rte", gold_eval=str(gold), test=str(test), learner="fake", seed_size=12, rounds=1)
     llm = QueuedLLM(fake_answer("rte"))
     z = S3(RunConfig(method="zerogen", size=10, **base), llm=llm).run(tmp_path / "zerogen")
     assert z["final"]["train_size"] == 10 and z["added"] == 0
@@ -38,9 +42,31 @@ def test_each_baseline(tmp_path):
     assert zs3["final"]["train_size"] == 12 + zs3["added"]
 
 
-def test_bench_grid_table(tmp_path):
+def _examples(path):
+    return [Example.from_dict(d) for d in read_jsonl(path)]
+
+
+def recount_duplicates(run) -> int:
+    """Near-duplicates of a run, recomputed from its files: within the seed, and of each round's added data
+    among themselves or against everything kept before."""
+    kept = _examples(run / "seed.jsonl")
+    n = len(find_duplicates(kept))
+    q = 1
+    while (run / f"round-{q}" / "added.jsonl").exists():
+        added = _examples(run / f"round-{q}" / "added.jsonl")
+        n += len(find_duplicates(added, kept))
+        kept += added
+        q += 1
+    return n
+
+
+def test_bench_grid_table(tmp_path, monkeypatch):
+    import s3synth.report as report_mod
+
+    written = []       # the reports themselves are tested in test_report_export.py
+    monkeypatch.setattr(report_mod, "write_report", lambda path, embed: written.append((path, embed)))
     gold, test = tiny_data(tmp_path, "imdb", n=48)
-    base = RunConfig(task="imdb", gold_eval=str(gold), test=str(test), learner="fast", seed_size=16, rounds=1)
+    base = RunConfig(task="imdb", gold_eval=str(gold), test=str(test), learner="fake", seed_size=16, rounds=1)
     res = run_bench(base, ["s3", "zerogen", "seed-only", "gold"], [0, 1], tmp_path / "bench",
                     llm=QueuedLLM(fake_answer("imdb")))
     runs = {(r["method"], r["seed"]): r for r in res["runs"]}
@@ -55,12 +81,16 @@ def test_bench_grid_table(tmp_path):
         leak = [read_json(tmp_path / "bench" / f"{m}-seed{s}" / "manifest.json")["leakage"] for s in (0, 1)]
         flagged, checked = (sum(v[k] for lk in leak for v in lk.values()) for k in ("flagged", "checked"))
         assert checked > 0 and rows[m]["leak_rate"] == flagged / checked
-        assert rows[m]["duplicates"] >= 0
+        dups = [recount_duplicates(tmp_path / "bench" / f"{m}-seed{s}") for s in (0, 1)]
+        assert rows[m]["duplicates"] == statistics.mean(dups)
+    assert rows["s3"]["duplicates"] > 0                     # the fake answers repeat themselves
     assert "leak_rate" not in rows["gold"]                   # no synthetic data to screen
     md = (tmp_path / "bench" / "bench.md").read_text()
     assert "| leaks | dups |" in md and "| - | - |" in md
     assert "| S3 |" in md and "| ZeroGen |" in md and "| Gold data |" in md
     assert read_json(tmp_path / "bench" / "bench.json")["table"] == res["table"]
+    assert written == [(tmp_path / "bench" / f"{m}-seed{s}", "minilm") for s in (0, 1)
+                       for m in ("s3", "zerogen", "seed-only", "gold")] + [(tmp_path / "bench", None)]
     assert (tmp_path / "bench" / "llm_cache.sqlite").exists()
     assert not (tmp_path / "bench" / "s3-seed0" / "llm_cache.sqlite").exists()   # one shared cache
 

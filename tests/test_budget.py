@@ -77,6 +77,10 @@ def _spent(run) -> dict:
 
 
 def test_budget_stops_the_run_and_a_larger_one_finishes_it(tmp_path, shared_data, monkeypatch):
+    import s3synth.report as report_mod
+
+    reports = []      # the CLI writes a report after a finished run only (its content: test_report_export.py)
+    monkeypatch.setattr(report_mod, "write_report", lambda path, embed: reports.append(str(path)))
     gold = tmp_path / "gold.jsonl"
     gold.write_text("".join(json.dumps(r) + "\n" for r in read_jsonl(shared_data / "rte" / "validation.jsonl")[:30]))
     monkeypatch.setenv("OPENAI_API_KEY", "sk-budget-test")
@@ -85,13 +89,14 @@ def test_budget_stops_the_run_and_a_larger_one_finishes_it(tmp_path, shared_data
     with OpenAIStub() as stub:
         def run(out, *extra):
             r = CliRunner().invoke(cli, [
-                "run", "--task", "rte", "--gold-eval", str(gold), "--llm", "openai:stub-model", "--base-url", stub.url,
-                "--learner", "fast", "--seed-size", "16", "--rounds", "1", "--concurrency", "2", "--out", str(out),
-                "-q", *extra])
+                "run", "--task", "rte", "--gold-eval", str(gold), "--llm", "openai:stub-model",
+                "-o", f"base_url={stub.url}", "-o", "concurrency=2", "--learner", "fake", "--seed-size", "16",
+                "--rounds", "1", "--out", str(out), "-q", *extra])
             return r
 
         ref = run(tmp_path / "ref")                        # the same run without a budget
         assert ref.exit_code == 0, ref.output
+        assert reports == [str(tmp_path / "ref")]
         total = _spent(tmp_path / "ref")
         assert total["answers"] > 20                       # seed and round-1 extrapolation
         worst = max(math.ceil(len(b["messages"][0]["content"]) / 4) for b in stub.bodies) + 48
@@ -119,8 +124,10 @@ def test_budget_stops_the_run_and_a_larger_one_finishes_it(tmp_path, shared_data
                     if (run_dir / f).exists()] == done
         assert not (run_dir / "final" / "metrics.json").exists()
 
+        assert reports == [str(tmp_path / "ref")]         # none for the runs stopped by a budget
         r = run(run_dir, "--max-tokens", str(10 * total["tokens"]))
         assert r.exit_code == 0, r.output
+        assert reports == [str(tmp_path / "ref"), str(run_dir)]
         sent = [json.dumps([b["messages"], b["seed"]]) for b in stub.bodies]
         assert len(sent) == len(set(sent)) == total["answers"]       # nothing asked twice, nothing missing
     assert _spent(run_dir) == total

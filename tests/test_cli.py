@@ -1,7 +1,6 @@
 """The command line: bad input gives one line and exit code 2 and writes nothing; kill and resume."""
 
 import json
-import os
 import sqlite3
 import subprocess
 import sys
@@ -9,6 +8,7 @@ import time
 
 import pytest
 from click.testing import CliRunner
+from conftest import plugin_env
 from openai_stub import OpenAIStub
 
 from s3synth.cli import cli
@@ -76,9 +76,12 @@ def test_credentials_in_base_url_are_masked(tmp_path):
     from s3synth.config import RunConfig, redact_url, to_toml
 
     assert redact_url("run --base-url https://bob:s3cret@host:8000/v1 --x") == "run --base-url https://***@host:8000/v1 --x"
-    cfg = RunConfig(task="rte", gold_eval="g.jsonl", base_url="http://bob:s3cret@localhost:8000/v1")
+    cfg = RunConfig(task="rte", gold_eval="g.jsonl", llm="openai:m",
+                    llm_options={"base_url": "http://bob:s3cret@localhost:8000/v1", "concurrency": 2})
     text = to_toml(cfg.to_dict())
     assert "s3cret" not in text and 'base_url = "http://***@localhost:8000/v1"' in text
+    assert "[llm_options]" in text and "concurrency = 2" in text
+    assert cfg.llm_options["base_url"] == "http://bob:s3cret@localhost:8000/v1"     # the run itself still has it
 
 
 def test_tasks_and_help():
@@ -102,12 +105,13 @@ def test_killed_run_resumes_and_pays_nothing_twice(tmp_path, shared_data):
     and count at the server that no answered prompt is sent again; the seed equals an uninterrupted run's."""
     gold = rows_file(tmp_path, "gold.jsonl", read_jsonl(shared_data / "rte" / "validation.jsonl")[:40])
 
-    def cmd(out):
-        return [sys.executable, "-m", "s3synth.cli", "run", "--task", "rte", "--gold-eval", str(gold),
-                "--llm", "openai:stub-model", "--learner", "fast", "--seed-size", "24", "--rounds", "0",
+    def cmd(out):   # `s3synth run` with the test plugins on the path, writing no report
+        return [sys.executable, "-c", "import fake_plugins; fake_plugins.main_without_reports()", "run",
+                "--task", "rte", "--gold-eval", str(gold),
+                "--llm", "openai:stub-model", "--learner", "fake", "--seed-size", "24", "--rounds", "0",
                 "--concurrency", "2", "--out", str(out), "-q"]
 
-    env = {**os.environ, "OPENAI_BASE_URL": "", "OPENAI_API_KEY": "sk-test"}
+    env = plugin_env(OPENAI_BASE_URL="", OPENAI_API_KEY="sk-test")
     with OpenAIStub() as stub:
         base = ["--base-url", stub.url]
         ref = subprocess.run(cmd(tmp_path / "ref") + base, env=env, capture_output=True, text=True, timeout=300)

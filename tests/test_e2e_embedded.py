@@ -38,13 +38,21 @@ def test_embedded_llm_and_minilm_one_round(tmp_path, shared_data):
     assert calls_first == m["llm"]["spent_total"]["answers"] > 0
     assert m["synthesis"]["seed"]["kept"] >= 12
     r1 = read_json(out / "round-1" / "metrics.json")
-    if r1["errors"]:
-        added = read_jsonl(out / "round-1" / "added.jsonl")
-        assert r1["added"] == len(added)
-        gold_premises = {r["premise"] for r in read_jsonl(gold)}
-        assert all(a["context"] in gold_premises for a in added)
+    assert r1["errors"] == len(read_jsonl(out / "round-1" / "errors.jsonl")) > 0     # 12 examples teach little
+    added = read_jsonl(out / "round-1" / "added.jsonl")
+    assert r1["added"] == len(added) > 0
+    gold_premises = {r["premise"] for r in read_jsonl(gold)}
+    assert all(a["context"] in gold_premises for a in added)
     final = read_json(out / "final" / "metrics.json")
-    assert final["test"]["n"] == 24 and 0 <= final["test"]["accuracy"] <= 1
+    assert final["test"]["n"] == 24
+    # the saved MiniLM reloads and reproduces the recorded test accuracy
+    from s3synth.data import load_examples
+    from s3synth.learners import load_learner
+    from s3synth.tasks import load_task
+
+    rte = load_task("rte")
+    model = load_learner(out / "final" / "model", rte)
+    assert model.evaluate(load_examples(test, rte, id_prefix="test"))["accuracy"] == final["test"]["accuracy"]
 
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stderr[-3000:]

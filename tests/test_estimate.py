@@ -11,9 +11,11 @@ from conftest import QueuedLLM
 from openai_stub import OpenAIStub
 
 from s3synth.cli import cli
-from s3synth.config import RunConfig
-from s3synth.io import read_jsonl
+from s3synth.config import METHODS, RunConfig
+from s3synth.io import read_json, read_jsonl
 from s3synth.method import S3
+from s3synth.method.estimate import estimate_run
+from s3synth.rundir import band_of
 from s3synth.tasks import load_task
 
 # 20 RTE pairs, 10 per label: the default 30% hold-out keeps 3 per label, the 4 few-shot demos come out of
@@ -32,7 +34,7 @@ def gold(tmp_path):
 
 
 def estimate(gold, *extra, out=None):
-    args = ["estimate", "--task", "rte", "--gold-eval", str(gold), "--learner", "fast", "--seed-size", "8",
+    args = ["estimate", "--task", "rte", "--gold-eval", str(gold), "--learner", "fake", "--seed-size", "8",
             "--prompt-style", "fewshot", "-q", *extra]
     if out is not None:
         args += ["--out", str(out)]
@@ -54,25 +56,28 @@ def test_tiny_rte_calls_and_completion_tokens_are_exact(gold, tmp_path):
     est = estimate_json(gold, *NOWHERE, "--rounds", "2", "--assume-error-rate", "0.25", out=out)
     st = by_stage(est)
     max_tokens = load_task("rte").stage("seed").max_tokens                    # 48
-    assert list(st) == ["seed", "round 1: extrapolate", "round 2: extrapolate"]   # pair task: no rationales
+    assert list(st) == ["seed", "round-1/extrapolate", "round-2/extrapolate"]   # pair task: no rationales
     assert st["seed"]["calls"] == 9                                            # ceil(8 x 1.1)
     assert est["assumptions"]["mining"] == MINING == 10
     errors = math.ceil(0.25 * MINING)                                          # 3
     assert est["assumptions"]["errors_per_round"] == errors
     assert est["assumptions"]["sources_per_round"] == 2 * errors               # --balance fill: x 2 labels
-    assert st["round 1: extrapolate"]["calls"] == st["round 2: extrapolate"]["calls"] == math.ceil(6 * 1.1) == 7
+    assert st["round-1/extrapolate"]["calls"] == st["round-2/extrapolate"]["calls"] == math.ceil(6 * 1.1) == 7
+    assert [s["requests"] for s in est["stages"]] == [8, 6, 6]              # first pass: nothing rejected
+    assert [s["label"] for s in est["stages"]] == list(st)
     for s in est["stages"]:
         assert s["completion_tokens"] == s["calls"] * max_tokens
         assert s["tokens"] == s["prompt_tokens"] + s["completion_tokens"]
-    assert est["total"]["calls"] == 9 + 7 + 7
+    assert est["total"]["calls"] == 9 + 7 + 7 and est["total"]["requests"] == 8 + 6 + 6
     assert est["total"]["prompt_tokens"] == sum(s["prompt_tokens"] for s in est["stages"])
     assert est["token_counter"] == "ceil(chars / 4)" and est["prices_per_million"] is None
     assert not out.exists()
 
     st_none = by_stage(estimate_json(gold, *NOWHERE, "--rounds", "1", "--assume-error-rate", "0.25",
                                      "--balance", "none"))
-    assert st_none["round 1: extrapolate"]["calls"] == math.ceil(errors * 1.1) == 4
-    assert "round 2: extrapolate" not in st_none
+    assert st_none["round-1/extrapolate"]["calls"] == math.ceil(errors * 1.1) == 4
+    assert st_none["round-1/extrapolate"]["requests"] == errors
+    assert "round-2/extrapolate" not in st_none
     assert list(by_stage(estimate_json(gold, *NOWHERE, "--rounds", "0"))) == ["seed"]
 
 
@@ -81,7 +86,7 @@ def test_seed_prompt_tokens_equal_those_a_real_run_sends(gold, tmp_path):
     run with --seed-size 9 sends (all answers accepted), token for token."""
     est = by_stage(estimate_json(gold, *NOWHERE, "--rounds", "0"))
     fake = QueuedLLM(lambda r: "The town keeps several old stone bridges.")
-    cfg = RunConfig(task="rte", gold_eval=str(gold), llm="fake", learner="fast", seed_size=9, rounds=0,
+    cfg = RunConfig(task="rte", gold_eval=str(gold), llm="fake", learner="fake", seed_size=9, rounds=0,
                     prompt_style="fewshot")
     S3(cfg, llm=fake).run(tmp_path / "real")
     assert len(fake.seen) == 9 and len(read_jsonl(tmp_path / "real" / "seed.jsonl")) == 9
@@ -89,7 +94,7 @@ def test_seed_prompt_tokens_equal_those_a_real_run_sends(gold, tmp_path):
 
 
 def test_extrapolation_prompts_hold_the_demos_and_a_gold_example(gold):
-    st = by_stage(estimate_json(gold, *NOWHERE, "--rounds", "1"))["round 1: extrapolate"]
+    st = by_stage(estimate_json(gold, *NOWHERE, "--rounds", "1"))["round-1/extrapolate"]
     demos = load_task("rte").stage("extrapolate").fewshot.demos
     demo_chars = sum(len(d["context"]) + len(d["text"]) + len(d["new_text"]) for d in demos)
     per_call = st["prompt_tokens"] / st["calls"]
@@ -141,7 +146,7 @@ def test_single_text_task_counts_rationales(shared_data):
     """imdb: rationale calls = labels x calls_per_label; the embedded backend counts with its tokenizer."""
     gold = shared_data / "s3_release" / "imdb_round1.jsonl"
     r = CliRunner().invoke(cli, ["estimate", "--task", "imdb", "--gold-eval", str(gold), "--max-gold-eval", "30",
-                                 "--learner", "fast", "--seed-size", "10", "--rounds", "1", "--json", "-q"])
+                                 "--learner", "fake", "--seed-size", "10", "--rounds", "1", "--json", "-q"])
     assert r.exit_code == 0, r.output
     est = json.loads(r.stdout)
     task = load_task("imdb")
@@ -156,3 +161,98 @@ def test_single_text_task_counts_rationales(shared_data):
     except ImportError:
         assert est["token_counter"] == "ceil(chars / 4)"
     assert st["seed"]["prompt_tokens"] > 11 * 100                     # 4 review demos per prompt
+
+
+# -- the estimate walks the run's own plan: stage for stage, request for request -------------------------------
+
+def usable_answer(r):
+    """An answer every stage keeps (nothing is rejected, so no stage asks again): a list for rationale prompts,
+    else a distinct sentence long enough for every task."""
+    if band_of(r.sample_index) == "rationale":
+        return " the acting is strong\n4. the story moves well\n5. the music works"
+    return f" Statement number {r.sample_index} tells of the place and the people who live there."
+
+
+def single_gold(tmp_path):
+    """imdb-like rows (a single-text task with rationales): 10 per label."""
+    rows = [{"text": f"Film number {i} was {'great and wonderful' if i % 2 else 'awful and boring'} to watch.",
+             "label": ["negative", "positive"][i % 2]} for i in range(20)]
+    p = tmp_path / "imdb_gold.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return p
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("task", ["imdb", "rte"])
+def test_estimate_stages_and_requests_equal_the_runs(tmp_path, gold, task, method):
+    """Run each method with answers that are all kept and a learner whose errors are known (constant: always
+    the first label; --balance none: one source per error), then estimate it with the observed error rate:
+    the estimate's stages are the run's LLM stages, and its first-pass requests what each stage sent."""
+    g = single_gold(tmp_path) if task == "imdb" else gold
+    cfg = RunConfig(task=task, gold_eval=str(g), llm="echo:m", learner="fake", learner_options={"mode": "constant"},
+                    method=method, seed_size=8, rounds=2, balance="none", min_gain=-1.0, prompt_style="fewshot")
+    llm = QueuedLLM(usable_answer)
+    S3(cfg, llm=llm).run(tmp_path / "run")
+    m = read_json(tmp_path / "run" / "manifest.json")
+    ran = {name: st["llm"]["requests"] for name, st in m["stages"].items() if "llm" in st}
+    for name, st in m["synthesis"].items():
+        assert st["kept"] == st["requested"], (name, st)                        # nothing rejected
+    mining = m["split"]["mining"]
+    first = load_task(task).label_names[0]
+    if METHODS[method].rounds:
+        errors = [read_json(tmp_path / "run" / f"round-{q}" / "metrics.json")["errors"] for q in (1, 2)]
+        assert errors[0] == errors[1] > 0
+        assert read_jsonl(tmp_path / "run" / "round-1" / "errors.jsonl") and all(
+            e["label"] != first for e in read_jsonl(tmp_path / "run" / "round-1" / "errors.jsonl"))
+        rate = errors[0] / mining
+    else:
+        rate = 0.2
+    est = estimate_run(cfg, error_rate=rate)
+    assert [s.stage for s in est.stages] == list(ran)
+    assert {s.stage: s.requests for s in est.stages} == ran
+    rationales = ["rationales"] if task == "imdb" else []
+    rounds = ["round-1/extrapolate", "round-2/extrapolate"]
+    want = {"s3": ["seed"] + rationales + rounds, "zerogen": ["seed"], "goldgen": ["seed", "goldgen"] + rationales,
+            "seed-only": ["seed"] + rationales, "gold": [], "zerogen-s3": ["seed"] + rounds}[method]
+    assert sorted(ran) == sorted(want)
+    if "goldgen" in ran:
+        assert ran["goldgen"] == mining
+    if method == "gold":
+        assert llm.seen == []
+    seed_reqs = [r for r in llm.seen if band_of(r.sample_index) in ("seed", "zerogen")]
+    if METHODS[method].seed == "zerogen":
+        # the seed stage sends the ZeroGen prompts (plain completions, one fixed prompt per label), and the
+        # estimate counts those prompts: its seed row is labelled so and sized like them
+        assert seed_reqs and {band_of(r.sample_index) for r in seed_reqs} == {"zerogen"}
+        s3 = S3(cfg, llm=QueuedLLM(usable_answer))
+        s3.prepare()
+        contexts = [x["context"] for x in s3.contexts] if s3.contexts else [""]
+        prompts = {s3.builder.build("zerogen", s3.builder.fields("zerogen", label=lab, context=c), 0).prompt
+                   for lab in s3.task.label_names for c in contexts}
+        assert {r.prompt for r in seed_reqs} <= prompts and all(r.prompt.endswith('"') for r in seed_reqs)
+        (seed,) = [s for s in est.stages if s.stage == "seed"]
+        assert seed.label == "seed (zerogen prompts)"
+        sizes = [math.ceil(len(p) / 4) for p in prompts]
+        assert seed.calls * min(sizes) <= seed.prompt_tokens <= seed.calls * max(sizes)
+    elif method != "gold":
+        assert seed_reqs and {band_of(r.sample_index) for r in seed_reqs} == {"seed"}
+        assert [s.label for s in est.stages if s.stage == "seed"] == ["seed"]
+
+
+def test_estimate_cli_zerogen_s3_lists_the_zerogen_seed_and_the_rounds(gold):
+    r = estimate(gold, *NOWHERE, "--method", "zerogen-s3", "--rounds", "2", "--balance", "none",
+                 "--assume-error-rate", "0.5")
+    assert r.exit_code == 0, r.output
+    rows = {ln.split("  ")[0].strip(): ln.split()[-4:] for ln in r.stdout.splitlines()[4:]
+            if ln.strip() and not ln.startswith("-") and ln[0].isalpha() and ln.split()[-1].replace(",", "").isdigit()}
+    assert list(rows) == ["seed (zerogen prompts)", "round-1/extrapolate", "round-2/extrapolate", "total"]
+    assert rows["seed (zerogen prompts)"][0] == "9"                           # ceil(8 x 1.1)
+    errors = math.ceil(0.5 * MINING)                                          # 5
+    assert rows["round-1/extrapolate"][0] == rows["round-2/extrapolate"][0] == str(math.ceil(errors * 1.1))
+    zg = load_task("rte").stage("zerogen").max_tokens
+    assert rows["seed (zerogen prompts)"][2] == f"{9 * zg:,}"
+    est = estimate_json(gold, *NOWHERE, "--method", "zerogen-s3", "--rounds", "2")
+    assert [(s["stage"], s["label"]) for s in est["stages"]] == [
+        ("seed", "seed (zerogen prompts)"), ("round-1/extrapolate", "round-1/extrapolate"),
+        ("round-2/extrapolate", "round-2/extrapolate")]
+    assert est["assumptions"]["method"] == "zerogen-s3"

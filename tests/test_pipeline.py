@@ -1,4 +1,5 @@
-"""The S3 loop end to end with a queued fake LLM and real learners on tiny data."""
+"""The S3 loop end to end with a queued fake LLM and the fake learner (tests/fake_plugins.py) on tiny data;
+one slow test runs it with the real learners."""
 
 import json
 import random
@@ -38,7 +39,8 @@ def tiny_data(tmp_path, task, n=28):
             rows.append({"premise": ctx, "hypothesis": txt, "label": lab} if task == "rte"
                         else {"sentence": ctx, "question": txt + "?", "label": lab})
         else:
-            ctx = f"The bridge in Place{i} was built by Anna{i} in {1900 + i}. It is long."
+            ctx = (f"Yesterday we saw the bridge in Place{i}, built by Anna{i} in {1900 + i}." if i % 3 == 0
+                   else f"The bridge in Place{i} was built by Anna{i} in {1900 + i}. It is long.")
             ans = f"Anna{i}"
             rows.append({"id": f"q{i}", "context": ctx, "question": f"Who built the bridge in Place{i}?",
                          "answers": {"text": [ans], "answer_start": [ctx.index(ans)]}})
@@ -62,14 +64,42 @@ def fake_answer(task):
     return fn
 
 
-LEARNER = {"imdb": "fast", "rte": "fast", "qnli": "fast", "adversarial_qa": "minilm"}
+def gold_index(ex_id: str) -> int:
+    """tiny_data's row number i of a gold example id ("gold-1" is i = 0)."""
+    return int(ex_id.rsplit("-", 1)[1]) - 1
+
+
+def is_hard(ex_id: str) -> bool:
+    """imdb rows with the words of the other label (every fourth): the fake learner gets exactly these wrong."""
+    return gold_index(ex_id) % 4 == 0
+
+
+def prepared(cfg, llm=None):
+    """The S3 object after `prepare()` (nothing written): its mining and holdout split."""
+    s3 = S3(cfg, llm=llm or QueuedLLM(lambda r: "unused"))
+    s3.prepare()
+    return s3
+
+
+def learner_errors(task, train_rows, examples):
+    """Which of `examples` a fake learner trained on `train_rows` gets wrong, computed outside the loop."""
+    from s3synth.data import Example
+    from s3synth.learners import make_learner
+    from s3synth.metrics import is_error
+
+    lrn = make_learner("fake", task)
+    lrn.fit([Example.from_dict(d) for d in train_rows])
+    return [ex.id for ex, p in zip(examples, lrn.predict(examples)) if is_error(task, ex, p)]
 
 
 @pytest.mark.parametrize("task", ["imdb", "rte", "qnli", "adversarial_qa"])
 def test_each_builtin_task_runs_the_loop(tmp_path, task):
+    from s3synth.learners import load_learner
+    from s3synth.metrics import evaluate
+
     gold, test = tiny_data(tmp_path, task)
-    cfg = RunConfig(task=task, gold_eval=str(gold), test=str(test), learner=LEARNER[task], seed_size=16, rounds=1,
-                    holdout_frac=0.25, learner_options={"epochs": 1, "max_length": 64, "batch_size": 8})
+    cfg = RunConfig(task=task, gold_eval=str(gold), test=str(test), learner="fake", seed_size=16, rounds=1,
+                    holdout_frac=0.25)
     out = tmp_path / "run"
     llm = QueuedLLM(fake_answer(task))
     res = S3(cfg, llm=llm).run(out)
@@ -81,26 +111,62 @@ def test_each_builtin_task_runs_the_loop(tmp_path, task):
     assert m["llm"]["spent_total"]["answers"] == llm.stats.calls > 0
     assert m["synthesis"]["seed"]["kept"] >= 16
     assert m["split"]["holdout"] > 0 and m["split"]["mining"] > 0
+    # round 1's errors are exactly the mining examples a learner trained on the seed gets wrong
+    s3 = prepared(cfg)
+    want = learner_errors(s3.task, read_jsonl(out / "seed.jsonl"), s3.mining)
+    r1 = read_json(out / "round-1/metrics.json")
+    errors = read_jsonl(out / "round-1/errors.jsonl")
+    assert [e["id"] for e in errors] == want and r1["errors"] == len(want) > 0
+    if task == "imdb":                  # the hard cases, and only they
+        assert want == [ex.id for ex in s3.mining if is_hard(ex.id)]
+    if task == "adversarial_qa":        # "Yesterday" rows: the first new capitalised word is not the answer
+        assert want == [ex.id for ex in s3.mining if ex.context.startswith("Yesterday")]
+    added = read_jsonl(out / "round-1/added.jsonl")
+    sources = read_jsonl(out / "round-1/sources.jsonl")
+    assert res["added"] == r1["added"] == len(added) == len(sources)          # every answer usable
+    by_id = {e["id"]: e for e in sources}
+    for a in added:   # the gold label and the context of the source are kept
+        src = by_id[a["meta"]["source_id"]]
+        assert a.get("label") == src.get("label") and a.get("context") == src.get("context")
+    final = read_json(out / "final/metrics.json")
+    assert final["train_size"] == 16 + res["added"] == len(read_jsonl(out / "final/train.jsonl"))
+    assert final["test"]["n"] == 8
+    # the saved model reloads and reproduces the recorded test metrics
+    model = load_learner(out / "final/model", s3.task)
+    assert type(model).__name__ == "FakeLearner"
+    assert evaluate(s3.task, s3.test, model.predict(s3.test)) == final["test"]
+    if task == "imdb":
+        assert final["test"]["accuracy"] == 0.75                             # rows 20 and 24 of 20..27 are hard
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task, learner", [("imdb", "fast"), ("adversarial_qa", "minilm")])
+def test_loop_with_real_learners(tmp_path, task, learner):
+    """The loop with the real learners (the unit tests above use the fake one)."""
+    gold, test = tiny_data(tmp_path, task)
+    cfg = RunConfig(task=task, gold_eval=str(gold), test=str(test), learner=learner, seed_size=16, rounds=1,
+                    holdout_frac=0.25, learner_options={"epochs": 1, "max_length": 64, "batch_size": 8})
+    out = tmp_path / "run"
+    res = S3(cfg, llm=QueuedLLM(fake_answer(task))).run(out)
     r1 = read_json(out / "round-1/metrics.json")
     assert r1["errors"] == len(read_jsonl(out / "round-1/errors.jsonl"))
-    if r1["errors"]:
-        added = read_jsonl(out / "round-1/added.jsonl")
-        assert res["added"] == len(added)
-        errors = {e["id"]: e for e in read_jsonl(out / "round-1/sources.jsonl")}
-        for a in added:   # the gold label and the context of the source are kept
-            src = errors[a["meta"]["source_id"]]
-            assert a.get("label") == src.get("label") and a.get("context") == src.get("context")
+    assert r1["history"]["epochs"] and r1["history"]["best_epoch"] >= 1
     final = read_json(out / "final/metrics.json")
-    assert final["train_size"] == 16 + res["added"]
+    assert final["train_size"] == 16 + res["added"] == len(read_jsonl(out / "final/train.jsonl"))
+    assert final["test"]["n"] == 8
+    # the saved model reloads and reproduces the recorded test metrics
+    from s3synth.learners import load_learner
+
+    s3 = prepared(cfg)
     key = "f1" if task == "adversarial_qa" else "accuracy"
-    assert 0.0 <= final["test"][key] <= 1.0 and final["test"]["n"] == 8
+    assert load_learner(out / "final/model", s3.task).evaluate(s3.test)[key] == pytest.approx(final["test"][key])
     assert any((out / "final/model").glob("*.safetensors"))
     assert not list((out / "final/model").glob("*.bin")) and not list((out / "final/model").glob("*.pt"))
 
 
 def _imdb_cfg(tmp_path, **kw):
     gold, test = tiny_data(tmp_path, "imdb", n=48)
-    return RunConfig(task="imdb", gold_eval=str(gold), test=str(test), learner="fast", seed_size=20,
+    return RunConfig(task="imdb", gold_eval=str(gold), test=str(test), learner="fake", seed_size=20,
                      **{"rounds": 2, **kw})
 
 
@@ -156,11 +222,18 @@ def test_min_gain_stops_and_records_why(tmp_path):
 
 def test_round_metrics_record_balance_and_label_counts(tmp_path):
     cfg = _imdb_cfg(tmp_path, rounds=1)
+    s3 = prepared(cfg)
+    hard = {lab: sum(is_hard(ex.id) for ex in s3.mining if ex.label == lab) for lab in ("negative", "positive")}
+    assert sum(hard.values()) > 0 and hard["negative"] != hard["positive"]       # fill has to top one label up
     S3(cfg, llm=QueuedLLM(fake_answer("imdb"))).run(tmp_path / "run")
     r1 = read_json(tmp_path / "run" / "round-1" / "metrics.json")
     assert r1["balance"]["mode"] == "fill"
-    per = r1["balance"]["sources_per_label"]
-    if r1["errors"]:
-        assert len(set(per.values())) == 1          # every label gets as many sources
-        assert sum(r1["added_label_counts"].values()) == r1["added"]
+    assert r1["errors"] == sum(hard.values()) and r1["balance"]["errors_per_label"] == hard
+    top = max(hard.values())
+    assert r1["balance"]["sources_per_label"] == {"negative": top, "positive": top}   # every label as many
+    assert r1["added"] == 2 * top and r1["added_label_counts"] == {"negative": top, "positive": top}
+    sources = read_jsonl(tmp_path / "run" / "round-1" / "sources.jsonl")
+    short = min(hard, key=hard.get)                     # topped up with correct examples near the boundary
+    assert sorted(s.get("meta", {}).get("balance", "error") for s in sources if s["label"] == short) == \
+        ["error"] * hard[short] + ["near_boundary"] * (top - hard[short])
     assert set(r1["test"]["pred_share"]) == {"negative", "positive"}

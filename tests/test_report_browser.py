@@ -10,7 +10,6 @@ import shutil
 import subprocess
 
 import pytest
-from test_report_export import make_bench, make_run
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
@@ -47,31 +46,40 @@ def browse(exe, tmp_path, *args):
     return p.stdout
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("browser")
-    make_run(tmp, tmp / "run", rounds=1)
-    return tmp / "run" / "report.html"
-
-
-@pytest.fixture(scope="module")
-def bench_report(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("browser-bench")
-    return tmp / "bench" / "report.html", make_bench(tmp)
-
-
-def measure(exe, tmp_path, report):
-    """The layout probe's numbers for `report`, rendered at 1280 px."""
+def render(exe, tmp_path, report):
+    """One Chromium pass over `report` at 1280 x 3600 px: (the layout probe's numbers, a screenshot file)."""
     probe = report.parent / "probe.html"        # beside the report, so its relative links resolve
     probe.write_text(report.read_text().replace("</body>", PROBE + "</body>"))
-    dom = browse(exe, tmp_path, "--window-size=1280,3600", "--dump-dom", probe.as_uri())
+    shot = tmp_path / f"{report.parent.name}.png"
+    try:
+        dom = browse(exe, tmp_path, "--window-size=1280,3600", f"--screenshot={shot}", "--dump-dom", probe.as_uri())
+    finally:
+        probe.unlink()                          # the run directory is shared with other tests
     m = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
     assert m, "the page did not run its layout probe"
-    return json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    assert shot.exists(), "no screenshot"
+    return json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&")), shot
 
 
-def test_every_figure_renders_with_data(report, tmp_path):
-    info = measure(chromium(), tmp_path, report)
+@pytest.fixture(scope="module")
+def run_page(request, tmp_path_factory):
+    """The shared run of conftest.small_run (made by test_report_export.make_run), rendered once."""
+    exe = chromium()                            # skip before the run is made
+    run = request.getfixturevalue("small_run")[0]
+    return render(exe, tmp_path_factory.mktemp("browser"), run / "report.html")
+
+
+@pytest.fixture(scope="module")
+def bench_page(request, tmp_path_factory):
+    """The shared bench of conftest.small_bench (test_report_export.make_bench), rendered once; and its result."""
+    exe = chromium()
+    bench, res = request.getfixturevalue("small_bench")
+    info, shot = render(exe, tmp_path_factory.mktemp("browser-bench"), bench / "report.html")
+    return info, shot, res
+
+
+def test_every_figure_renders_with_data(run_page):
+    info, _ = run_page
     figs = {f["name"]: f for f in info["figures"]}
     assert set(figs) == FIGURES
     for name, f in figs.items():
@@ -80,40 +88,36 @@ def test_every_figure_renders_with_data(report, tmp_path):
     assert info["images"] == 0                                    # nothing to fetch: all figures are inline SVG
 
 
-def test_screenshot_shows_the_figures(report, tmp_path):
+def colour_counter(shot, size):
+    """near(rgb): how many pixels of the screenshot are within 12 of that colour."""
     PIL = pytest.importorskip("PIL.Image")
-    exe = chromium()
-    shot = tmp_path / "report.png"
-    browse(exe, tmp_path, f"--screenshot={shot}", "--window-size=1280,3600", report.as_uri())
     img = PIL.open(shot).convert("RGB")
-    assert img.size == (1280, 3600)
+    assert img.size == size
     colors = img.getcolors(maxcolors=1 << 20)
     assert len(colors) > 200                                      # a page, not a blank or error screen
 
     def near(rgb, tol=12):
         return sum(n for n, c in colors if all(abs(a - b) <= tol for a, b in zip(c, rgb)))
+    return near
+
+
+def test_screenshot_shows_the_figures(run_page):
+    _, shot = run_page
+    near = colour_counter(shot, (1280, 3600))
     assert near((0x4C, 0x78, 0xA8)) > 2000                        # the palette's blue (lines, bars)
     assert near((0xF5, 0x85, 0x18)) > 1000                        # and its orange (test curve, second label)
     assert near((0x54, 0xA2, 0x4B)) > 1000                        # kept generations (green)
     print(f"screenshot: {shot}")
 
 
-def test_bench_figure_renders_with_data(bench_report, tmp_path):
-    PIL = pytest.importorskip("PIL.Image")
-    exe = chromium()
-    report, res = bench_report
-    info = measure(exe, tmp_path, report)
+def test_bench_figure_renders_with_data(bench_page):
+    info, shot, res = bench_page
     (fig,) = info["figures"]
     assert fig["name"] == "bench-comparison" and fig["w"] > 900 and fig["h"] > 120, fig
     assert fig["paths"] >= 10 and fig["texts"] >= 5, fig
     assert fig["marks"] == 2 * len(res["runs"]), fig              # each run: a seed dot and a point vs. tokens
     assert info["images"] == 0
-    shot = tmp_path / "bench.png"
-    browse(exe, tmp_path, f"--screenshot={shot}", "--window-size=1280,1600", report.as_uri())
-    colors = PIL.open(shot).convert("RGB").getcolors(maxcolors=1 << 20)
-
-    def near(rgb, tol=12):
-        return sum(n for n, c in colors if all(abs(a - b) <= tol for a, b in zip(c, rgb)))
+    near = colour_counter(shot, (1280, 3600))
     for rgb in ((0x4C, 0x78, 0xA8), (0xF5, 0x85, 0x18), (0x54, 0xA2, 0x4B)):   # S3, ZeroGen, gold data
         assert near(rgb) > 150, rgb
     print(f"screenshot: {shot}")

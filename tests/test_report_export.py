@@ -1,5 +1,6 @@
-"""`s3synth report` and `export` on small real run directories (queued fake LLM, fast learner), and the
-leakage / dedup hooks of the pipeline."""
+"""`s3synth report` and `export` on small real run directories (queued fake LLM, fake learner, reports
+embedded with fake_plugins.fake_embed; one slow test with the real MiniLM embedder), and the leakage /
+dedup hooks of the pipeline."""
 
 import json
 import random
@@ -9,6 +10,7 @@ import shutil
 import pytest
 from click.testing import CliRunner
 from conftest import QueuedLLM
+from fake_plugins import fake_embed, use_fake_embedder
 from test_pipeline import fake_answer, tiny_data
 
 from s3synth.analysis import LeakGuard, find_duplicates, table6
@@ -58,22 +60,24 @@ def answer(r):
     return f" This movie was {rng.choice(WORDS[lab][:2])} and quite {rng.choice(WORDS[lab][:2])} overall."
 
 
-def make_run(tmp, out, **kw):
+def make_run(tmp, out, embed=fake_embed, **kw):
+    """A finished run in `out` and its report (S3.run writes none: the CLI does, after the run)."""
     gold, test = tmp / "gold.jsonl", tmp / "test.jsonl"
     rows = gold_rows()
     gold.write_text("".join(json.dumps(r) + "\n" for r in rows[:40]))
     test.write_text("".join(json.dumps(r) + "\n" for r in rows[40:]))
-    cfg = RunConfig(task="imdb", gold_eval=str(gold), test=str(test), learner="fast", seed_size=20,
-                    **{"rounds": 2, **kw})
+    cfg = RunConfig(task="imdb", gold_eval=str(gold), test=str(test), learner="fake", seed_size=20,
+                    **{"rounds": 2, "min_gain": -1.0, **kw})     # min_gain -1: both rounds extrapolate
     llm = QueuedLLM(answer)
-    return S3(cfg, llm=llm).run(out), cfg, llm
+    res = S3(cfg, llm=llm).run(out)
+    assert not (out / "report.html").exists()
+    write_report(out, embed=embed)
+    return res, cfg, llm
 
 
-@pytest.fixture(scope="module")
-def plain(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("plain")
-    res, cfg, _ = make_run(tmp, tmp / "run")
-    return tmp / "run", res, cfg
+@pytest.fixture
+def plain(small_run):
+    return small_run
 
 
 def test_run_writes_report_with_every_section(plain):
@@ -114,12 +118,12 @@ def test_report_table6_matches_the_analysis(plain):
         src = {e["id"]: Example.from_dict(e) for e in read_jsonl(out / f"round-{q}/sources.jsonl")}
         rows.append((f"round-{q}", [(Example.from_dict(a), src[a["meta"]["source_id"]])
                                     for a in read_jsonl(out / f"round-{q}/added.jsonl")]))
-    t6, _ = table6(dict(rows))
+    t6, _ = table6(dict(rows), fake_embed)
     md = (out / "report.md").read_text()
-    o = t6["overall"]
-    assert f"| all rounds | {o['added']} | " in md
-    assert f"| {o['edit_distance']:,.2f} | {o['len_mis']:,.2f} | {o['len_add']:,.2f} |" in md
-    assert re.search(r"\| all rounds \| \d+ \| 0\.\d{4} \|", md)      # cosine from the fast learner's MiniLM
+    for k, v in (*((f"round-{q}", t6[f"round-{q}"]) for q in (1, 2)), ("all rounds", t6["overall"])):
+        assert 0 < v["cosine"] < 1 and v["cosine_pairs"] == v["added"] > 0
+        assert (f"| {k} | {v['added']} | {v['cosine']:,.4f} | {v['edit_distance']:,.2f} | {v['len_mis']:,.2f} "
+                f"| {v['len_add']:,.2f} |") in md
 
 
 def test_report_cli_without_embeddings_and_on_a_bad_dir(plain, tmp_path):
@@ -188,20 +192,13 @@ def test_drop_leaks_and_dedup_drop_and_record(tmp_path):
     assert re.search(r"\| round-1 \| \d+ \| \d+ \| \d+ \| [1-9]\d* \|", (out / "report.md").read_text())
 
 
-def test_turning_dedup_on_redoes_the_seed_from_the_cache_and_a_report_failure_only_warns(plain, tmp_path,
-                                                                                        monkeypatch):
+def test_turning_dedup_on_redoes_the_seed_from_the_cache(plain, tmp_path):
     out, _, cfg = plain
     copy = tmp_path / "run"
     shutil.copytree(out, copy)
     m0 = read_json(copy / "manifest.json")
-    before = (copy / "report.html").stat().st_mtime_ns
     from dataclasses import replace
 
-    import s3synth.report as report_mod
-
-    def boom(*a, **k):
-        raise RuntimeError("no report today")
-    monkeypatch.setattr(report_mod, "write_report", boom)
     again = QueuedLLM(answer)
     S3(cfg, llm=again).run(copy)                                     # same flags: nothing to do
     assert again.stats.calls == 0 and read_json(copy / "manifest.json")["stages"]["seed"] == m0["stages"]["seed"]
@@ -210,9 +207,57 @@ def test_turning_dedup_on_redoes_the_seed_from_the_cache_and_a_report_failure_on
     m1 = read_json(copy / "manifest.json")
     assert m1["stages"]["seed"]["fingerprint"] != m0["stages"]["seed"]["fingerprint"]
     assert m1["stages"]["seed"]["llm"]["requests"] > 0 == m1["stages"]["seed"]["llm"]["calls"]   # all cached
-    assert m1["dedup"]["seed"]["dropped"] == m0["dedup"]["seed"]["duplicates"]
+    assert m1["dedup"]["seed"]["dropped"] == m0["dedup"]["seed"]["duplicates"] > 0
     assert res["seed_size"] == 20 - m0["dedup"]["seed"]["duplicates"]
-    assert (copy / "report.html").stat().st_mtime_ns == before       # the failing report only warned
+
+
+def cli_run(tmp_path, out, *extra):
+    """`s3synth run` in-process with the echo backend and the fake learner (test plugins)."""
+    gold = tmp_path / "gold.jsonl"
+    if not gold.exists():
+        gold.write_text("".join(json.dumps(r) + "\n" for r in gold_rows()[:40]))
+    return CliRunner().invoke(cli, ["run", "--task", "imdb", "--gold-eval", str(gold), "--llm", "echo:m",
+                                    "--learner", "fake", "--seed-size", "8", "--rounds", "1", "--out", str(out),
+                                    *extra])
+
+
+def test_cli_run_writes_the_report_and_a_failing_report_only_warns(tmp_path, monkeypatch, fake_embedder):
+    r = cli_run(tmp_path, tmp_path / "run", "-q")
+    assert r.exit_code == 0, r.output
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert '<section id="table6">' in html and "(not computed: no embedder)" not in html   # embedded
+    assert "why the loop stopped" in r.stdout
+
+    import s3synth.report as report_mod
+
+    def boom(*a, **k):
+        raise RuntimeError("no report today")
+    monkeypatch.setattr(report_mod, "write_report", boom)
+    r = cli_run(tmp_path, tmp_path / "other")                         # not -q: warnings are status lines
+    assert r.exit_code == 0, r.output                                      # the run itself is done
+    assert "warning: no report written (RuntimeError: no report today)" in r.stderr
+    assert f"s3synth report {tmp_path / 'other'}" in r.stderr
+    assert (tmp_path / "other" / "final" / "metrics.json").exists()
+    assert not (tmp_path / "other" / "report.html").exists()
+
+
+@pytest.mark.slow
+def test_report_with_the_minilm_embedder(plain, tmp_path):
+    """The report's default embedder (the packaged MiniLM): cosines as the analysis computes them."""
+    from s3synth.analysis import minilm_embedder
+
+    out, _, _ = plain
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    write_report(copy, embed="minilm")
+    pairs = []
+    for q in (1, 2):
+        src = {e["id"]: Example.from_dict(e) for e in read_jsonl(copy / f"round-{q}/sources.jsonl")}
+        pairs += [(Example.from_dict(a), src[a["meta"]["source_id"]])
+                  for a in read_jsonl(copy / f"round-{q}/added.jsonl")]
+    o = table6({"all": pairs}, minilm_embedder())[0]["overall"]
+    assert 0.3 < o["cosine"] < 1
+    assert f"| all rounds | {o['added']} | {o['cosine']:,.4f} |" in (copy / "report.md").read_text()
 
 
 def bench_answer(r):
@@ -227,19 +272,21 @@ def bench_answer(r):
 
 def bench_config(tmp):
     gold, test = tiny_data(tmp, "imdb", n=48)
-    return RunConfig(task="imdb", gold_eval=str(gold), test=str(test), learner="fast", seed_size=16, rounds=1)
+    return RunConfig(task="imdb", gold_eval=str(gold), test=str(test), learner="fake", seed_size=16, rounds=1)
 
 
 def make_bench(tmp, seeds=(0, 1)):
-    """A small bench directory: S3, ZeroGen and gold data over `seeds` (fake LLM, fast learner)."""
-    return run_bench(bench_config(tmp), ["s3", "zerogen", "gold"], list(seeds), tmp / "bench",
-                     llm=QueuedLLM(bench_answer))
+    """A small bench directory with its reports: S3, ZeroGen and gold data over `seeds` (fake LLM, fake
+    learner, reports embedded with fake_embed)."""
+    with pytest.MonkeyPatch.context() as mp:
+        use_fake_embedder(mp)
+        return run_bench(bench_config(tmp), ["s3", "zerogen", "gold"], list(seeds), tmp / "bench",
+                         llm=QueuedLLM(bench_answer))
 
 
-@pytest.fixture(scope="module")
-def bench(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("bench")
-    return tmp / "bench", make_bench(tmp)
+@pytest.fixture
+def bench(small_bench):
+    return small_bench
 
 
 def test_bench_report_tables_and_comparison(bench):

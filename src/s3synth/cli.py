@@ -474,6 +474,19 @@ def _guard(fn, verbose: bool) -> None:
             traceback.print_exc()
         click.echo(f"s3synth: error: {e}", err=True)
         sys.exit(e.exit_code)
+    except OSError as e:
+        import errno
+
+        # the environment, not a bug: no space, no permission, a file where a folder should be...
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR,
+                           errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG, errno.EEXIST):
+            raise
+        from .io import write_error
+
+        if verbose:
+            traceback.print_exc()
+        click.echo(f"s3synth: error: {write_error(e.filename or '(a file)', e, 'cannot use it')}", err=True)
+        sys.exit(2)
     except KeyboardInterrupt:
         click.echo("s3synth: interrupted; run the same command again to resume", err=True)
         sys.exit(130)

@@ -17,6 +17,9 @@ from ..metrics import evaluate, selection_metric
 from ..tasks import Task
 
 
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
 @dataclass
 class TrainConfig:
     """Hyper-parameters of a learner. Every field is checked on construction; a bad value is an error
@@ -35,7 +38,8 @@ class TrainConfig:
     max_answer_tokens: int = 30     # QA: longest answer span considered
     seed: int = 0
     device: str = "auto"            # auto | cpu | cuda
-    bf16: bool = True               # bf16 autocast, used on a GPU only
+    precision: str = "auto"         # auto: bf16 autocast where the device does bf16 natively (a GPU, or a CPU
+                                    # with AVX512-BF16/AMX), else fp32 | bf16 | fp32 (weights, optimizer: fp32)
     compile: bool = False           # torch.compile the training forward pass (GPU only; slow first steps)
     max_train_examples: int | None = None  # cap on training examples (None = all)
 
@@ -65,6 +69,8 @@ class TrainConfig:
             bad("max_train_examples", "must be >= 1")
         if self.device not in ("auto", "cpu", "cuda"):
             bad("device", "must be auto, cpu or cuda")
+        if self.precision not in PRECISIONS:
+            bad("precision", f"must be one of {', '.join(PRECISIONS)}")
 
     def to_dict(self) -> dict:
         return asdict(self)

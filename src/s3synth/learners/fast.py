@@ -218,6 +218,8 @@ class FastLearner(Learner):
         """Write classifier.safetensors (coef, intercept) and s3synth_learner.json."""
         from safetensors.numpy import save_file
 
+        from ..io import apply_file_mode
+
         if self.classes is None:
             raise S3Error("nothing to save: call fit() first")
         d = Path(directory)
@@ -229,6 +231,7 @@ class FastLearner(Learner):
                 "encoder": self.model_path, "max_length": self.max_length,
                 "config": self.config.to_dict(), "history": self.history}
         (d / META_FILE).write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
+        apply_file_mode(d)      # safetensors writes 0600; give the files the mode the umask allows
 
     @classmethod
     def load(cls, directory: str | Path, task, *, encoder_path: str | None = None) -> "FastLearner":

@@ -15,6 +15,7 @@ answer at CLS" in every window, as the SQuAD reference scripts do).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import random
@@ -66,6 +67,40 @@ def best_epoch(rows: Sequence[dict], metric: str) -> int:
 def should_stop(rows: Sequence[dict], metric: str, patience: int) -> bool:
     """True when the last `patience` epochs brought no improvement over the best one."""
     return bool(rows) and rows[-1]["epoch"] - best_epoch(rows, metric) >= patience
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """True when this CPU computes bf16 natively (AVX512-BF16 or AMX), as oneDNN sees it."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and _cpu_flags() & {"avx512_bf16", "amx_bf16"} != set()
+    except (AttributeError, RuntimeError):
+        return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def _cpu_flags() -> set:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """"bf16" or "fp32" for `precision` (auto | bf16 | fp32) on `device` (cpu | cuda).
+
+    Example: resolve_precision("auto", "cpu") -> "bf16" on a CPU with AVX512-BF16, else "fp32"."""
+    if precision != "auto":
+        return precision
+    if device == "cuda":
+        import torch
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_bf16() else "fp32"
 
 
 def resolve_device(device: str) -> str:
@@ -120,6 +155,19 @@ def open_encoder(model_path: str | None) -> tuple[str, object]:
         return str(model_path), AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
 
 
+_TOKENS: dict[tuple, dict] = {}
+TOKEN_CACHE_MAX = 200_000     # texts kept per tokenizer setting; then started afresh
+
+
+def _token_cache(key: tuple) -> dict:
+    """(text, pair text) -> (input_ids, token_type_ids) for one tokenizer setting, shared by every learner
+    of the process (each S3 round trains a fresh one on the same gold eval and test texts)."""
+    cache = _TOKENS.setdefault(key, {})
+    if len(cache) > TOKEN_CACHE_MAX:
+        cache.clear()
+    return cache
+
+
 # ---------------------------------------------------------------- the learner
 
 class HFLearner(Learner):
@@ -142,6 +190,7 @@ class HFLearner(Learner):
         want = self.config.max_length or task.max_length
         self.max_length = min(want, cap) if cap < 100_000 else want
         self.device = resolve_device(self.config.device)
+        self.precision = resolve_precision(self.config.precision, self.device)
         self.model = None
         self.base_model = self.model_path
         self.history: dict | None = None
@@ -177,21 +226,31 @@ class HFLearner(Learner):
     def _autocast(self):
         import torch
 
-        if self.device == "cuda" and self.config.bf16:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        if self.precision == "bf16":
+            return torch.autocast(self.device, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     # ------------------------------------------------------------ features
 
     def _encode_cls(self, examples: Sequence[Example]) -> list[dict]:
-        texts = [ex.text for ex in examples]
-        pairs = [ex.context or "" for ex in examples] if self.task.kind == "pair" else None
-        enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length)
+        """One feature per example; token ids come from a process-wide cache per tokenizer setting, so the
+        gold eval and test texts that every round predicts again are tokenised once."""
+        pair = self.task.kind == "pair"
+        cache = _token_cache((self.model_path, self.max_length, pair, self._type_ids))
+        keys = [(ex.text, (ex.context or "") if pair else None) for ex in examples]
+        missing = list(dict.fromkeys(k for k in keys if k not in cache))
+        if missing:
+            enc = self.tokenizer([k[0] for k in missing], [k[1] for k in missing] if pair else None,
+                                 truncation=True, max_length=self.max_length)
+            for j, k in enumerate(missing):
+                types = enc["token_type_ids"][j] if (self._type_ids and "token_type_ids" in enc) else None
+                cache[k] = (enc["input_ids"][j], types)
         feats = []
-        for i in range(len(examples)):
-            f = {"input_ids": enc["input_ids"][i], "example": i}
-            if self._type_ids and "token_type_ids" in enc:
-                f["token_type_ids"] = enc["token_type_ids"][i]
+        for i, k in enumerate(keys):
+            ids, types = cache[k]
+            f = {"input_ids": ids, "example": i}
+            if types is not None:
+                f["token_type_ids"] = types
             feats.append(f)
         return feats
 
@@ -324,7 +383,7 @@ class HFLearner(Learner):
             "epochs": rows, "best_epoch": best if eval else rows[-1]["epoch"], "selection_metric": metric,
             "train_examples": len(train), "train_features": len(feats), "seconds": round(seconds, 2),
             "train_examples_per_s": round(trained / max(sum(r["seconds"] for r in rows), 1e-9), 2),
-            "stopped_early": len(rows) < cfg.epochs,
+            "stopped_early": len(rows) < cfg.epochs, "precision": self.precision, "device": self.device,
         }
         return self.history
 
@@ -388,6 +447,8 @@ class HFLearner(Learner):
 
     def save(self, directory: str | Path) -> None:
         """Write model.safetensors + config.json, the tokenizer and `s3synth_learner.json`."""
+        from ..io import apply_file_mode
+
         self._require_model()
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
@@ -398,6 +459,7 @@ class HFLearner(Learner):
                 "labels": self.task.label_names, "base_model": self.base_model, "max_length": self.max_length,
                 "config": self.config.to_dict(), "history": self.history}
         (d / META_FILE).write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
+        apply_file_mode(d)      # safetensors writes 0600; give the files the mode the umask allows
 
     @classmethod
     def load(cls, directory: str | Path, task) -> "HFLearner":

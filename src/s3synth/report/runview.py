@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import tomllib
 from dataclasses import dataclass, field
@@ -10,12 +11,8 @@ from pathlib import Path
 
 from ..data import Example, file_sha256, load_examples, subsample
 from ..errors import S3Error
-from ..io import read_json, read_jsonl
-from ..rundir import LAYOUT, band_of
-
-
-def _examples(path: Path) -> list[Example]:
-    return [Example.from_dict(d) for d in read_jsonl(path)] if path.exists() else []
+from ..io import DamagedFile, read_json, read_jsonl
+from ..rundir import LAYOUT, band_of, in_use, manifest_problem, recorded_problem
 
 
 @dataclass
@@ -60,23 +57,66 @@ class RunView:
         return self.manifest.get("synthesis", {}).get(stage) or {}
 
 
+REPAIR = ("re-run the `s3synth run` command that made this run directory (manifest.json lists it): it "
+          "repairs it, keeping a copy of what it replaces; then try again")
+
+
+def _damaged(p: Path, why: str) -> S3Error:
+    if p.name == LAYOUT.manifest:
+        return S3Error(f"{p}: {why}; re-run the `s3synth run` command that made this run directory: it keeps a "
+                       "copy of the damaged file and repairs it; then try again")
+    return S3Error(f"{p}: {why}; {REPAIR}")
+
+
+def _json(p: Path):
+    try:
+        return read_json(p)
+    except DamagedFile as e:
+        raise _damaged(p, e.why) from None
+
+
+def _examples_checked(p: Path) -> list[Example]:
+    if not p.exists():
+        return []
+    try:
+        rows = read_jsonl(p)
+    except DamagedFile as e:
+        raise _damaged(p, e.why) from None
+    try:
+        return [Example.from_dict(d) for d in rows]
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise _damaged(p, "holds a row that is not an example") from None
+
+
 def load_run(path: str | Path) -> RunView:
-    """Read everything a report or export needs; S3Error when `path` is not a run directory."""
+    """Read everything a report or export needs; S3Error when `path` is not a run directory, or a file of
+    it is damaged (one line: the file and the way out)."""
     path = Path(path)
     mf = path / LAYOUT.manifest
-    if not path.is_dir() or not mf.exists():
+    if not path.is_dir() or not os.path.lexists(mf):
         raise S3Error(f"{path} is not an s3synth run directory (no manifest.json); give the --out of `s3synth run`")
-    try:
-        manifest = read_json(mf)
-    except (json.JSONDecodeError, OSError) as e:
-        raise S3Error(f"{mf}: unreadable ({e})") from None
+    manifest = _json(mf)
+    problem = manifest_problem(manifest)
+    if problem:
+        raise _damaged(mf, f"damaged ({problem})")
+    live = in_use(path)          # a run writing now: its files may be newer than the manifest's records
+    for rel in manifest.get("files", {}):
+        if rel != LAYOUT.config and not live:
+            why = recorded_problem(path, manifest, rel)
+            if why:
+                raise _damaged(path / rel, why)
     config = {}
-    if (path / LAYOUT.config).exists():
-        config = tomllib.loads((path / LAYOUT.config).read_text(encoding="utf-8"))
+    cfg = path / LAYOUT.config
+    if os.path.lexists(cfg):
+        try:
+            config = tomllib.loads(cfg.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as e:
+            raise S3Error(f"{cfg}: not valid TOML ({e}); undo the edit, or re-run the run's `s3synth run` "
+                          "command (manifest.json lists it) to write it again") from None
     notes = []
     task = None
     src = manifest.get("task_source") or config.get("task")
-    if src:
+    if src and isinstance(src, str):
         from ..tasks import load_task
         try:
             task = load_task(src[len("builtin:"):] if src.startswith("builtin:") else src)
@@ -85,12 +125,17 @@ def load_run(path: str | Path) -> RunView:
     rounds = []
     for q in LAYOUT.rounds_present(path):
         f = {k: path / LAYOUT.round(q, k) for k in LAYOUT.ROUND_FILES}
-        rounds.append(RoundView(q, read_json(f["metrics"]) if f["metrics"].exists() else None,
-                                _examples(f["added"]), _examples(f["sources"]), _examples(f["errors"]),
-                                _examples(f["dropped"])))
-    final = read_json(path / LAYOUT.final_metrics) if (path / LAYOUT.final_metrics).exists() else None
-    return RunView(path, manifest, config, task, _examples(path / LAYOUT.seed), _examples(path / LAYOUT.seed_dropped),
-                   rounds, final, notes)
+        metrics = _json(f["metrics"]) if f["metrics"].exists() else None
+        if metrics is not None and not isinstance(metrics, dict):
+            raise _damaged(f["metrics"], "not a JSON object")
+        rounds.append(RoundView(q, metrics, _examples_checked(f["added"]), _examples_checked(f["sources"]),
+                                _examples_checked(f["errors"]), _examples_checked(f["dropped"])))
+    fm = path / LAYOUT.final_metrics
+    final = _json(fm) if fm.exists() else None
+    if final is not None and not isinstance(final, dict):
+        raise _damaged(fm, "not a JSON object")
+    return RunView(path, manifest, config, task, _examples_checked(path / LAYOUT.seed),
+                   _examples_checked(path / LAYOUT.seed_dropped), rounds, final, notes)
 
 
 def _candidates(run: RunView, rel: str) -> list[Path]:

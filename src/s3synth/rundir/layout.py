@@ -1,0 +1,69 @@
+"""Where everything lives in a run directory, defined once: file names, round folders, and the sample-index
+bands of LLM requests (part of each cache key). The writer, the report, export and the CLI read it here."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+
+def fingerprint(*parts) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+class Layout:
+    """Where everything lives in a run directory; the writer, the report, export and the CLI read it here.
+
+    Example: LAYOUT.round(2, "added") -> "round-2/added.jsonl"
+    """
+
+    config = "config.toml"
+    manifest = "manifest.json"
+    cache = "llm_cache.sqlite"
+    lock = ".lock"
+    rationales = "rationales.json"
+    seed = "seed.jsonl"
+    seed_dropped = "seed_dropped.jsonl"
+    final_dir = "final"
+    final_metrics = "final/metrics.json"
+    final_train = "final/train.jsonl"
+    final_model = "final/model"
+    reports = ("report.html", "report.md", "dataset_card.md")
+    ROUND_FILES = {"errors": "errors.jsonl", "sources": "sources.jsonl", "added": "added.jsonl",
+                   "metrics": "metrics.json", "dropped": "dropped.jsonl"}
+
+    @staticmethod
+    def round_dir(q: int) -> str:
+        return f"round-{q}"
+
+    def round(self, q: int, what: str) -> str:
+        return f"{self.round_dir(q)}/{self.ROUND_FILES[what]}"
+
+    def dropped(self, stage: str) -> str:
+        """Where screened-out examples of a stage go: "seed" or "round-K"."""
+        return self.seed_dropped if stage == "seed" else f"{stage}/{self.ROUND_FILES['dropped']}"
+
+    def rounds_present(self, path: Path) -> list[int]:
+        """Round numbers with a folder in `path`, 1, 2, ... up to the first gap."""
+        q = 1
+        while (path / self.round_dir(q)).is_dir():
+            q += 1
+        return list(range(1, q))
+
+
+LAYOUT = Layout()
+
+# Sample indices of LLM requests (part of each cache key): a band per prompt family, an offset per
+# attempt, so that every request of a run is distinct. Example: the 2nd attempt at error 7 of a round
+# is SAMPLE_BANDS["extrapolate"] + 1 * ATTEMPT_STRIDE + 7.
+SAMPLE_BANDS = {"rationale": 0, "seed": 10_000_000, "extrapolate": 20_000_000, "zerogen": 30_000_000}
+BAND_WIDTH = 10_000_000
+ATTEMPT_STRIDE = 1_000_000
+
+
+def band_of(sample_index: int) -> str:
+    """Example: band_of(20_000_007) -> "extrapolate"."""
+    start = (int(sample_index) // BAND_WIDTH) * BAND_WIDTH
+    return next((k for k, v in SAMPLE_BANDS.items() if v == start), "other")
