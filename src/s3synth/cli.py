@@ -191,14 +191,14 @@ def config_from_options(o: dict):
 
 
 def _write_report(out, embed="minilm") -> None:
-    """The report of a finished run; a failure here only warns (the run itself is done)."""
-    from .progress import info
+    """The report of a finished run; a failure here only warns, on stderr even with --quiet (the run is done)."""
     from .report import write_report
 
     try:
         write_report(out, embed=embed)
     except Exception as e:  # the report is a by-product: never fail a finished run for it
-        info(f"warning: no report written ({type(e).__name__}: {e}); try `s3synth report {out}`")
+        click.echo(f"s3synth: warning: no report written ({type(e).__name__}: {e}); try `s3synth report {out}`",
+                   err=True)
 
 
 @cli.command(context_settings=CONTEXT)

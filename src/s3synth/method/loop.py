@@ -193,6 +193,8 @@ class S3:
                     rd.manifest["llm"] = {**rd.manifest.get("llm", {}), "spent_total": self.llm.cache.spent()}
                 rd.save_manifest()
             finally:        # the lock is let go even when the manifest cannot be written (disk full)
+                if self.llm.cache is not None:
+                    self.llm.cache.close()      # checkpoints the WAL: the cache is one file again
                 self.llm.close()
                 rd.close()
 
