@@ -88,6 +88,17 @@ class QueuedLLM(LLM):
         return out
 
 
+def cache_rows(path) -> int:
+    """Answers stored in an LLM cache file (0 when it is missing or not readable yet)."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(str(path), timeout=5) as db:
+            return db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED.exists():

@@ -1,6 +1,5 @@
 """Table 6 figures, the leakage guard and duplicate detection on hand-worked cases."""
 
-import random
 
 import numpy as np
 import pytest

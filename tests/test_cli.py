@@ -1,14 +1,13 @@
 """The command line: bad input gives one line and exit code 2 and writes nothing; kill and resume."""
 
 import json
-import sqlite3
 import subprocess
 import sys
 import time
 
 import pytest
 from click.testing import CliRunner
-from conftest import plugin_env
+from conftest import cache_rows, plugin_env
 from openai_stub import OpenAIStub
 
 from s3synth.cli import cli
@@ -92,13 +91,6 @@ def test_tasks_and_help():
     assert r.exit_code == 0 and "--seed-size" in r.stdout and "resume" in r.stdout
 
 
-def _cache_rows(path):
-    try:
-        with sqlite3.connect(str(path), timeout=5) as db:
-            return db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
-    except sqlite3.Error:
-        return 0
-
 
 def test_killed_run_resumes_and_pays_nothing_twice(tmp_path, shared_data):
     """SIGKILL a real `s3synth run` talking to a local OpenAI-compatible server mid-seed, run it again,
@@ -121,12 +113,12 @@ def test_killed_run_resumes_and_pays_nothing_twice(tmp_path, shared_data):
         stub.hold_after = 10
         p = subprocess.Popen(cmd(tmp_path / "run") + base, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.time() + 120
-        while time.time() < deadline and not (stub.count > 10 and _cache_rows(tmp_path / "run" / "llm_cache.sqlite") >= 10):
+        while time.time() < deadline and not (stub.count > 10 and cache_rows(tmp_path / "run" / "llm_cache.sqlite") >= 10):
             time.sleep(0.1)
         p.kill()
         p.wait(30)
         answered_first = [json.dumps([b["messages"], b["seed"]]) for b in stub.answered]
-        assert len(answered_first) == 10 and _cache_rows(tmp_path / "run" / "llm_cache.sqlite") == 10
+        assert len(answered_first) == 10 and cache_rows(tmp_path / "run" / "llm_cache.sqlite") == 10
         assert not (tmp_path / "run" / "seed.jsonl").exists()
         stub.hold_after = None
         stub.release.set()

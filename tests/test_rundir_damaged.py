@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import plugin_env
+from conftest import cache_rows, plugin_env
 from openai_stub import OpenAIStub
 
 import s3synth.cli
@@ -187,12 +187,18 @@ ERRORS = {
 }
 
 
-@pytest.mark.parametrize("kind", sorted(ERRORS))
-def test_damage_that_needs_the_user_is_one_line_and_changes_nothing(base, tmp_path, kind):
+def damaged_copy(base, tmp_path, damage) -> tuple:
+    """(gold file, a copy of the finished base run with `damage(dir)` done to it)."""
     gold, base_dir = base
     d = copy_run(base_dir, tmp_path / "run")
-    damage, words = ERRORS[kind]
     damage(d)
+    return gold, d
+
+
+@pytest.mark.parametrize("kind", sorted(ERRORS))
+def test_damage_that_needs_the_user_is_one_line_and_changes_nothing(base, tmp_path, kind):
+    damage, words = ERRORS[kind]
+    gold, d = damaged_copy(base, tmp_path, damage)
     before = files_of(d)
     code, err, calls = invoke(run_args(gold, d))
     one_line_error(code, err, str(d), *words)
@@ -353,10 +359,9 @@ RECOVERIES = {
 
 @pytest.mark.parametrize("kind", sorted(RECOVERIES))
 def test_damage_is_repaired_keeping_a_copy(base, tmp_path, kind):
-    gold, base_dir = base
-    d = copy_run(base_dir, tmp_path / "run")
     damage, rel, words = RECOVERIES[kind]
-    damage(d)
+    gold, d = damaged_copy(base, tmp_path, damage)
+    base_dir = base[1]
     damaged = (d / rel).read_bytes()
     code, err, calls = invoke(run_args(gold, d))
     assert code == 0 and calls == 0, err           # every answer from the cache
@@ -401,10 +406,9 @@ HARMLESS = {
 
 @pytest.mark.parametrize("kind", sorted(HARMLESS))
 def test_harmless_leftovers_finish_without_new_llm_calls(base, tmp_path, kind):
-    gold, base_dir = base
-    d = copy_run(base_dir, tmp_path / "run")
     damage, check = HARMLESS[kind]
-    damage(d)
+    gold, d = damaged_copy(base, tmp_path, damage)
+    base_dir = base[1]
     code, err, calls = invoke(run_args(gold, d))
     assert code == 0 and calls == 0, err
     assert check(d, err), err
@@ -501,6 +505,16 @@ def test_atomic_writes_follow_the_umask(tmp_path, umask):
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
+def saved_modes(learner, where, umask: int) -> dict:
+    """File name -> permission bits of what `learner.save(where)` writes under `umask`."""
+    old = os.umask(umask)
+    try:
+        learner.save(where)
+    finally:
+        os.umask(old)
+    return {p.name: p.stat().st_mode & 0o777 for p in where.iterdir()}
+
+
 def test_fast_learner_weights_follow_the_umask(tmp_path):
     """safetensors writes 0o600 through its temp file; the saved classifier is 0o666 & ~umask."""
     import numpy as np
@@ -511,12 +525,7 @@ def test_fast_learner_weights_follow_the_umask(tmp_path):
     task = load_task("rte")
     lrn = FastLearner(task)
     lrn.classes, lrn.coef, lrn.intercept, lrn.C = task.label_names, np.zeros((1, 4)), np.zeros(1), 1.0
-    old = os.umask(0o002)
-    try:
-        lrn.save(tmp_path / "model")
-    finally:
-        os.umask(old)
-    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "model").iterdir()}
+    modes = saved_modes(lrn, tmp_path / "model", 0o002)
     assert modes == {"classifier.safetensors": 0o664, "s3synth_learner.json": 0o664}
 
 
@@ -528,23 +537,11 @@ def test_hf_learner_weights_follow_the_umask(tmp_path):
 
     lrn = MiniLMLearner(load_task("rte"))
     lrn.model = lrn._load_model(lrn.model_path)
-    old = os.umask(0o027)
-    try:
-        lrn.save(tmp_path / "model")
-    finally:
-        os.umask(old)
-    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "model").iterdir()}
+    modes = saved_modes(lrn, tmp_path / "model", 0o027)
     assert "model.safetensors" in modes and set(modes.values()) == {0o640}, modes
 
 
 # ------------------------------------------------------------------ SIGTERM
-
-def _cache_rows(path: Path) -> int:
-    try:
-        with sqlite3.connect(str(path), timeout=5) as db:
-            return db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
-    except sqlite3.Error:
-        return 0
 
 
 def test_sigterm_says_so_in_one_line_and_the_run_resumes(base, tmp_path):
@@ -561,7 +558,7 @@ def test_sigterm_says_so_in_one_line_and_the_run_resumes(base, tmp_path):
         stub.hold_after = 6
         p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 60
-        while time.time() < deadline and not (stub.count > 6 and _cache_rows(out / "llm_cache.sqlite") >= 6):
+        while time.time() < deadline and not (stub.count > 6 and cache_rows(out / "llm_cache.sqlite") >= 6):
             time.sleep(0.05)
         p.send_signal(signal.SIGTERM)
         try:

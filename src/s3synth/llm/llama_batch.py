@@ -442,10 +442,12 @@ def load_cpu_backend(L) -> str | None:
     except (OSError, AttributeError):
         return None
     skip = () if os.environ.get("S3SYNTH_GGML_AMX") == "1" else AMX_VARIANTS
+    only = os.environ.get("S3SYNTH_GGML_CPU_VARIANT")        # e.g. haswell: this variant or an error
     best, best_score = None, 0
     for d in (lib_dir, lib_dir.parent.parent / "bin"):     # pip puts the variants in site-packages/bin
         for f in sorted(d.glob("libggml-cpu-*.so")):
-            if f.stem.removeprefix("libggml-cpu-") in skip:
+            name = f.stem.removeprefix("libggml-cpu-")
+            if (only and name != only) or (not only and name in skip):
                 continue
             try:
                 score_fn = ctypes.CDLL(str(f)).ggml_backend_score
