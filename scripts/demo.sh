@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up (idempotent) and runs S3 on the imdb task with the embedded models: no network, no GPU,
-# no API key. About 10 minutes on 2 cores after set-up. Re-running resumes / reprints the results.
+# no API key. About 6 minutes on 2 cores after set-up. Re-running resumes / reprints the results.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
