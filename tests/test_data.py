@@ -102,6 +102,29 @@ def test_qa_squad_format_and_answer_checks(tmp_path):
     assert ei.value.line == 2 and ei.value.field == "answers" and "not in its context" in str(ei.value)
 
 
+def test_qa_keeps_every_gold_answer_and_scores_the_best(tmp_path):
+    """SQuAD dev-style rows give several answers; all are kept, and EM/F1 take the maximum (official rule)."""
+    from s3synth.data import Prediction
+    from s3synth.metrics import evaluate, gold_answers, is_error
+
+    ctx = "Denver Broncos won Super Bowl 50 at Levi's Stadium in Santa Clara."
+    row = {"id": "q1", "context": ctx, "question": "Who won?",
+           "answers": {"text": ["Denver Broncos", "Broncos", "Denver Broncos"], "answer_start": [0, 7, 0]}}
+    bad = {"id": "q2", "context": ctx, "question": "Where?", "answers": {"text": ["Santa Clara", ""]}}
+    ex = load_examples(write(tmp_path, "qa.jsonl", jsonl([row])), QA)[0]
+    assert ex.answer == {"text": "Denver Broncos", "start": 0, "alternatives": ["Broncos"]}
+    assert gold_answers(ex) == ["Denver Broncos", "Broncos"]
+    with pytest.raises(DataError) as ei:
+        load_examples(write(tmp_path, "bad.jsonl", jsonl([bad])), QA)
+    assert ei.value.line == 1 and ei.value.field == "answers.text" and "answer 2" in str(ei.value)
+    # "the Broncos" matches the alternative exactly after normalisation (articles dropped): EM 1, F1 1;
+    # "Broncos won" against "Broncos": P 1/2, R 1 -> F1 2/3; against "Denver Broncos": P 1/2, R 1/2 -> 1/2
+    preds = [Prediction(answer="the Broncos"), Prediction(answer="Broncos won")]
+    m = evaluate(QA, [ex, ex], preds)
+    assert m["exact_match"] == pytest.approx(0.5) and m["f1"] == pytest.approx((1 + 2 / 3) / 2)
+    assert not is_error(QA, ex, preds[0]) and is_error(QA, ex, preds[1])
+
+
 def test_contexts_pool(tmp_path):
     p = write(tmp_path, "c.jsonl", jsonl([{"premise": "A."}, {"premise": "B."}]))
     assert load_contexts(p, RTE) == [{"context": "A."}, {"context": "B."}]

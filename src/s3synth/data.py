@@ -26,7 +26,8 @@ class Example:
 
     - single: `text` + `label`
     - pair:   `text` (hypothesis / question) + `context` (premise / sentence) + `label`
-    - qa:     `text` (question) + `context` + `answer` {"text", "start"} (char offset); `label` is None
+    - qa:     `text` (question) + `context` + `answer` {"text", "start"} (char offset; "alternatives": the
+              other gold answers, when the data gives several); `label` is None
     `meta` carries provenance: stage, round, source_id (the gold error it was extrapolated from).
     """
 
@@ -162,7 +163,14 @@ def _qa_answer(path: Path, line: int, row: dict, task: "Task", context: str) -> 
             raise DataError(path, "no answer text", line=line, field=f"{fname}.text")
         text = texts[0]
         start = starts[0] if starts else None
+        others = []
+        for k, t in enumerate(texts[1:], start=1):
+            if not isinstance(t, str) or not t.strip():
+                raise DataError(path, f"answer {k + 1} is empty or not text", line=line, field=f"{fname}.text")
+            if t != text and t not in others:
+                others.append(t)
     else:
+        others = []
         fname = task.fields.get("answer", "answer")
         text = _text(path, line, row, fname)
         start = row.get(task.fields.get("answer_start", "answer_start"))
@@ -182,7 +190,8 @@ def _qa_answer(path: Path, line: int, row: dict, task: "Task", context: str) -> 
         start = context.find(text)
         if start < 0:
             raise DataError(path, f"answer {text!r} is not in its context", line=line, field=fname)
-    return {"text": text, "start": start}
+    # the other gold answers (SQuAD dev sets give up to several per question) are kept for scoring
+    return {"text": text, "start": start, **({"alternatives": others} if others else {})}
 
 
 def parse_label(task: "Task", value: Any, *, path: Path, line: int, field_name: str) -> str:

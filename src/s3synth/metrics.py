@@ -74,26 +74,35 @@ def classification_metrics(gold: Sequence[str], pred: Sequence[str], labels: Seq
     }
 
 
-def qa_metrics(gold_answers: Sequence[str], pred_answers: Sequence[str]) -> dict:
-    """Per-question SQuAD EM and F1 (one gold answer per question, as in our data)."""
+def qa_metrics(gold_answers: Sequence[str | Sequence[str]], pred_answers: Sequence[str]) -> dict:
+    """Per-question SQuAD EM and F1, each the maximum over the question's gold answers (a text, or a list
+    of them), as the official SQuAD v1.1 script scores.
+
+    Example: qa_metrics([["Paris", "the city of Paris"]], ["city of Paris"]) -> EM 1.0, F1 1.0"""
     n = len(gold_answers)
     if n == 0:
         return {"n": 0, "exact_match": 0.0, "f1": 0.0}
-    em = sum(squad_exact(p, g) for p, g in zip(pred_answers, gold_answers)) / n
-    f1 = sum(squad_f1(p, g) for p, g in zip(pred_answers, gold_answers)) / n
+    golds = [[g] if isinstance(g, str) else list(g) for g in gold_answers]
+    em = sum(max(squad_exact(p, g) for g in gs) for p, gs in zip(pred_answers, golds)) / n
+    f1 = sum(max(squad_f1(p, g) for g in gs) for p, gs in zip(pred_answers, golds)) / n
     return {"n": n, "exact_match": em, "f1": f1}
+
+
+def gold_answers(example: "Example") -> list[str]:
+    """Every gold answer text of a QA example: the one trained on first, then the alternatives."""
+    return [example.answer["text"], *example.answer.get("alternatives", ())]
 
 
 def evaluate(task: "Task", examples: Sequence["Example"], predictions: Sequence["Prediction"]) -> dict:
     if task.kind == "qa":
-        return qa_metrics([ex.answer["text"] for ex in examples], [p.answer or "" for p in predictions])
+        return qa_metrics([gold_answers(ex) for ex in examples], [p.answer or "" for p in predictions])
     return classification_metrics([ex.label for ex in examples], [p.label for p in predictions], task.label_names)
 
 
 def is_error(task: "Task", example: "Example", prediction: "Prediction") -> bool:
-    """Misclassified (classification) or not an exact match (QA), as in the paper."""
+    """Misclassified (classification) or an exact match with none of the gold answers (QA), as in the paper."""
     if task.kind == "qa":
-        return squad_exact(prediction.answer or "", example.answer["text"]) < 1.0
+        return max(squad_exact(prediction.answer or "", g) for g in gold_answers(example)) < 1.0
     return prediction.label != example.label
 
 
