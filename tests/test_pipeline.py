@@ -8,9 +8,11 @@ import pytest
 from conftest import QueuedLLM
 
 from s3synth.config import RunConfig
+from s3synth.data import load_examples
 from s3synth.io import read_json, read_jsonl
 from s3synth.method import S3
 from s3synth.progress import set_quiet
+from s3synth.tasks import load_task
 
 set_quiet(True)
 
@@ -237,3 +239,40 @@ def test_round_metrics_record_balance_and_label_counts(tmp_path):
     assert sorted(s.get("meta", {}).get("balance", "error") for s in sources if s["label"] == short) == \
         ["error"] * hard[short] + ["near_boundary"] * (top - hard[short])
     assert set(r1["test"]["pred_share"]) == {"negative", "positive"}
+
+
+@pytest.mark.parametrize("task", ["imdb", "adversarial_qa"])
+def test_predictions_per_example_agree_with_the_metrics_and_the_errors(tmp_path, task, fake_embedder):
+    """round-K/predictions.jsonl (gold eval) and final/predictions.jsonl (test): one row per example, ids as
+    loaded, `correct` false exactly for round K's errors; the test rows give the final test metric; the
+    report lists the most confident wrong ones first."""
+    from s3synth.report import write_report
+
+    gold, test = tiny_data(tmp_path, task)
+    cfg = RunConfig(task=task, gold_eval=str(gold), test=str(test), learner="fake", seed_size=16, rounds=1,
+                    holdout_frac=0.25)
+    out = tmp_path / "run"
+    res = S3(cfg, llm=QueuedLLM(fake_answer(task))).run(out)
+    m = read_json(out / "manifest.json")
+    rows = read_jsonl(out / "round-1/predictions.jsonl")
+    assert [r["split"] for r in rows].count("mining") == m["split"]["mining"]
+    assert [r["split"] for r in rows].count("holdout") == m["split"]["holdout"]
+    errors = {e["id"] for e in read_jsonl(out / "round-1/errors.jsonl")}
+    assert errors and {r["id"] for r in rows if r["split"] == "mining" and not r["correct"]} == errors
+    test_rows = read_jsonl(out / "final/predictions.jsonl")
+    metric = "f1" if task == "adversarial_qa" else "accuracy"
+    assert len(test_rows) == res["final"]["test"]["n"] == 8
+    assert {r["id"] for r in test_rows} == {ex.id for ex in load_examples(test, load_task(task), id_prefix="test")}
+    if metric == "accuracy":
+        assert sum(r["correct"] for r in test_rows) / 8 == pytest.approx(res["final"]["test"]["accuracy"])
+    else:
+        assert sum(r["correct"] for r in test_rows) / 8 == pytest.approx(res["final"]["test"]["exact_match"])
+        assert all(isinstance(r["gold"], list) for r in test_rows)
+    write_report(out, embed=None)
+    html = (out / "report.html").read_text()
+    wrong = sorted((r for r in test_rows if not r["correct"]), key=lambda r: -(r["confidence"] or 0))
+    if wrong:
+        assert "most confident errors" in html and wrong[0]["id"] in html
+        assert html.index(wrong[0]["id"], html.index('id="wrong"')) < html.index('id="provenance"')
+    else:
+        assert "No wrong test predictions recorded" in html

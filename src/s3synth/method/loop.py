@@ -35,6 +35,28 @@ def _examples_in(path: Path) -> list[Example]:
     return [Example.from_dict(d) for d in read_jsonl(path)]
 
 
+def prediction_rows(task: Task, examples: Sequence[Example], preds: Sequence, splits: Sequence[str]) -> list[dict]:
+    """One row per example for predictions.jsonl: id (as in the input file), split, gold (QA: every gold
+    answer), prediction, confidence (the probability of the predicted label; QA: the span score), whether
+    it is correct, and the text (and context) so that the errors can be read.
+
+    Example: {"id": "gold-12", "split": "mining", "gold": "positive", "prediction": "negative",
+              "confidence": 0.91, "correct": false, "text": "..."}"""
+    from ..metrics import gold_answers
+
+    rows = []
+    for ex, p, split in zip(examples, preds, splits):
+        if task.kind == "qa":
+            gold, pred, conf = gold_answers(ex), p.answer or "", p.score
+        else:
+            gold, pred, conf = ex.label, p.label, (p.probs or {}).get(p.label, p.score)
+        rows.append({"id": ex.id, "split": split, "gold": gold, "prediction": pred,
+                     "confidence": None if conf is None else round(float(conf), 6),
+                     "correct": not is_error(task, ex, p), "text": ex.text,
+                     **({"context": ex.context} if ex.context is not None else {})})
+    return rows
+
+
 def label_counts(examples: Sequence[Example]) -> dict:
     return dict(sorted(Counter(str(ex.label) for ex in examples).items()))
 
@@ -388,6 +410,11 @@ class S3:
             learner = self._new_learner()
             history = learner.fit(train, self.holdout or self.mining)
             preds, scores = self._predict_all(learner)
+            gold_preds = preds["mining"] + preds["holdout"]
+            write_jsonl(rd / LAYOUT.round(q, "predictions"), prediction_rows(
+                self.task, self.mining + (self.holdout or []), gold_preds,
+                ["mining"] * len(self.mining) + ["holdout"] * len(self.holdout or [])))
+            preds = preds["mining"]
             errors, correct = [], []
             for ex, p in zip(self.mining, preds):
                 if is_error(self.task, ex, p):
@@ -441,15 +468,19 @@ class S3:
             else:
                 learner = self._new_learner()
                 history, reused = learner.fit(train, self.holdout or self.mining), None
+            preds, scores = self._predict_all(learner, mining=False)
             res = {"train_size": len(train), "train_label_counts": label_counts(train), "history": history,
-                   "reused_model_of": reused, **self._predict_all(learner, mining=False)[1], "seconds": st.seconds}
+                   "reused_model_of": reused, **scores, "seconds": st.seconds}
+            if self.test:
+                write_jsonl(rd / LAYOUT.final_predictions,
+                            prediction_rows(self.task, self.test, preds["test"], ["test"] * len(self.test)))
             learner.save(rd / LAYOUT.final_model)
             write_jsonl(rd / LAYOUT.final_train, _examples_out(train))
             write_json(rd / LAYOUT.final_metrics, res)
         return res
 
-    def _predict_all(self, learner, mining: bool = True) -> tuple[list, dict]:
-        """One prediction pass over the mining, held-out and test examples: (mining predictions,
+    def _predict_all(self, learner, mining: bool = True) -> tuple[dict, dict]:
+        """One prediction pass over the mining, held-out and test examples: ({split: predictions},
         {"holdout": metrics or None, "test": metrics or None})."""
         parts = [("mining", self.mining if mining else []), ("holdout", self.holdout or []),
                  ("test", self.test or [])]
@@ -459,7 +490,7 @@ class S3:
             out[name] = preds[i:i + len(exs)]
             i += len(exs)
         scores = {name: evaluate(self.task, exs, out[name]) if exs else None for name, exs in parts[1:]}
-        return out["mining"], scores
+        return out, scores
 
     def _print_round(self, res: dict) -> None:
         hm = headline_metric(self.task)

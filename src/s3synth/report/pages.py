@@ -210,6 +210,19 @@ def _screen(run: RunView, gold: list[Example], embed: Embedder | None, stored_so
             ("the gold eval set" if cos_ref is gold else f"the {len(cos_ref)} stored gold sources")}
 
 
+def _confident_wrong(path: Path, n: int = SAMPLES) -> tuple[list[dict], int]:
+    """The final model's `n` most confident wrong test predictions (final/predictions.jsonl) and how many
+    it got wrong in all; ([], 0) for a run without test predictions."""
+    from ..io import read_jsonl
+
+    f = path / LAYOUT.final_predictions
+    if not f.exists():
+        return [], 0
+    wrong = [r for r in read_jsonl(f) if isinstance(r, dict) and r.get("correct") is False]
+    wrong.sort(key=lambda r: -(r.get("confidence") or 0.0))
+    return wrong[:n], len(wrong)
+
+
 def build_run(path: Path, embed: Embedder | None) -> dict:
     """The template context for a run directory."""
     from . import plots
@@ -241,6 +254,7 @@ def build_run(path: Path, embed: Embedder | None) -> dict:
                                m.meta.get("balance"), "misclassified")}
                           for a, m in _sample(prs, SAMPLES, key=lambda p: p[0])]
     figures = {}
+    wrong, n_wrong = _confident_wrong(path)
     if points:
         figures["metric"] = plots.metric_curves(points, run.metric)
     figures["balance"] = plots.label_balance(balance_names, balance, labels)
@@ -256,6 +270,7 @@ def build_run(path: Path, embed: Embedder | None) -> dict:
         "points": points, "tokens": tokens, "tokens_note": tokens_note, "gold_note": gold_note,
         "table6": t6, "paper_table6": PAPER_TABLE6.get(m.get("task", "")), "screen": screen,
         "balance": list(zip(balance_names, balance)), "samples": samples, "figures": figures,
+        "wrong": wrong, "n_wrong": n_wrong,
         "final_test": final_test, "final_size": (run.final or {}).get("train_size"),
         "added": sum(len(r.added) for r in run.rounds), "llm_tokens": spent.get("prompt_tokens", 0)
         + spent.get("completion_tokens", 0), "llm_answers": spent.get("answers"), "notes": run.notes,

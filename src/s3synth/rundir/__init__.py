@@ -228,7 +228,7 @@ class RunDir:
         never complete, and harmless to remove under the lock. Other files are not looked at."""
         own = {LAYOUT.config, LAYOUT.manifest, LAYOUT.rationales, LAYOUT.seed, LAYOUT.seed_dropped,
                *LAYOUT.reports, *LAYOUT.ROUND_FILES.values(), Path(LAYOUT.final_metrics).name,
-               Path(LAYOUT.final_train).name}
+               Path(LAYOUT.final_train).name, Path(LAYOUT.final_predictions).name}
         folders = [self.path, self.path / LAYOUT.final_dir, *(self.path / LAYOUT.round_dir(q)
                                                                for q in LAYOUT.rounds_present(self.path))]
         n = 0

@@ -29,10 +29,12 @@ class Layout:
     final_dir = "final"
     final_metrics = "final/metrics.json"
     final_train = "final/train.jsonl"
+    final_predictions = "final/predictions.jsonl"     # the final model on the test set, one row per example
     final_model = "final/model"
     reports = ("report.html", "report.md", "dataset_card.md")
     ROUND_FILES = {"errors": "errors.jsonl", "sources": "sources.jsonl", "added": "added.jsonl",
-                   "metrics": "metrics.json", "dropped": "dropped.jsonl"}
+                   "metrics": "metrics.json", "dropped": "dropped.jsonl",
+                   "predictions": "predictions.jsonl"}
 
     @staticmethod
     def round_dir(q: int) -> str:
