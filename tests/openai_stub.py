@@ -48,6 +48,8 @@ class OpenAIStub(LocalServer):
         self._faults: deque[str] = deque()
         self._rate, self._rate_kinds, self._rng = 0.0, (), random.Random(seed)
         self._lock = threading.Lock()
+        self.reasoning: str | None = None    # "think": content wraps a <think> block; "only": reasoning_content
+        self.refuse_max_tokens = False       # 400 for a body with max_tokens, as OpenAI's reasoning models do
 
     # -- knobs ---------------------------------------------------------------------------------
     def fail_next(self, kind: str, n: int = 1) -> None:
@@ -85,6 +87,11 @@ class OpenAIStub(LocalServer):
         text = f"answer to: {prompt[-30:]} #{body.get('seed')}"
         choice = {"index": 0, "finish_reason": "stop"}
         choice.update({"message": {"role": "assistant", "content": text}} if chat else {"text": text})
+        if chat and self.reasoning == "think":
+            choice["message"]["content"] = f"<think>\nThe user wants a short answer.\n</think>\n\n{text}"
+        elif chat and self.reasoning == "only":
+            choice["message"].update(content="", reasoning_content="Let me think about this for a long time")
+            choice["finish_reason"] = "length"
         out = {"id": "stub-1", "object": "chat.completion" if chat else "text_completion",
                "model": body.get("model"), "choices": [choice]}
         if self.usage:
@@ -151,6 +158,10 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "404" or (stub.models is not None and body.get("model") not in stub.models):
             return self._send(404, _error(f"The model `{body.get('model')}` does not exist", "invalid_request_error",
                                           "model_not_found"))
+        if stub.refuse_max_tokens and "max_tokens" in body:
+            return self._send(400, _error("Unsupported parameter: 'max_tokens' is not supported with this model. "
+                                          "Use 'max_completion_tokens' instead.", "invalid_request_error",
+                                          "unsupported_parameter"))
         if stub.delay:
             time.sleep(stub.delay)
         if fault == "429":

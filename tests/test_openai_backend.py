@@ -315,3 +315,46 @@ def test_generate_from_inside_a_running_loop(stub, llm_for):
 
     out = asyncio.run(inside())
     assert [c.error for c in out] == [None, None] and stub.count == 2
+
+
+# -- reasoning models ----------------------------------------------------------------------------
+def test_think_block_is_cleaned_to_the_answer(stub, llm_for):
+    stub.reasoning = "think"
+    llm = llm_for()
+    out = llm.generate([Request(prompt="Write a review")])
+    seed = llm.request_seed(llm.key(Request(prompt="Write a review")))
+    assert out[0].error is None and out[0].text == f"answer to: Write a review #{seed}"
+
+
+@pytest.mark.parametrize("text,want", [
+    ("<think>plan</think>\n\nA fine film.", ("A fine film.", None)),
+    ("<THINK>a</THINK> one <think>b</think> two", ("two", None)),
+    ("<think>never closes because max_tokens ran out", ("", "the <think> block never closed (cut off by max_tokens?)")),
+    ("<think>all thought</think>\n  ", ("", "nothing after the </think> block")),
+])
+def test_strip_think_hand_worked(text, want):
+    from s3synth.llm.openai_compat import strip_think
+    assert strip_think(text) == want
+
+
+def test_reasoning_only_answer_is_a_reject_with_its_reason_not_retried(stub, llm_for):
+    from s3synth.method.synth import reject_reason
+
+    stub.reasoning = "only"
+    llm = llm_for()
+    out = llm.generate(prompts(2))
+    assert all(c.text == "" and c.error.startswith("reasoning only: the answer holds only reasoning_content")
+               and "finish_reason=length" in c.error for c in out)
+    assert stub.count == 2 and llm.http_stats["retries"] == 0           # asked once each: thinking is paid
+    assert reject_reason(out[0].error) == "reasoning_only" and reject_reason("HTTP 500: x") == "llm_error"
+
+
+def test_a_model_refusing_max_tokens_gets_max_completion_tokens_for_the_rest_of_the_run(stub, llm_for):
+    stub.refuse_max_tokens = True
+    llm = llm_for(concurrency=2)
+    out = llm.generate([Request(prompt="first", params=GenParams(max_tokens=21))] + prompts(3))
+    assert all(c.error is None for c in out)
+    bodies = stub.bodies
+    assert "max_tokens" in bodies[0] and "max_completion_tokens" not in bodies[0]     # the refused probe
+    assert all("max_tokens" not in b for b in bodies[1:]) and bodies[1]["max_completion_tokens"] == 21
+    assert len(bodies) == 5 and llm.http_stats["status"] == {400: 1, 200: 4}

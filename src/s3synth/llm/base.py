@@ -57,6 +57,10 @@ def estimate_prompt_tokens(request: Request) -> int:
     return math.ceil(len(text) / 4)
 
 
+# Completion.error prefix of a reasoning model's answer with no text after its thinking (a reject reason)
+REASONING_ONLY = "reasoning only"
+
+
 @dataclass
 class Completion:
     text: str

@@ -9,10 +9,14 @@ errors (HTTP 400/401/403/404, or a server that cannot be reached at all) raise `
 The first request to a server goes alone, so a wrong key, model or URL costs one request, not a batch.
 A 400 that says the prompt is too long for the context is a per-request failure, not a config error.
 
+Reasoning models (Qwen3, DeepSeek-R1, ... behind vLLM, SGLang or a hosted API): an answer whose content
+holds a `<think>...</think>` block is cleaned to what follows it; one with nothing after it, a block cut
+off by max_tokens, or only `reasoning_content` is a failed request with a reason starting "reasoning
+only" (a reject, never an empty example). A model that refuses `max_tokens` (a 400 naming
+max_completion_tokens) is asked again with `max_completion_tokens`, and so is every later request.
+
 Not handled: streaming, n > 1, tools/function calls, logprobs, array-valued message content,
-`reasoning_content`-only answers, HTTP-date Retry-After values, Azure auth (`api-key` header),
-x-ratelimit-* headers. Models that reject `max_tokens` can take
-`extra_body={"max_tokens": None, "max_completion_tokens": N}` (None removes a key). Token counts
+HTTP-date Retry-After values, Azure auth (`api-key` header), x-ratelimit-* headers. Token counts
 are estimated as ceil(chars / 4) when the server sends no `usage`. One instance serialises its calls.
 """
 
@@ -33,7 +37,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from ..errors import LLMError
-from .base import LLM, Budget, Completion, Request
+from .base import LLM, REASONING_ONLY, Budget, Completion, Request
 from .cache import LLMCache
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -43,6 +47,24 @@ RETRY_AFTER_CAP = 60.0
 # extra_body keys that, set to True, send the request's GenParams.repeat_penalty under that name
 # (llama.cpp server and Ollama say repeat_penalty, vLLM says repetition_penalty; OpenAI has neither).
 PENALTY_KEYS = ("repeat_penalty", "repetition_penalty")
+# a 400 from a model that takes max_completion_tokens instead (OpenAI's reasoning models say so)
+_NO_MAX_TOKENS = re.compile(r"max_tokens.{0,80}(?:not supported|unsupported)|unsupported parameter.{0,40}max_tokens"
+                            r"|use .?max_completion_tokens", re.I | re.S)
+_THINK_OPEN = re.compile(r"<think>", re.I)
+_THINK_CLOSE = re.compile(r"</think>", re.I)
+
+
+def strip_think(text: str) -> tuple[str, str | None]:
+    """The answer after a reasoning model's `<think>...</think>` block, or ("", why) when nothing follows it.
+
+    Example: strip_think("<think>they ask for a review</think>\n\nA fine film.") -> ("A fine film.", None)"""
+    closes = list(_THINK_CLOSE.finditer(text))
+    if not closes:
+        return "", "the <think> block never closed (cut off by max_tokens?)"
+    rest = text[closes[-1].end():].strip()
+    return (rest, None) if rest else ("", "nothing after the </think> block")
+
+
 _CONTEXT_TOO_LONG = re.compile(r"context[ _]length|maximum context|too many tokens|prompt is too long", re.I)
 
 
@@ -164,6 +186,7 @@ class OpenAICompatLLM(LLM):
         self._client: httpx.AsyncClient | None = None
         self._sem: asyncio.Semaphore | None = None
         self._answered = False      # has the server answered over HTTP yet (see the probe in _run)
+        self._max_completion_tokens = False     # the model refused max_tokens: send max_completion_tokens
 
     # -- identity ------------------------------------------------------------------------------
     def identity(self) -> dict:
@@ -280,6 +303,9 @@ class OpenAICompatLLM(LLM):
 
     async def _attempt(self, prompt_text: str, body: dict, cost: int) -> Completion:
         assert self._client is not None and self._sem is not None
+        if self._max_completion_tokens and "max_tokens" in body:
+            body = dict(body)
+            body["max_completion_tokens"] = body.pop("max_tokens")
         async with self._sem:
             if self._rpm:
                 await self._rpm.take(1)
@@ -299,6 +325,11 @@ class OpenAICompatLLM(LLM):
         status[code] = status.get(code, 0) + 1
         if not 200 <= code < 300:
             msg = self._server_message(r)
+            if code == 400 and "max_tokens" in body and _NO_MAX_TOKENS.search(msg):
+                self._max_completion_tokens = True      # remembered for every later request of this run
+                self._answered = True
+                raise _Retry("the model takes max_completion_tokens, not max_tokens; asking again with it",
+                             retry_after=0.0)
             if code == 400 and _CONTEXT_TOO_LONG.search(msg):
                 self._answered = True
                 return Completion(text="", error=f"HTTP 400: {msg}")
@@ -321,19 +352,32 @@ class OpenAICompatLLM(LLM):
             err = data.get("error") if isinstance(data, dict) else None
             raise _Retry("answer has no choices" + (self._redact(f": {err}")[:200] if err else ""))
         choice = choices[0]
+        reasoning = None
         if self.mode == "chat":
             message = choice.get("message")
             text = message.get("content") if isinstance(message, dict) else None
+            if isinstance(message, dict):
+                reasoning = message.get("reasoning_content") or message.get("reasoning")
         else:
             text = choice.get("text")
+        finish = choice.get("finish_reason")
+        if isinstance(text, str) and _THINK_OPEN.search(text):
+            text, why = strip_think(text)
+            if why:
+                return Completion(text="", error=f"{REASONING_ONLY}: {why} (finish_reason={finish}); raise "
+                                                 "the stage's max_tokens or turn the model's thinking off")
+        if (not isinstance(text, str) or not text.strip()) and reasoning:
+            return Completion(text="", error=f"{REASONING_ONLY}: the answer holds only reasoning_content "
+                                             f"(finish_reason={finish}); raise the stage's max_tokens or turn "
+                                             "the model's thinking off")
         if not isinstance(text, str) or not text:
-            raise _Retry(f"empty completion text (finish_reason={choice.get('finish_reason')})")
+            raise _Retry(f"empty completion text (finish_reason={finish})")
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
         pt, ct = usage.get("prompt_tokens"), usage.get("completion_tokens")
         return Completion(text=text,
                           prompt_tokens=pt if isinstance(pt, int) else estimate_tokens(prompt_text),
                           completion_tokens=ct if isinstance(ct, int) else estimate_tokens(text),
-                          finish_reason=choice.get("finish_reason"))
+                          finish_reason=finish)
 
     def _server_message(self, r: httpx.Response) -> str:
         """The server's error message on one line (OpenAI, vLLM, TGI and plain-text shapes)."""

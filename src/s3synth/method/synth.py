@@ -14,10 +14,16 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from ..data import Example
-from ..llm.base import LLM
+from ..llm.base import LLM, REASONING_ONLY
 from ..rundir import ATTEMPT_STRIDE, SAMPLE_BANDS
 from ..tasks import Task
 from .prompts import PromptBuilder, clean_answer, numbered, parse_rationales
+
+
+def reject_reason(error: str) -> str:
+    """The reject counter of a failed LLM request: "reasoning_only" (a reasoning model gave no answer
+    after its thinking) or "llm_error"."""
+    return "reasoning_only" if error.startswith(REASONING_ONLY) else "llm_error"
 
 
 @dataclass
@@ -71,7 +77,7 @@ class Synthesizer:
             it = items[i]
             rep.requested += 1
             if ans.error is not None:
-                rep.rejects["llm_error"] += 1
+                rep.rejects[reject_reason(ans.error)] += 1
                 rejected.append(it)
                 continue
             text, why = clean_answer(ans.text, kind=self._kind(), min_words=sp.min_words,
@@ -107,7 +113,7 @@ class Synthesizer:
         for label, ans in zip(owners, answers):
             rep.requested += 1
             if ans.error is not None:
-                rep.rejects["llm_error"] += 1
+                rep.rejects[reject_reason(ans.error)] += 1
                 continue
             items = parse_rationales(ans.text, first_is_item=style == "fewshot")
             if not items:
