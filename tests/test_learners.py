@@ -230,6 +230,7 @@ def test_model_folder_without_safetensors_is_refused(imdb, tmp_path):
 
 # ---------------------------------------------------------------- MiniLM fine-tuning
 
+@pytest.mark.slow
 def test_minilm_single_history_and_predictions(single_fit, imdb):
     learner, h, data = single_fit
     assert set(h) >= {"epochs", "best_epoch", "selection_metric", "train_examples", "seconds"}
@@ -291,6 +292,7 @@ def test_minilm_truncates_to_max_length(imdb):
     assert len(feats[0]["input_ids"]) == 64
 
 
+@pytest.mark.slow
 def test_minilm_qa_windows_training_and_answers(aqa):
     data = qa_examples()
     learner = make_learner("minilm", aqa, TrainConfig(epochs=2, lr=2e-4, **CFG))
@@ -325,6 +327,7 @@ def test_predict_before_fit_and_bad_labels(imdb):
         learner.fit([])
 
 
+@pytest.mark.slow
 def test_minilm_save_is_safetensors_only_and_reloads(single_fit, imdb, rte, tmp_path):
     learner, _, data = single_fit
     learner.save(tmp_path / "m")
