@@ -141,20 +141,22 @@ def run_options(out_required: bool = True):
     return deco
 
 
-def _aliased(o: dict, aliases: dict, given: dict, known: set, what: str) -> dict:
-    """Plugin options from the alias flags in `o`, then `given` (KEY=VALUE options) on top. An alias the
-    plugin does not take is dropped with a note."""
+def _plugin_options(o: dict, aliases: dict, flag: str, cls, what: str) -> dict:
+    """A plugin's options from the command line: the older alias flags in `o` first, then `flag`'s KEY=VALUE
+    items (click's parameter of that name, e.g. "llm_option" for --llm-option) on top. An alias the plugin (`cls`) does not take is dropped with a note naming `what`."""
+    from .plugins import option_names, parse_kv
     from .progress import info
 
+    known = option_names(cls.Options)
     out = {}
-    for flag, (key, _, _) in aliases.items():
-        if o.get(flag) is None:
+    for name, (key, _, _) in aliases.items():
+        if o.get(name) is None:
             continue
         if key not in known:
-            info(f"note: --{flag.replace('_', '-')} does not apply to {what}; ignored")
+            info(f"note: --{name.replace('_', '-')} does not apply to {what}; ignored")
             continue
-        out[key] = o[flag]
-    out.update(given)
+        out[key] = o[name]
+    out.update(parse_kv(o.get(flag.lstrip("-").replace("-", "_")), flag))
     return out
 
 
@@ -166,7 +168,7 @@ def config_from_options(o: dict):
     from .config import RunConfig
     from .learners import learner_class, learner_options
     from .llm import backend_class
-    from .plugins import parse_kv, parse_options
+    from .plugins import parse_options
 
     if sum(bool(o.get(k)) for k in ("cache_only", "no_cache", "cache_mode")) > 1:
         raise S3Error("--no-cache, --cache-only and --cache-mode exclude each other")
@@ -179,10 +181,9 @@ def config_from_options(o: dict):
     backend = (kw.get("llm") or defaults["llm"].default).partition(":")[0]
     kind = (kw.get("learner") or defaults["learner"].default).partition(":")[0]
     llm_cls, learner_cls = backend_class(backend), learner_class(kind)
-    kw["llm_options"] = _aliased(o, LLM_ALIASES, parse_kv(o.get("llm_option"), "--llm-option"),
-                                 {f.name for f in fields(llm_cls.Options)}, f"the {backend} backend")
-    kw["learner_options"] = _aliased(o, LEARNER_ALIASES, parse_kv(o.get("learner_option"), "--learner-option"),
-                                     {f.name for f in fields(learner_cls.Options)}, f"the {kind} learner")
+    kw["llm_options"] = _plugin_options(o, LLM_ALIASES, "--llm-option", llm_cls, f"the {backend} backend")
+    kw["learner_options"] = _plugin_options(o, LEARNER_ALIASES, "--learner-option", learner_cls,
+                                            f"the {kind} learner")
     cfg = RunConfig(**kw)
     # unknown or bad plugin options: one line, exit 2, before anything runs
     parse_options(llm_cls.Options, cfg.llm_options, f"--llm-option for the {backend} backend")
@@ -292,19 +293,17 @@ def train(task_name, train_path, eval_path, test_path, learner, learner_path, le
 
     def go():
         import time
-        from dataclasses import fields
         from pathlib import Path
 
         from .data import load_examples, stratified_split
         from .io import write_json
         from .learners import learner_class, make_learner
-        from .plugins import parse_kv
         from .tasks import load_task
 
         task = load_task(task_name)
         kind = learner.partition(":")[0]
-        options = _aliased(aliases, LEARNER_ALIASES, parse_kv(learner_option, "--learner-option"),
-                           {f.name for f in fields(learner_class(kind).Options)}, f"the {kind} learner")
+        options = _plugin_options({**aliases, "learner_option": learner_option}, LEARNER_ALIASES,
+                                  "--learner-option", learner_class(kind), f"the {kind} learner")
         lrn = make_learner(learner, task, options, model_path=learner_path, seed=seed)
         tr = load_examples(train_path, task, id_prefix="train")
         ev = load_examples(eval_path, task, id_prefix="eval") if eval_path else None

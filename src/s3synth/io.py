@@ -176,25 +176,28 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
 
 # ------------------------------------------------------------------ reads
 
-def _read_text(path: Path) -> str:
-    """The text of `path`; FileNotFoundError as it is (callers check for it), DamagedFile for the rest."""
+def _read_bytes(path: Path) -> bytes:
+    """The bytes of `path`; FileNotFoundError as it is (callers check for it), DamagedFile for the rest."""
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise
     except IsADirectoryError:
         raise DamagedFile(path, "a folder, not a file") from None
     except OSError as e:
         raise DamagedFile(path, f"cannot read it ({e.strerror or e})") from None
+
+
+def decode_text(path: Path, data: bytes) -> str:
+    """`data` (the bytes of `path`) as UTF-8 text; DamagedFile when it is not."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise DamagedFile(path, f"not valid UTF-8 at byte {e.start}") from None
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    path = Path(path)
-    text = _read_text(path)
+def parse_json(path: Path, text: str) -> Any:
+    """The JSON value of `text` (the content of `path`); DamagedFile when it is empty or not JSON."""
     if not text.strip():
         raise DamagedFile(path, "empty (cut short?)")
     try:
@@ -203,13 +206,27 @@ def read_json(path: str | os.PathLike) -> Any:
         raise DamagedFile(path, f"not valid JSON at line {e.lineno} column {e.colno} (cut short?)") from None
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    path = Path(path)
+def parse_jsonl(path: Path, text: str, objects: bool = False) -> list:
+    """One JSON value per non-blank line of `text` (the content of `path`); DamagedFile naming the first
+    line that is not JSON (or, with `objects`, not a JSON object)."""
     out = []
-    for i, line in enumerate(_read_text(path).split("\n"), start=1):
+    for i, line in enumerate(text.split("\n"), start=1):
         if line.strip():
             try:
-                out.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
                 raise DamagedFile(path, f"line {i} is not valid JSON (cut short?)") from None
+            if objects and not isinstance(row, dict):
+                raise DamagedFile(path, f"line {i} is not a JSON object")
+            out.append(row)
     return out
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    return parse_json(path, decode_text(path, _read_bytes(path)))
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    path = Path(path)
+    return parse_jsonl(path, decode_text(path, _read_bytes(path)))

@@ -134,14 +134,19 @@ def parse_options(options_cls, raw: dict | None, where: str):
     if isinstance(raw, options_cls):
         return raw
     raw = dict(raw or {})
-    flds = {f.name: f for f in dataclasses.fields(options_cls)}
-    unknown = sorted(set(raw) - set(flds))
+    flds = option_names(options_cls)
+    unknown = sorted(set(raw) - flds)
     if unknown:
         raise S3Error(f"{where}: unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
                       f"known: {', '.join(sorted(flds)) or '(none)'}")
     hints = typing.get_type_hints(options_cls)
     kw = {k: _convert(v, hints.get(k, typing.Any), f"{where}: option {k}") for k, v in raw.items()}
     return options_cls(**kw)
+
+
+def option_names(options_cls) -> set[str]:
+    """Example: option_names(EmbeddedLLM.Options) -> {"weights", "n_ctx", "n_threads", "n_parallel"}."""
+    return {f.name for f in dataclasses.fields(options_cls)}
 
 
 def describe_options(options_cls) -> list[str]:

@@ -8,12 +8,11 @@ Model weights are never downloaded.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
 from ..errors import S3Error
-from ..plugins import load_plugin, parse_options, plugin_names
+from ..plugins import load_plugin, option_names, parse_options, plugin_names
 from .base import PRESETS, Learner, Prediction, TrainConfig  # noqa: F401
 from .weights import distilbert_path, minilm_path  # noqa: F401
 
@@ -34,7 +33,7 @@ def learner_options(cls: type[Learner], options, seed: int | None = None, where:
     if isinstance(options, cls.Options):
         return options
     opts = dict(options or {})
-    if seed is not None and "seed" in {f.name for f in dataclasses.fields(cls.Options)}:
+    if seed is not None and "seed" in option_names(cls.Options):
         opts.setdefault("seed", seed)
     return parse_options(cls.Options, opts, where or f"learner '{cls.name}'")
 

@@ -8,6 +8,7 @@ finished stages and a killed stage resumes with every LLM answer taken from the 
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections import Counter
@@ -113,7 +114,7 @@ class S3:
     # ------------------------------------------------------------------ preparation (no writes)
     def prepare(self) -> None:
         """Load and validate every input; raises before anything is written."""
-        from ..learners import learner_class, learner_options
+        from ..learners import DEFAULT_LEARNER, learner_class, learner_options
         from ..llm import Budget, make_llm
 
         cfg = self.cfg
@@ -126,7 +127,7 @@ class S3:
         self.contexts = None
         if self.task.kind != "single":
             self.contexts = load_contexts(cfg.contexts, self.task) if cfg.contexts else self._gold_contexts()
-        kind = (cfg.learner or "minilm").partition(":")[0]
+        kind = (cfg.learner or DEFAULT_LEARNER).partition(":")[0]
         self.train_config = learner_options(learner_class(kind), cfg.learner_options, cfg.seed)
         self._new_learner().check()
         budget = Budget(max_tokens=cfg.max_tokens, max_cost=cfg.max_cost, price_in=cfg.price_in,
@@ -239,8 +240,7 @@ class S3:
         base_fp = fingerprint(task.source, task.name, repr(task.prompts), self.input_hashes, cfg.max_gold_eval,
                               cfg.seed, cfg.holdout_frac, self.llm.identity(), self.style, cfg.temperature,
                               cfg.top_p)
-        learn_fp = fingerprint(cfg.learner, cfg.learner_path, self.train_config.to_dict()
-                               if hasattr(self.train_config, "to_dict") else repr(self.train_config),
+        learn_fp = fingerprint(cfg.learner, cfg.learner_path, dataclasses.asdict(self.train_config),
                                cfg.balance, cfg.extrapolate_attempts, cfg.max_test, self.input_hashes.get("test"),
                                *self._screen_key())
         rationales, seed, seed_fp = None, [], base_fp

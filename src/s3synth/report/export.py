@@ -57,7 +57,7 @@ def export_run(path: str | Path, fmt: str, out: str | Path | None = None) -> tup
                       "`s3synth run` command, then export")
     rows = export_rows(run)
     cols = columns(getattr(run.task, "kind", None))
-    default = {"jsonl": "export/train.jsonl", "parquet": "export/train.parquet", "hf": "export/hf"}[fmt]
+    default = f"{LAYOUT.export_dir}/" + {"jsonl": "train.jsonl", "parquet": "train.parquet", "hf": "hf"}[fmt]
     out = Path(out) if out else run.path / default
     if fmt == "jsonl":
         write_jsonl(out, rows)

@@ -226,9 +226,7 @@ class RunDir:
     def _remove_temp_files(self) -> None:
         """Delete the temp files of writes killed half-way (`.seed.jsonl.k3j_x9aq.tmp`): s3synth's own,
         never complete, and harmless to remove under the lock. Other files are not looked at."""
-        own = {LAYOUT.config, LAYOUT.manifest, LAYOUT.rationales, LAYOUT.seed, LAYOUT.seed_dropped,
-               *LAYOUT.reports, *LAYOUT.ROUND_FILES.values(), Path(LAYOUT.final_metrics).name,
-               Path(LAYOUT.final_train).name, Path(LAYOUT.final_predictions).name}
+        own = LAYOUT.file_names()
         folders = [self.path, self.path / LAYOUT.final_dir, *(self.path / LAYOUT.round_dir(q)
                                                                for q in LAYOUT.rounds_present(self.path))]
         n = 0

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
 import os
 import re
 import sys
 import time
 from pathlib import Path
 
+from ..io import DamagedFile, decode_text, parse_json, parse_jsonl
 from .layout import LAYOUT
 
 
@@ -45,9 +45,7 @@ def manifest_problem(m) -> str | None:
 
 def _is_layout_name(name: str) -> bool:
     """Whether s3synth writes a file or folder of this name at the top of a run directory."""
-    own = {LAYOUT.config, LAYOUT.manifest, LAYOUT.cache, LAYOUT.rationales, LAYOUT.seed, LAYOUT.seed_dropped,
-           LAYOUT.final_dir, "export", *LAYOUT.reports}
-    return name in own or name.startswith(LAYOUT.cache + "-") or bool(_ROUND_RE.match(name))
+    return name in LAYOUT.top_names() or name.startswith(LAYOUT.cache + "-") or bool(_ROUND_RE.match(name))
 
 
 def in_use(path: str | Path) -> bool:
@@ -79,27 +77,15 @@ def _say(msg: str) -> None:
 def _check_content(p: Path, data: bytes) -> str | None:
     """Why `data` (the bytes of output `p`) cannot be what s3synth wrote there, or None."""
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        return f"not valid UTF-8 at byte {e.start}"
-    if p.name.endswith(".jsonl"):
-        if text and not text.endswith("\n"):
-            return "cut short: no newline at its end"
-        for i, line in enumerate(text.split("\n"), start=1):
-            if line.strip():
-                try:
-                    if not isinstance(json.loads(line), dict):
-                        return f"line {i} is not a JSON object"
-                except json.JSONDecodeError:
-                    return f"line {i} is not valid JSON"
-        return None
-    if p.name.endswith(".json"):
-        if not text.strip():
-            return "empty"
-        try:
-            json.loads(text)
-        except json.JSONDecodeError as e:
-            return f"not valid JSON at line {e.lineno} (cut short?)"
+        text = decode_text(p, data)
+        if p.name.endswith(".jsonl"):
+            if text and not text.endswith("\n"):
+                return "cut short: no newline at its end"
+            parse_jsonl(p, text, objects=True)
+        elif p.name.endswith(".json"):
+            parse_json(p, text)
+    except DamagedFile as e:
+        return e.why
     return None
 
 

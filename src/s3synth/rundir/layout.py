@@ -32,6 +32,7 @@ class Layout:
     final_predictions = "final/predictions.jsonl"     # the final model on the test set, one row per example
     final_model = "final/model"
     reports = ("report.html", "report.md", "dataset_card.md")
+    export_dir = "export"                             # `s3synth export`'s default output folder
     ROUND_FILES = {"errors": "errors.jsonl", "sources": "sources.jsonl", "added": "added.jsonl",
                    "metrics": "metrics.json", "dropped": "dropped.jsonl",
                    "predictions": "predictions.jsonl"}
@@ -46,6 +47,17 @@ class Layout:
     def dropped(self, stage: str) -> str:
         """Where screened-out examples of a stage go: "seed" or "round-K"."""
         return self.seed_dropped if stage == "seed" else f"{stage}/{self.ROUND_FILES['dropped']}"
+
+    def top_names(self) -> set[str]:
+        """The names s3synth gives to files and folders at the top of a run directory (round-K folders aside)."""
+        return {self.config, self.manifest, self.cache, self.rationales, self.seed, self.seed_dropped,
+                self.final_dir, self.export_dir, *self.reports}
+
+    def file_names(self) -> set[str]:
+        """The base names of the files s3synth writes (atomically, through a temp file) in a run directory."""
+        return {self.config, self.manifest, self.rationales, self.seed, self.seed_dropped, *self.reports,
+                *self.ROUND_FILES.values(),
+                *(Path(f).name for f in (self.final_metrics, self.final_train, self.final_predictions))}
 
     def rounds_present(self, path: Path) -> list[int]:
         """Round numbers with a folder in `path`, 1, 2, ... up to the first gap."""
