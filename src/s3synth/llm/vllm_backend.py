@@ -6,7 +6,9 @@ chat requests to `LLM.chat` (the model's chat template); every request carries i
 neighbours (up to vLLM's own batch-size numerics); its repetition penalty is vLLM's (over
 prompt and answer, not llama.cpp's last 64 tokens). vLLM schedules the whole batch itself
 (continuous batching), so `batch_size` is large; answers are cached as each call returns.
-Not handled: LoRA adapters, multi-node serving, guided decoding, CPU-only vLLM builds.
+Under `--executor ray` a stage runs on Ray Data LLM instead (s3synth.llm.ray_executor): `actors`
+replicas of this engine, each on tensor x pipeline parallel size GPUs.
+Not handled: LoRA adapters, guided decoding, CPU-only vLLM builds.
 """
 
 from __future__ import annotations
@@ -31,14 +33,16 @@ class VLLMBackend(LLM):
         gpu_memory_utilization: float = 0.85
         max_model_len: int | None = None
         dtype: str = "auto"
-        tensor_parallel_size: int = 1
+        tensor_parallel_size: int = 1   # GPUs one engine's layers are split over
+        pipeline_parallel_size: int = 1     # pipeline stages of one engine (GPUs = tensor x pipeline)
 
     def __init__(self, model: str, **kw):
         super().__init__(model, **kw)
         o = self.options
         gpu_memory_utilization, max_model_len, dtype = o.gpu_memory_utilization, o.max_model_len, o.dtype
         self.engine_kwargs = {"gpu_memory_utilization": gpu_memory_utilization, "dtype": dtype,
-                              "tensor_parallel_size": o.tensor_parallel_size}
+                              "tensor_parallel_size": o.tensor_parallel_size,
+                              "pipeline_parallel_size": o.pipeline_parallel_size}
         if max_model_len:
             self.engine_kwargs["max_model_len"] = max_model_len
         self._llm = None

@@ -137,6 +137,10 @@ class S3:
             self.llm.seed, self.llm.budget, self.llm.cache_mode = cfg.seed, budget, cfg.cache_mode
         else:
             self.llm = make_llm(cfg.llm, seed=cfg.seed, cache_mode=cfg.cache_mode, budget=budget, **cfg.llm_options)
+        from ..llm.executor import make_executor
+        ex_opts = {**cfg.executor_options, **({"address": cfg.ray_address} if cfg.ray_address else {})}
+        self.executor = make_executor(cfg.executor, **ex_opts)   # where uncached requests run; never in a fingerprint
+        self.llm.executor = self.executor
         self.style = self.llm.default_prompt_style if cfg.prompt_style == "auto" else cfg.prompt_style
         # split gold eval: error mining / held out for selection; demonstrations come out of mining
         self.mining, self.holdout = stratified_split(self.gold, cfg.holdout_frac, cfg.seed)
@@ -218,8 +222,11 @@ class S3:
             finally:        # the lock is let go even when the manifest cannot be written (disk full)
                 if self.llm.cache is not None:
                     self.llm.cache.close()      # checkpoints the WAL: the cache is one file again
-                self.llm.close()
-                rd.close()
+                try:
+                    self.llm.close()
+                finally:
+                    self.executor.close()
+                    rd.close()
 
     def _run(self, rd: RunDir, t0: float) -> dict:
         cfg, task = self.cfg, self.task
@@ -234,7 +241,8 @@ class S3:
             "split": {"gold_eval": len(self.gold), "mining": len(self.mining), "holdout": len(self.holdout),
                       "demos": [d.id for d in self.demos], "test": len(self.test) if self.test else 0},
         })
-        m["invocations"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": command_line()})
+        m["invocations"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": command_line(),
+                                 "executor": self.executor.describe()})
         rd.save_manifest()
 
         base_fp = fingerprint(task.source, task.name, repr(task.prompts), self.input_hashes, cfg.max_gold_eval,

@@ -1,0 +1,316 @@
+"""`--executor ray`: the uncached requests of a stage as a Ray Data job (`pip install 's3synth[ray]'`).
+
+CPU backends (`embedded`, `openai:`, any backend through the seam): `ray.data.from_items` of the requests
+(payload, cache key, seed), `map_batches` with a callable class that builds one engine of the backend per
+Ray actor (`LLM.shard` says each engine's options, requests per call and engines per actor: the embedded
+model gets the actor's share of the cores; an OpenAI-compatible client its share of the concurrency and
+of the rate limits, so that they hold over the whole cluster), a fixed pool of `actors` actors, and the
+answers streamed back with `iter_rows` - never a whole stage collected first. The driver commits each
+answer to the run's cache as it arrives; actors never touch the cache.
+
+`vllm:MODEL` runs on Ray Data LLM instead (`ray.data.llm.build_processor` with a
+`vLLMEngineProcessorConfig`: `actors` vLLM replicas, tensor/pipeline parallel sizes from `-o`, sampling
+parameters and the per-request seed in every row; needs GPUs and `pip install 'ray[llm]'`).
+
+Failures: a request that fails inside an actor comes back as a reject (Completion(error=...)), as with the
+local executor; a configuration error of the backend (bad key, model or URL) stops the run with its one
+line. A dead actor is restarted and its unfinished calls retried there (Ray Data's defaults: always;
+`max_restarts` and `max_task_retries` bound them): answers already streamed back are never asked
+again, the requests in flight on it are. When Ray gives up, the run stops with every answer so far saved; the same command resumes.
+
+Ray: `address` (`--ray-address`) `auto` or `HOST:PORT` joins a running cluster (`ray start --head`),
+`ray://HOST:PORT` connects through Ray Client; none starts a private local Ray on 127.0.0.1 (no
+dashboard) for this run and shuts it down at the end. A Ray already initialised in this process (from
+Python) is used as it is. Every node of a cluster needs s3synth and the backend's packages installed.
+
+Not handled: autoscaling actor pools, GPUs for CPU backends (`num_gpus`), Ray Client with the vLLM path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import threading
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..errors import LLMError, S3Error
+from .executor import Commit, Executor, Job
+
+if TYPE_CHECKING:
+    from .base import LLM
+
+LOCALHOST_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"   # "0": a local Ray binds and advertises 127.0.0.1 only
+
+
+def _import_ray(local: bool = False):
+    """`ray`; for a private local Ray, imported with every address on 127.0.0.1 (Ray reads that setting
+    when it is first imported: a process that imported Ray before keeps Ray's choice, the machine's IP)."""
+    if local and "ray" not in sys.modules:
+        os.environ.setdefault(LOCALHOST_ENV, "0")
+    try:
+        import ray
+        import ray.data
+    except ImportError:
+        raise LLMError("--executor ray needs Ray Data: pip install 's3synth[ray]' (or bash scripts/setup.sh)") from None
+    return ray
+
+
+def _result(c) -> str:
+    return json.dumps({"text": c.text, "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+                       "finish_reason": c.finish_reason, "error": c.error})
+
+
+class _Worker:
+    """The Ray Data callable class: one engine of the backend per thread of the actor, built on first use."""
+
+    def __init__(self, cls, model: str, options: dict, seed: int):
+        self.cls, self.model, self.options, self.seed = cls, model, options, seed
+        self.local = threading.local()
+        self.pid = os.getpid()
+
+    def __call__(self, batch: dict) -> dict:
+        import numpy as np
+
+        from .base import Completion, Request
+
+        n = len(batch["index"])
+        fatal = ""
+        try:
+            eng = getattr(self.local, "engine", None)
+            if eng is None:
+                eng = self.local.engine = self.cls(self.model, seed=self.seed, cache=None, cache_mode="off",
+                                                   **self.options)
+            reqs = [Request.from_payload(json.loads(p)) for p in batch["payload"]]
+            res = eng._generate_batch(reqs, [int(s) for s in batch["seed"]])
+            if len(res) != n:
+                raise RuntimeError(f"backend returned {len(res)} answers for {n} requests")
+        except S3Error as e:        # a configuration error: the driver stops the run with this line
+            fatal = str(e)
+            res = [Completion(text="", error=fatal)] * n
+        except Exception as e:  # noqa: BLE001 - anything else fails these requests only: rejects, as the local path does
+            res = [Completion(text="", error=f"ray worker: {type(e).__name__}: {e}")] * n
+        return {"index": np.asarray(batch["index"], dtype=np.int64),
+                "result": np.array([_result(c) for c in res], dtype=object),
+                "fatal": np.array([fatal] * n, dtype=object),
+                "worker": np.full(n, self.pid, dtype=np.int64)}
+
+
+def _rows(ds):
+    """The rows of `ds` as each block arrives: whole blocks, no prefetching (`iter_rows` prefetches a
+    block ahead and so holds a finished call's answers back until the next call finishes)."""
+    for batch in ds.iter_batches(batch_size=None, prefetch_batches=0, batch_format="numpy"):
+        cols = list(batch)
+        for k in range(len(batch[cols[0]]) if cols else 0):
+            yield {c: batch[c][k] for c in cols}
+
+
+def vllm_sampling_params(payload: dict, seed: int) -> dict:
+    """vLLM SamplingParams fields for one request, its seed included (what `VLLMBackend` sends locally)."""
+    p = payload["params"]
+    return {"n": 1, "seed": int(seed), "temperature": p["temperature"], "top_p": p["top_p"],
+            "max_tokens": p["max_tokens"], "stop": list(p.get("stop") or ()) or None,
+            "repetition_penalty": max(p.get("repeat_penalty", 1.0), 1.0)}
+
+
+def vllm_preprocess(row: dict) -> dict:
+    """A request row -> the columns of Ray Data LLM's vLLM stage (`messages` or `prompt`, `sampling_params`)."""
+    payload = json.loads(row["payload"])
+    out = {"index": row["index"], "sampling_params": vllm_sampling_params(payload, row["seed"])}
+    if payload.get("messages"):
+        out["messages"] = [{"role": r, "content": c} for r, c in payload["messages"]]
+    else:
+        out["prompt"] = payload["prompt"]
+    return out
+
+
+def vllm_processor_config(llm: LLM, replicas: int, batch_size: int, chat: bool,
+                          accelerator_type: str | None = None):
+    """The `vLLMEngineProcessorConfig` of a `vllm:MODEL` stage: `replicas` engines (`concurrency`; each
+    takes tensor x pipeline parallel size GPUs), the backend's engine options (dtype, memory share,
+    max_model_len), the run seed, failed rows kept as rows with `__inference_error__`."""
+    from ray.data.llm import vLLMEngineProcessorConfig
+
+    engine = dict(llm.engine_kwargs)
+    engine["seed"] = llm.seed
+    return vLLMEngineProcessorConfig(model_source=llm.model, engine_kwargs=engine, concurrency=replicas,
+                                     batch_size=batch_size, should_continue_on_error=True,
+                                     accelerator_type=accelerator_type, chat_template_stage=chat,
+                                     tokenize_stage=True, detokenize_stage=True)
+
+
+class RayExecutor(Executor):
+    """`--executor ray [--ray-address auto|HOST:PORT|ray://HOST:PORT] [--executor-option actors=N ...]`."""
+
+    name = "ray"
+
+    @dataclass
+    class Options:
+        """Settings of `--executor ray` (`--executor-option KEY=VALUE`; --ray-address is `address`)."""
+
+        address: str | None = None      # auto | HOST:PORT | ray://HOST:PORT; none: a private local Ray
+        actors: int | None = None       # engines side by side (vLLM: replicas); default: cluster CPUs / cpus_per_actor
+        cpus_per_actor: float = 1.0     # CPUs reserved per actor (the embedded model uses that many threads)
+        accelerator_type: str | None = None     # vLLM only: GPU type of the replicas, e.g. H100 (default: any)
+        num_cpus: int | None = None     # CPUs of the private local Ray (default: all)
+        object_store_mb: int | None = None  # object store of the private local Ray (default: Ray's)
+        wave: int = 4096                # requests per Ray Data job (bounds the driver's and object store's memory)
+        batch_size: int = 64            # vLLM only: rows per engine call
+        max_restarts: int | None = None     # a dead actor is restarted up to this often (default: Ray Data's, -1 = always)
+        max_task_retries: int | None = None  # and its unfinished calls retried on it (default: Ray Data's, -1 = always)
+
+        def __post_init__(self):
+            if self.actors is not None and self.actors < 1:
+                raise S3Error(f"--executor-option actors={self.actors}: must be >= 1")
+            if self.cpus_per_actor <= 0 or self.wave < 1 or self.batch_size < 1:
+                raise S3Error("--executor-option: cpus_per_actor must be > 0, wave and batch_size >= 1")
+            if self.num_cpus is not None and self.num_cpus < 1:
+                raise S3Error(f"--executor-option num_cpus={self.num_cpus}: must be >= 1")
+            if any(v is not None and v < -1 for v in (self.max_restarts, self.max_task_retries)):
+                raise S3Error("--executor-option max_restarts and max_task_retries: -1 (no limit) or >= 0")
+            a = self.address
+            if a is not None and a != "auto" and not a.startswith("ray://") and ":" not in a:
+                raise S3Error(f"--ray-address {a!r}: write auto, HOST:PORT or ray://HOST:PORT")
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self._started = False       # this executor started the local Ray (and shuts it down)
+        self._ray = None
+        self.answers_by_worker: Counter = Counter()    # worker pid -> answers received from it (this process)
+
+    # -- Ray ---------------------------------------------------------------------------------------
+    def ray(self):
+        """The connected `ray` module (connecting or starting a local Ray on first use)."""
+        if self._ray is not None:
+            return self._ray
+        ray = _import_ray(local=not self.options.address)
+        if not ray.is_initialized():
+            o = self.options
+            kw = {"log_to_driver": False, "logging_level": logging.WARNING}
+            try:
+                if o.address:
+                    ray.init(address=o.address, **kw)
+                else:
+                    extra = {"object_store_memory": o.object_store_mb * 1024 ** 2} if o.object_store_mb else {}
+                    ray.init(num_cpus=o.num_cpus or os.cpu_count() or 1, include_dashboard=False, **extra, **kw)
+                    self._started = True
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                where = f"the Ray cluster at {o.address}" if o.address else "a local Ray"
+                raise LLMError(f"cannot start or reach {where}: {str(e).splitlines()[0] if str(e) else e} - check "
+                               "--ray-address (auto needs `ray start --head` on this machine)") from None
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        self._ray = ray
+        return ray
+
+    def actors(self) -> int:
+        o = self.options
+        if o.actors:
+            return o.actors
+        cpus = self.ray().cluster_resources().get("CPU", 1)
+        return max(1, int(cpus // o.cpus_per_actor))
+
+    def wave_size(self, llm: LLM) -> int:
+        return self.options.wave
+
+    def describe(self) -> dict:
+        o = self.options
+        return {"name": self.name, "address": o.address or "local", "actors": o.actors,
+                "cpus_per_actor": o.cpus_per_actor}
+
+    # -- a wave ------------------------------------------------------------------------------------
+    def run(self, llm: LLM, jobs: Sequence[Job], commit: Commit) -> None:
+        if not jobs:
+            return
+        ray = self.ray()
+        items = [{"index": j.index, "payload": json.dumps(j.request.payload(), ensure_ascii=False), "seed": j.seed}
+                 for j in jobs]
+        if llm.backend == "vllm":
+            return self._run_vllm(ray, llm, items, commit)
+        o = self.options
+        n_actors = self.actors()
+        shard = llm.shard(n_actors, o.cpus_per_actor)
+        rows = max(1, shard.rows)
+        # one block per call: a call's answers travel back to the driver as soon as the call returns
+        ds = ray.data.from_items(items, override_num_blocks=math.ceil(len(items) / rows))
+        retry = {k: v for k, v in (("max_restarts", o.max_restarts), ("max_task_retries", o.max_task_retries))
+                 if v is not None}
+        with warnings.catch_warnings():     # Ray 2.60 takes these two only as (deprecated) ray_remote_args
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ds = ds.map_batches(
+                _Worker, batch_size=rows, batch_format="numpy",
+                fn_constructor_kwargs={"cls": type(llm), "model": llm.model, "options": shard.options,
+                                       "seed": llm.seed},
+                # at most `engines` calls at an actor at once (Ray Data would queue 2x that, and run them
+                # all): the backend's concurrency and rate limits hold over the whole pool
+                compute=ray.data.ActorPoolStrategy(size=n_actors, max_concurrent_calls_per_actor=shard.engines,
+                                                   max_tasks_in_flight_per_actor=shard.engines,
+                                                   enable_true_multi_threading=shard.engines > 1),
+                num_cpus=o.cpus_per_actor, **retry)
+        self._stream(ds, commit)
+
+    def _stream(self, ds, commit: Commit) -> None:
+        from .base import Completion
+
+        try:
+            for row in _rows(ds):
+                if row.get("fatal"):
+                    raise LLMError(str(row["fatal"]))
+                d = json.loads(row["result"])
+                self.answers_by_worker[int(row.get("worker", 0))] += 1
+                commit(int(row["index"]), Completion(**d))
+        except S3Error:
+            raise
+        except Exception as e:  # noqa: BLE001 - Ray gave up (restarts or retries spent, cluster gone)
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise LLMError(f"the Ray job failed ({type(e).__name__}: {first[:300]}); every answer received so far "
+                           "is saved - run the same command again to resume") from None
+
+    def _run_vllm(self, ray, llm: LLM, items: list[dict], commit: Commit) -> None:
+        """Ray Data LLM: `actors` vLLM replicas; chat and plain prompts in separate processors."""
+        try:
+            from ray.data.llm import build_processor
+        except ImportError as e:
+            raise LLMError(f"vllm under --executor ray needs Ray Data LLM: pip install 'ray[llm]' ({e})") from None
+        from .base import Completion
+
+        o = self.options
+        replicas = o.actors or 1
+        for chat in (False, True):
+            part = [it for it in items if bool(json.loads(it["payload"]).get("messages")) == chat]
+            if not part:
+                continue
+            max_tokens = {it["index"]: json.loads(it["payload"])["params"]["max_tokens"] for it in part}
+            cfg = vllm_processor_config(llm, replicas, o.batch_size, chat, o.accelerator_type)
+            processor = build_processor(cfg, preprocess=vllm_preprocess)
+            ds = processor(ray.data.from_items(part, override_num_blocks=max(1, math.ceil(len(part) / o.batch_size))))
+            try:
+                for row in _rows(ds):
+                    i = int(row["index"])
+                    err = row.get("__inference_error__") or None
+                    if err:
+                        commit(i, Completion(text="", error=f"vllm: {err}"))
+                        continue
+                    ct = int(row.get("num_generated_tokens") or 0)
+                    commit(i, Completion(text=row.get("generated_text") or "",
+                                         prompt_tokens=int(row.get("num_input_tokens") or 0), completion_tokens=ct,
+                                         finish_reason="length" if ct >= max_tokens[i] else "stop"))
+            except S3Error:
+                raise
+            except Exception as e:  # noqa: BLE001 - Ray gave up: one line, answers so far saved
+                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                raise LLMError(f"the Ray Data LLM job failed ({type(e).__name__}: {first[:300]}); every answer "
+                               "received so far is saved - run the same command again to resume") from None
+
+    def close(self) -> None:
+        if self._started and self._ray is not None:
+            self._ray.shutdown()
+        self._started, self._ray = False, None

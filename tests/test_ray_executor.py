@@ -1,0 +1,292 @@
+"""`--executor ray` against a real local Ray (2 CPUs, 127.0.0.1 only), started once for the module.
+
+- the same S3 round through the local OpenAI-compatible stub with `--executor ray` and `--executor local`:
+  same seed set, added set and cache, every request sent once;
+- an actor killed (SIGKILL) mid-stage: the stage completes, every example from exactly one answer, no
+  prompt answered before the kill is sent again (counted at the stub), at most the killed actor's
+  requests in flight are repeated;
+- the driver killed (`kill -9`) mid-stage: the same command resumes from the cache, sending no answered
+  prompt again;
+- the embedded model (slow): the same answers on Ray actors as in this process;
+- vLLM on Ray Data LLM: the processor configuration built from our options (no GPU needed); the real
+  run skips without a CUDA GPU, vLLM and a model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import cache_rows, plugin_env
+from openai_stub import OpenAIStub
+
+from s3synth.io import read_jsonl
+from s3synth.llm import GenParams, Request, make_llm
+from s3synth.llm.cache import LLMCache
+from s3synth.llm.executor import make_executor
+from s3synth.llm.ray_executor import LOCALHOST_ENV
+
+ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 's3synth[ray]' (scripts/setup.sh does)")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray for the module (starting one costs seconds): 2 CPUs, every address on 127.0.0.1.
+    Yields its GCS address, for drivers in other processes (`--ray-address`)."""
+    assert os.environ.get(LOCALHOST_ENV) == "0"      # set by conftest before Ray's import; subprocesses inherit it
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024 ** 2, log_to_driver=False,
+             logging_level="WARNING")
+    address = ray.get_runtime_context().gcs_address
+    assert address.startswith("127.0.0.1:"), address
+    yield address
+    ray.shutdown()
+
+
+def gold_file(tmp_path, shared_data, n=40):
+    rows = read_jsonl(shared_data / "rte" / "validation.jsonl")[:n]
+    p = tmp_path / "gold.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return p
+
+
+def cache_table(path) -> dict:
+    """key -> (text, prompt tokens, completion tokens, finish reason) of every answer in a run's cache."""
+    with sqlite3.connect(str(path)) as db:
+        return {k: rest for k, *rest in db.execute(
+            "SELECT key, text, prompt_tokens, completion_tokens, finish_reason FROM answers")}
+
+
+def body_id(b: dict) -> str:
+    return json.dumps([b.get("messages") or b.get("prompt"), b.get("seed")])
+
+
+def test_s3_round_on_ray_equals_local(local_ray, tmp_path, shared_data):
+    from s3synth.config import RunConfig
+    from s3synth.method import S3
+
+    gold = gold_file(tmp_path, shared_data)
+    with OpenAIStub() as stub:
+        def run(executor, out, **ex):
+            cfg = RunConfig(task="rte", gold_eval=str(gold), llm="openai:stub-model", learner="fake",
+                            llm_options={"base_url": stub.url, "api_key_env": None, "concurrency": 4},
+                            seed_size=12, rounds=1, seed=3, executor=executor, executor_options=ex)
+            before = stub.count
+            res = S3(cfg).run(tmp_path / out)
+            return res, [body_id(b) for b in stub.bodies[before:]]
+
+        ref, sent_local = run("local", "local")
+        res, sent_ray = run("ray", "ray", actors=2)
+    assert res["final"]["train_size"] == ref["final"]["train_size"] and ref["added"] > 0
+    for name in ("seed.jsonl", "round-1/added.jsonl", "final/train.jsonl"):
+        assert read_jsonl(tmp_path / "ray" / name) == read_jsonl(tmp_path / "local" / name), name
+    assert cache_table(tmp_path / "ray" / "llm_cache.sqlite") == cache_table(tmp_path / "local" / "llm_cache.sqlite")
+    assert sorted(sent_ray) == sorted(sent_local) and len(set(sent_ray)) == len(sent_ray)   # each request once
+    m = json.loads((tmp_path / "ray" / "manifest.json").read_text())
+    assert m["invocations"][-1]["executor"]["name"] == "ray"
+    assert json.loads((tmp_path / "local" / "manifest.json").read_text())["stages"].keys() == m["stages"].keys()
+    for stage, st in m["stages"].items():   # same fingerprints: the executor is not an input of any stage
+        assert st["fingerprint"] == json.loads((tmp_path / "local" / "manifest.json").read_text())[
+            "stages"][stage]["fingerprint"], stage
+
+
+def test_killed_actor_mid_stage(local_ray, tmp_path):
+    """SIGKILL one of two actors while its requests hang at the server: Ray restarts it and retries its
+    calls; every request is answered once in the result, and no prompt answered before the kill is sent
+    again."""
+    n, held_after = 24, 6
+    reqs = [Request(messages=(("user", f"Write example number {i}."),), params=GenParams(max_tokens=16))
+            for i in range(n)]
+    with OpenAIStub() as stub:
+        llm = make_llm("openai:stub-model", base_url=stub.url, api_key_env=None, concurrency=4,
+                       cache=LLMCache(tmp_path / "cache.sqlite"))
+        ex = llm.executor = make_executor("ray", actors=2)
+        stub.hold_after = held_after
+        box: dict = {}
+        t = threading.Thread(target=lambda: box.update(out=llm.generate(reqs)), daemon=True)
+        t.start()
+        deadline = time.time() + 120
+        # 6 answered and committed by the driver, 4 more (2 per actor) hanging at the server
+        while time.time() < deadline and not (stub.count >= held_after + 4
+                                              and cache_rows(tmp_path / "cache.sqlite") >= held_after):
+            time.sleep(0.1)
+        assert stub.count == held_after + 4 and cache_rows(tmp_path / "cache.sqlite") == held_after
+        answered_before = {body_id(b) for b in stub.answered}
+        n_before = stub.count
+        pids_before = set(ex.answers_by_worker)
+        victim = min(pids_before)
+        os.kill(victim, signal.SIGKILL)
+        time.sleep(1.0)
+        stub.hold_after = None
+        stub.release.set()
+        t.join(180)
+        assert not t.is_alive(), "the stage did not finish after an actor was killed"
+        llm.close()
+    out = box["out"]
+    sent = [body_id(b) for b in stub.bodies]
+    repeats = len(sent) - len(set(sent))
+    print(f"\nkilled actor: {len(sent)} requests sent, {len(stub.answered)} answered by the server, "
+          f"{sum(c.error is None for c in out)} answers received, {repeats} repeats "
+          f"({n_before - held_after} in flight at the kill)")
+    assert all(c.error is None for c in out)
+    assert [c.text for c in out] == [f"answer to: {r.messages[-1][1][-30:]} #{llm.request_seed(llm.key(r))}"
+                                     for r in reqs]        # every example from its own answer
+    assert answered_before.isdisjoint(sent[n_before:])     # nothing answered before the kill is asked again
+    assert repeats <= n_before - held_after                # at most what was in flight
+    assert set(sent) == {body_id({"messages": [{"role": "user", "content": r.messages[0][1]}],
+                                  "seed": llm.request_seed(llm.key(r))}) for r in reqs}
+    assert set(ex.answers_by_worker) - pids_before         # a restarted actor answered the killed one's calls
+    assert cache_rows(tmp_path / "cache.sqlite") == n
+
+
+def test_killed_driver_resumes_from_the_cache(local_ray, tmp_path, shared_data):
+    """`kill -9` a `s3synth run --executor ray` mid-seed, run it again: no prompt answered before the kill
+    is sent again, and the seed set equals that of an uninterrupted `--executor local` run."""
+    gold = gold_file(tmp_path, shared_data)
+
+    def cmd(out, *extra):
+        return [sys.executable, "-c", "import fake_plugins; fake_plugins.main_without_reports()", "run",
+                "--task", "rte", "--gold-eval", str(gold), "--llm", "openai:stub-model", "--learner", "fake",
+                "--seed-size", "24", "--rounds", "0", "--concurrency", "4", "--out", str(out), "-q", *extra]
+
+    env = plugin_env(OPENAI_BASE_URL="", OPENAI_API_KEY="sk-test")
+    ray_flags = ("--executor", "ray", "--ray-address", local_ray, "--executor-option", "actors=2")
+    with OpenAIStub() as stub:
+        base = ("--base-url", stub.url)
+        ref = subprocess.run(cmd(tmp_path / "ref", *base), check=False, env=env, capture_output=True, text=True, timeout=300)
+        assert ref.returncode == 0, ref.stderr
+        stub.received.clear()
+        stub.answered.clear()
+        stub.hold_after = 10
+        p = subprocess.Popen(cmd(tmp_path / "run", *base, *ray_flags), env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+        db = tmp_path / "run" / "llm_cache.sqlite"
+        deadline = time.time() + 180
+        while time.time() < deadline and not (stub.count >= 14 and cache_rows(db) >= 10):
+            time.sleep(0.1)
+        p.kill()                               # SIGKILL: no clean-up of any kind
+        p.wait(30)
+        assert cache_rows(db) == 10, p.stderr.read().decode()[-2000:]
+        answered_first = {body_id(b) for b in stub.answered}
+        in_flight = stub.count - 10
+        assert not (tmp_path / "run" / "seed.jsonl").exists()
+        n_before = stub.count
+        stub.hold_after = None
+        stub.release.set()
+        again = subprocess.run(cmd(tmp_path / "run", *base, *ray_flags), check=False, env=env, capture_output=True, text=True,
+                               timeout=300)
+        assert again.returncode == 0, again.stderr
+        sent = [body_id(b) for b in stub.bodies]
+    sent_again = sent[n_before:]
+    repeats = len(sent) - len(set(sent))
+    print(f"\nkilled driver: {n_before} requests sent before the kill ({len(answered_first)} answered and "
+          f"committed, {in_flight} in flight), {len(sent_again)} sent by the resumed run, {repeats} repeats")
+    assert sent_again and answered_first.isdisjoint(sent_again)
+    assert repeats <= in_flight
+    assert read_jsonl(tmp_path / "run" / "seed.jsonl") == read_jsonl(tmp_path / "ref" / "seed.jsonl")
+    assert cache_table(tmp_path / "run" / "llm_cache.sqlite") == cache_table(tmp_path / "ref" / "llm_cache.sqlite")
+
+
+@pytest.mark.slow
+def test_embedded_model_on_ray_equals_local(local_ray, tmp_path):
+    """A handful of few-shot requests to the embedded model: the same answers from 2 Ray actors (one
+    llama.cpp engine each, 1 thread) as from this process."""
+    pytest.importorskip("llama_cpp", reason="the embedded model needs llama-cpp-python (scripts/setup.sh)")
+    prompt = ("Premise: The cat sat on the mat.\nHypothesis: A cat is sitting.\nLabel: entailment\n\n"
+              "Premise: Rain fell all day in {city}.\nHypothesis:")
+    reqs = [Request(prompt=prompt.format(city=c), params=GenParams(max_tokens=12, stop=("\n",)))
+            for c in ("Paris", "Lima", "Oslo", "Cairo", "Quito", "Perth")]
+    answers = {}
+    for name, opts in (("local", {}), ("ray", {"actors": 2})):
+        llm = make_llm("embedded", n_parallel=4, cache=LLMCache(tmp_path / f"{name}.sqlite"))
+        llm.executor = make_executor(name, **opts)
+        answers[name] = [(c.text, c.prompt_tokens, c.completion_tokens, c.finish_reason, c.error)
+                         for c in llm.generate(reqs)]
+        llm.close()
+    assert answers["ray"] == answers["local"]
+    assert all(a[4] is None and a[2] > 0 for a in answers["ray"])
+    assert cache_table(tmp_path / "ray.sqlite") == cache_table(tmp_path / "local.sqlite")
+
+
+def test_shards_keep_limits_over_the_cluster():
+    """openai: every actor gets its share of the concurrency and rate limits; embedded: its cores."""
+    llm = make_llm("openai:m", base_url="http://127.0.0.1:9/v1", api_key_env=None, concurrency=8, rpm=600, tpm=1e5)
+    s = llm.shard(3, 1.0)
+    assert s.rows == 1 and s.engines == 3 and s.options["concurrency"] == 1
+    assert s.options["rpm"] * s.engines * 3 == pytest.approx(600) and s.options["tpm"] * 9 == pytest.approx(1e5)
+    assert s.engines * 3 >= 8   # concurrency 8 over 3 actors: 3 + 3 + 3 clients, each 1/9 of the rate
+
+
+def test_bad_executor_settings_are_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from s3synth.cli import cli
+
+    gold = tmp_path / "gold.jsonl"
+    gold.write_text(json.dumps({"premise": "P.", "hypothesis": "H.", "label": 0}) + "\n")
+    base = ["run", "--task", "rte", "--gold-eval", str(gold), "--out", str(tmp_path / "r")]
+    for extra, words in ((["--ray-address", "auto"], "needs --executor ray"),
+                         (["--executor", "ray", "--executor-option", "actors=0"], "actors=0: must be >= 1"),
+                         (["--executor", "ray", "--executor-option", "nodes=2"], "unknown option nodes"),
+                         (["--executor", "ray", "--ray-address", "somewhere"], "write auto, HOST:PORT"),
+                         (["--executor", "spark"], "unknown executor 'spark'; available: local, ray")):
+        r = CliRunner().invoke(cli, base + extra)
+        assert r.exit_code == 2 and words in r.output, (extra, r.output)
+    assert not (tmp_path / "r").exists()
+
+
+def test_vllm_processor_config_from_our_options(local_ray):
+    """The Ray Data LLM processor of `vllm:MODEL` under --executor ray: replicas, tensor/pipeline sizes and
+    the seed from our options, failed rows kept; a request row carries its sampling parameters and seed.
+    Built only (vLLM itself is not needed for that)."""
+    pytest.importorskip("aiohttp", reason="ray.data.llm needs aiohttp (pip install 's3synth[ray]')")
+    from ray.data.llm import build_processor
+
+    from s3synth.llm.ray_executor import vllm_preprocess, vllm_processor_config
+
+    llm = make_llm("vllm:/models/llama-8b", seed=7, tensor_parallel_size=2, pipeline_parallel_size=2,
+                   max_model_len=4096)
+    cfg = vllm_processor_config(llm, replicas=3, batch_size=32, chat=True, accelerator_type="H100")
+    assert cfg.concurrency == 3 and cfg.batch_size == 32 and cfg.should_continue_on_error
+    assert cfg.accelerator_type == "H100" and cfg.model_source == "/models/llama-8b"
+    e = cfg.engine_kwargs
+    assert (e["tensor_parallel_size"], e["pipeline_parallel_size"], e["seed"], e["max_model_len"]) == (2, 2, 7, 4096)
+    proc = build_processor(cfg, preprocess=vllm_preprocess)
+    stage = proc.stages["vLLMEngineStage"]
+    assert stage.fn_constructor_kwargs["engine_kwargs"]["tensor_parallel_size"] == 2
+    assert stage.fn_constructor_kwargs["should_continue_on_error"] is True
+    req = Request(messages=(("user", "hi"),), params=GenParams(max_tokens=9, temperature=0.5, stop=("\n",)))
+    row = vllm_preprocess({"index": 4, "payload": json.dumps(req.payload()), "seed": 1234})
+    assert row["messages"] == [{"role": "user", "content": "hi"}] and row["index"] == 4
+    assert row["sampling_params"] == {"n": 1, "seed": 1234, "temperature": 0.5, "top_p": 0.95, "max_tokens": 9,
+                                      "stop": ["\n"], "repetition_penalty": 1.15}
+
+
+def test_vllm_on_ray_data_llm_gpu(local_ray, tmp_path):
+    """A real vLLM stage on Ray Data LLM: needs a CUDA GPU, vLLM (pip install 'ray[llm]') and a local model
+    folder in $S3SYNTH_VLLM_TEST_MODEL; answers equal the single-process vllm backend's for the same seeds."""
+    try:
+        import torch
+        gpu = torch.cuda.is_available()
+    except ImportError:
+        gpu = False
+    if not gpu:
+        pytest.skip("no CUDA GPU: the vLLM stage on Ray Data LLM runs only on a GPU machine")
+    pytest.importorskip("vllm", reason="vLLM is not installed (pip install 'ray[llm]')")
+    model = os.environ.get("S3SYNTH_VLLM_TEST_MODEL")
+    if not model or not Path(model).is_dir():
+        pytest.skip("set S3SYNTH_VLLM_TEST_MODEL to a local model folder (e.g. Qwen2.5-0.5B-Instruct)")
+    reqs = [Request(messages=(("user", f"Name a city starting with {c}."),), params=GenParams(max_tokens=16))
+            for c in "ABCDEFGH"]
+    llm = make_llm(f"vllm:{model}", gpu_memory_utilization=0.4, cache=LLMCache(tmp_path / "ray.sqlite"))
+    llm.executor = make_executor("ray", actors=1, batch_size=4)
+    out = llm.generate(reqs)
+    assert all(c.error is None and c.text for c in out)
+    assert cache_rows(tmp_path / "ray.sqlite") == len(reqs)
