@@ -220,6 +220,8 @@ def run(**o):
     Example (the README's demo, offline):
       s3synth run --task imdb --gold-eval ../shared/data/s3_release/imdb_round1.jsonl --max-gold-eval 300 \\
                   --test ../shared/data/s3_release/imdb_round2.jsonl --max-test 1000 --out runs/demo
+    On a Ray cluster (LLM requests as Ray Data jobs; the same results):
+      s3synth run ... --executor ray --ray-address auto --executor-option actors=4
     Re-running the same command on a finished directory prints its results and does no new work;
     on an interrupted one it resumes, taking every LLM answer it already has from the cache.
     Budgets (--max-tokens, --max-cost) stop the run with exit code 3, everything saved; the same
