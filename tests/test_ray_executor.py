@@ -215,6 +215,32 @@ def test_embedded_model_on_ray_equals_local(local_ray, tmp_path):
     assert cache_table(tmp_path / "ray.sqlite") == cache_table(tmp_path / "local.sqlite")
 
 
+def test_budget_holds_on_ray(local_ray, tmp_path):
+    """A token budget cuts every Ray wave to what it still allows: the same requests are sent as with the
+    local executor, and the spend never passes the budget."""
+    from s3synth.errors import BudgetExceeded
+    from s3synth.llm import Budget
+    from s3synth.llm.base import estimate_prompt_tokens
+
+    reqs = [Request(prompt=f"Write example number {i:02d}.", params=GenParams(max_tokens=10)) for i in range(12)]
+    limit = 5 * (estimate_prompt_tokens(reqs[0]) + 10)      # the worst case of 5 requests
+    sent = {}
+    with OpenAIStub() as stub:
+        for name, opts in (("local", {}), ("ray", {"actors": 1})):
+            cache = LLMCache(tmp_path / f"{name}.sqlite")
+            llm = make_llm("openai:stub-model", base_url=stub.url, api_key_env=None, concurrency=2,
+                           mode="completions", cache=cache, budget=Budget(max_tokens=limit))
+            llm.executor = make_executor(name, **opts)
+            before = stub.count
+            with pytest.raises(BudgetExceeded):
+                llm.generate(reqs)
+            sent[name] = sorted(body_id(b) for b in stub.bodies[before:])
+            spent = cache.spent()
+            assert spent["prompt_tokens"] + spent["completion_tokens"] <= limit
+            llm.close()
+    assert 5 <= len(sent["ray"]) < len(reqs) and sent["ray"] == sent["local"]
+
+
 def test_shards_keep_limits_over_the_cluster():
     """openai: every actor gets its share of the concurrency and rate limits; embedded: its cores."""
     llm = make_llm("openai:m", base_url="http://127.0.0.1:9/v1", api_key_env=None, concurrency=8, rpm=600, tpm=1e5)
@@ -222,6 +248,8 @@ def test_shards_keep_limits_over_the_cluster():
     assert s.rows == 1 and s.engines == 3 and s.options["concurrency"] == 1
     assert s.options["rpm"] * s.engines * 3 == pytest.approx(600) and s.options["tpm"] * 9 == pytest.approx(1e5)
     assert s.engines * 3 >= 8   # concurrency 8 over 3 actors: 3 + 3 + 3 clients, each 1/9 of the rate
+    r = Request(messages=(("system", "s"), ("user", "u")), params=GenParams(stop=("\n",)), sample_index=3)
+    assert Request.from_payload(json.loads(json.dumps(r.payload()))) == r     # how a request travels to an actor
 
 
 def test_bad_executor_settings_are_one_line(tmp_path):
