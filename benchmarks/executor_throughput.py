@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks"), str(ROOT / "tests")]
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")     # a private Ray on 127.0.0.1
 
-from llm_throughput import Result, fewshot_seed_requests, print_table, seed_requests  # noqa: E402
+from llm_throughput import Result, fewshot_seed_requests, print_table, seed_requests
 
 VARIANTS = {"local": ("local", {}), "ray-1": ("ray", {"actors": 1}), "ray-2": ("ray", {"actors": 2})}
 
@@ -76,8 +76,8 @@ def main() -> None:
     args = ap.parse_args()
 
     import ray
-
     from openai_stub import OpenAIStub
+
     from s3synth.progress import set_quiet
 
     set_quiet(True)
@@ -97,6 +97,7 @@ def main() -> None:
             for k in range(args.repeats):
                 for v in (variants if k % 2 == 0 else variants[::-1]):
                     r, tx = run_row(backend, v, reqs[backend], args, stub.url)
+                    print(f"{r.row}: {r.seconds:.2f} s, {r.req_per_s:.2f} req/s, {r.failed} failed", flush=True)
                     order.append(r)
                     runs.setdefault(r.row, []).append(r)
                     texts.setdefault(r.row, tx)
