@@ -238,7 +238,7 @@ class RayExecutor(Executor):
         o = self.options
         n_actors = self.actors()
         shard = llm.shard(n_actors, o.cpus_per_actor)
-        rows = max(1, shard.rows)
+        rows = max(1, min(shard.rows, math.ceil(len(items) / n_actors)))     # every actor gets work
         # one block per call: a call's answers travel back to the driver as soon as the call returns
         ds = ray.data.from_items(items, override_num_blocks=math.ceil(len(items) / rows))
         retry = {k: v for k, v in (("max_restarts", o.max_restarts), ("max_task_retries", o.max_task_retries))
