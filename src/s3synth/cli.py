@@ -298,6 +298,7 @@ def train(task_name, train_path, eval_path, test_path, learner, learner_path, le
         from .data import load_examples, stratified_split
         from .io import write_json
         from .learners import learner_class, make_learner
+        from .learners.distributed import is_main_process
         from .tasks import load_task
 
         task = load_task(task_name)
@@ -313,6 +314,8 @@ def train(task_name, train_path, eval_path, test_path, learner, learner_path, le
         lrn.check()
         t = time.time()
         history = lrn.fit(tr, ev)
+        if not is_main_process():   # torchrun / accelerate launch: the other ranks trained; rank 0 reports
+            return
         res = {"task": task.name, "learner": learner, "train_size": len(tr), "history": history,
                "eval": lrn.evaluate(ev) if ev else None, "test": lrn.evaluate(te) if te else None,
                "seconds": round(time.time() - t, 2)}

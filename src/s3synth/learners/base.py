@@ -42,6 +42,10 @@ class TrainConfig:
                                     # with AVX512-BF16/AMX), else fp32 | bf16 | fp32 (weights, optimizer: fp32)
     compile: bool = False           # torch.compile the training forward pass (GPU only; slow first steps)
     max_train_examples: int | None = None  # cap on training examples (None = all)
+    workers: int = 1                # processes training data-parallel (batch_size stays the global batch); >1:
+                                    # the learner starts them itself, see learners/distributed.py
+    launcher: str = "auto"          # for workers > 1: auto (Ray Train when Ray runs in this process, else spawn)
+                                    # | spawn (torch.multiprocessing, this machine) | ray (Ray Train TorchTrainer)
 
     def __post_init__(self):
         def bad(name, why):
@@ -71,6 +75,8 @@ class TrainConfig:
             bad("device", "must be auto, cpu or cuda")
         if self.precision not in PRECISIONS:
             bad("precision", f"must be one of {', '.join(PRECISIONS)}")
+        from .distributed import check_options
+        check_options(self.workers, self.launcher)
 
     def to_dict(self) -> dict:
         return asdict(self)

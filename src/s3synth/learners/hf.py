@@ -6,7 +6,8 @@ Classification (single and pair) uses `AutoModelForSequenceClassification`; a pa
 Every `fit` starts from the pretrained weights again, seeded by `config.seed`; the best epoch on
 `eval` (by the task's selection metric) is kept.
 
-Not handled: loading pickled (.bin) weights - safetensors only; multi-GPU or gradient accumulation;
+Several processes or GPUs: data-parallel (torchrun, accelerate launch, Ray Train or the `workers` option;
+see `distributed`). Not handled: loading pickled (.bin) weights - safetensors only; gradient accumulation;
 max_length beyond the tokenizer's `model_max_length` (it is capped there); QA questions longer than
 half the window (cut to half the window); QA answers that no window holds whole (trained as "no
 answer at CLS" in every window, as the SQuAD reference scripts do).
@@ -317,10 +318,16 @@ class HFLearner(Learner):
     # ------------------------------------------------------------ training
 
     def fit(self, train: Sequence[Example], eval: Sequence[Example] | None = None) -> dict:
-        """Train a fresh model from the pretrained weights; keep the best epoch on `eval`."""
+        """Train a fresh model from the pretrained weights; keep the best epoch on `eval`. Data-parallel
+        under torchrun/accelerate launch/Ray Train, or in `workers` processes it starts (see `distributed`)."""
         import torch
         from transformers import get_linear_schedule_with_warmup
 
+        from .distributed import DataParallel, launch
+
+        launched = launch(self, train, eval)
+        if launched is not None:
+            return launched
         cfg, t0 = self.config, time.time()
         train = subsample(list(train), cfg.max_train_examples, cfg.seed)
         if not train:
@@ -331,9 +338,13 @@ class HFLearner(Learner):
         if torch.cuda.is_available():
             torch.cuda.manual_seed_all(cfg.seed)
         rng = random.Random(cfg.seed)
+        dp = DataParallel.current(self.device)
         self.model = self._load_model(self.model_path)
         fwd = torch.compile(self.model) if (cfg.compile and self.device == "cuda") else self.model
         feats, targets = self._train_features(train)
+        if dp:
+            fwd = dp.wrap(self.model)
+            fwd = torch.compile(fwd) if (cfg.compile and self.device == "cuda") else fwd
         lengths = [len(f["input_ids"]) for f in feats]
         steps_per_epoch = math.ceil(len(feats) / cfg.batch_size)
         total = steps_per_epoch * cfg.epochs
@@ -353,21 +364,23 @@ class HFLearner(Learner):
             loss_sum = 0.0
             with bar(len(feats), f"train epoch {epoch}/{cfg.epochs}", "ex") as b:
                 for idx in length_grouped_batches(lengths, cfg.batch_size, rng):
-                    batch = self._collate([feats[i] for i in idx], targets)
+                    mine, weight = dp.split(idx) if dp else (idx, 1.0)   # this rank's share of the batch
+                    batch = self._collate([feats[i] for i in mine], targets)
                     with self._autocast():
                         loss = fwd(**batch).loss
-                    loss.backward()
+                    (loss * weight if dp else loss).backward()
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
                     opt.step()
                     sched.step()
                     opt.zero_grad(set_to_none=True)
-                    loss_sum += loss.item() * len(idx)
+                    loss_sum += loss.item() * (len(mine) if weight else 0) if dp else loss.item() * len(idx)
                     b.advance(len(idx))
             trained += len(train)
+            loss_sum = dp.sum(loss_sum) if dp else loss_sum
             row = {"epoch": epoch, "train_loss": loss_sum / len(feats), "seconds": round(time.time() - te, 2)}  # before eval
             if eval:
-                row.update(self.evaluate(eval))
-            rows.append(row)
+                row.update(dp.evaluate(self, eval) if dp else self.evaluate(eval))
+            rows.append(dp.broadcast(row) if dp else row)   # rank 0's row: the same best epoch on every rank
             if eval:
                 k = best_epoch(rows, metric)
                 if k == epoch:
@@ -448,8 +461,11 @@ class HFLearner(Learner):
     def save(self, directory: str | Path) -> None:
         """Write model.safetensors + config.json, the tokenizer and `s3synth_learner.json`."""
         from ..io import apply_file_mode
+        from .distributed import is_main_process
 
         self._require_model()
+        if not is_main_process():   # data-parallel: every rank holds the same model; rank 0 writes it
+            return
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         with quiet_transformers():
