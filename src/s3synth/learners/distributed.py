@@ -26,8 +26,8 @@ from __future__ import annotations
 import atexit
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..errors import S3Error
 
@@ -105,7 +105,7 @@ class DataParallel:
         self.rank, self.world, self.device = rank, world, device
 
     @classmethod
-    def current(cls, device: str) -> "DataParallel | None":
+    def current(cls, device: str) -> DataParallel | None:
         """The group this process belongs to, joined now if torchrun/accelerate launched it; None when
         the process trains alone."""
         import torch
@@ -262,6 +262,7 @@ def _launch_spawn(learner, train, eval, workers: int) -> dict:
 
     import torch
     import torch.multiprocessing as mp
+    from torch.multiprocessing.spawn import ProcessException
 
     if learner.device == "cuda" and torch.cuda.device_count() < workers:
         raise S3Error(f"learner setting workers={workers} but this machine has {torch.cuda.device_count()} GPU(s); "
@@ -271,7 +272,7 @@ def _launch_spawn(learner, train, eval, workers: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="s3synth-dp-") as tmp:
         try:
             mp.spawn(_spawn_worker, args=(workers, job, tmp), nprocs=workers, join=True)
-        except mp.ProcessException:
+        except ProcessException:
             errors = sorted(Path(tmp).glob("error-*.txt"))
             if errors:
                 raise S3Error(errors[0].read_text(encoding="utf-8")) from None
