@@ -27,10 +27,10 @@ from s3synth.learners import TrainConfig, load_learner, make_learner
 from s3synth.learners.distributed import env_world, merge_shares, split_batch
 from s3synth.tasks import load_task
 
-POS_WORDS = "sunny bright golden cheerful warm happy glowing radiant".split()
-NEG_WORDS = "rainy gloomy grey cold dark stormy bleak dreary".split()
+POS_WORDS = ["sunny", "bright", "golden", "cheerful", "warm", "happy", "glowing", "radiant"]
+NEG_WORDS = ["rainy", "gloomy", "grey", "cold", "dark", "stormy", "bleak", "dreary"]
 # lr 5e-3 brings the tiny model to a perfect gold eval by epoch 2 (measured); patience 3 runs all 4 epochs
-RECIPE = dict(epochs=4, lr=5e-3, batch_size=8, max_length=32, eval_batch_size=16, seed=0)
+RECIPE = {"epochs": 4, "lr": 5e-3, "batch_size": 8, "max_length": 32, "eval_batch_size": 16, "seed": 0}
 
 
 def toy(n: int, seed: int) -> list[Example]:
@@ -203,7 +203,7 @@ def test_torchrun_two_processes_through_the_train_command(single, tiny_bert, tmp
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                         "-m", "s3synth.cli", *args, "--out", str(tmp_path / "ddp")],
-                       env=env, capture_output=True, text=True, timeout=600)
+                       env=env, capture_output=True, text=True, timeout=600, check=False)
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.count("model and metrics:") == 1                  # rank 1 trained but reported nothing
     got = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
