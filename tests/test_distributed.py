@@ -160,6 +160,17 @@ def test_bad_options_and_environment_are_one_line_errors(monkeypatch):
     assert env_world() == (2, 1, 0)
 
 
+def test_only_rank_0_writes_the_model(single, tmp_path, monkeypatch):
+    learner = single[0]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    learner.save(tmp_path / "rank1")
+    assert not (tmp_path / "rank1").exists()
+    monkeypatch.setenv("RANK", "0")
+    learner.save(tmp_path / "rank0")
+    assert (tmp_path / "rank0" / "model.safetensors").exists()
+
+
 # ---------------------------------------------------------------- two gloo processes
 
 def test_two_gloo_processes_train_like_one(single, tiny_bert, imdb, tmp_path):
