@@ -322,7 +322,8 @@ def _launch_ray(learner, train, eval, workers: int) -> dict:
         raise S3Error("learner setting launcher=ray needs Ray Train: pip install 's3synth[ray]'") from None
     t0 = time.time()
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False)
+        # RAY_ADDRESS (auto, ray://HOST:PORT) joins a cluster; without it a local Ray is started
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False)
     gpus = ray.cluster_resources().get("GPU", 0)
     device = learner.config.device
     if device == "cuda" and gpus < workers:
