@@ -18,20 +18,20 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
+import pytest
 
-from s3synth import progress  # noqa: E402
-from s3synth.data import Example  # noqa: E402
-from s3synth.learners import TrainConfig, load_learner, make_learner, minilm_path  # noqa: E402
-from s3synth.learners.qa_windows import null_index  # noqa: E402
-from s3synth.metrics import evaluate  # noqa: E402
-from s3synth.tasks import load_task  # noqa: E402
+from s3synth import progress
+from s3synth.data import Example
+from s3synth.learners import TrainConfig, load_learner, make_learner, minilm_path
+from s3synth.learners.qa_windows import null_index
+from s3synth.metrics import evaluate
+from s3synth.tasks import load_task
 
 FAMILIES = ("bert", "electra", "roberta", "deberta-v3", "modernbert")
-CFG = dict(epochs=1, lr=1e-3, batch_size=4, eval_batch_size=8, max_length=48, doc_stride=12, patience=1,
-           precision="fp32")
+CFG = {"epochs": 1, "lr": 1e-3, "batch_size": 4, "eval_batch_size": 8, "max_length": 48, "doc_stride": 12,
+       "patience": 1, "precision": "fp32"}
 
 PREMISES = ["The company hired forty new engineers in Berlin last spring.",
             "Anna bought a red bicycle from a shop near the river.",
@@ -87,7 +87,15 @@ def _wrap(tok, folder: Path, *, input_names, **specials):
 
 def wordpiece_tokenizer(folder: Path):
     """ELECTRA-style: WordPiece, lower-cased, [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4, token types."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
 
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
@@ -105,7 +113,14 @@ def wordpiece_tokenizer(folder: Path):
 def byte_bpe_tokenizer(folder: Path, style: str):
     """Byte-level BPE. roberta: <s>=0 <pad>=1 </s>=2 (pad is not 0), pairs as <s> A </s></s> B </s>.
     modernbert: [CLS]/[SEP]/[PAD] at the end of the vocabulary (no special id is 0 or 1)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -129,7 +144,14 @@ def byte_bpe_tokenizer(folder: Path, style: str):
 
 def unigram_tokenizer(folder: Path):
     """DeBERTa-v3-style SentencePiece: Unigram over metaspace pieces ("▁word"), [PAD]=0 [CLS]=1 [SEP]=2."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
 
     tok = Tokenizer(models.Unigram())
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
@@ -149,7 +171,7 @@ def build_encoder(family: str, folder: Path) -> Path:
     import transformers as tf
 
     folder.mkdir(parents=True)
-    small = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    small = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
     if family == "bert":
         tok = tf.AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
         tok.save_pretrained(folder)

@@ -205,7 +205,7 @@ def test_registry_names(imdb):
 
 
 def test_distilbert_offline_without_a_cached_copy_says_pass_learner_path(imdb, monkeypatch, tmp_path):
-    import s3synth.hub as hub
+    from s3synth import hub
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

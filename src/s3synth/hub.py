@@ -35,7 +35,7 @@ IGNORE_PATTERNS = ["*/*"]
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _TRUE = ("1", "on", "yes", "true")
 
-_resolved: dict[tuple, "ModelSource"] = {}
+_resolved: dict[tuple, ModelSource] = {}
 _lock = threading.Lock()
 _forced_offline = False
 
