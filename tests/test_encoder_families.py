@@ -4,8 +4,10 @@ and load back with BERT-, ELECTRA-, RoBERTa-, DeBERTa-v3- and ModernBERT-style m
 Every model is built here from a config (random weights, 2 layers, hidden 32) and saved as a model
 folder, as a Hub checkpoint would be; tokenizers are built here with the `tokenizers` library from a
 tiny corpus in each family's own style (WordPiece, byte-level BPE with RoBERTa's <s>/<pad>/</s> ids,
-SentencePiece-like Unigram with a metaspace, byte-level BPE with its special tokens at the end of the
-vocabulary as ModernBERT has them), or taken from the packaged MiniLM (BERT). Nothing is downloaded.
+a SentencePiece `spm.model` as DeBERTa-v3 ships it - trained here with `sentencepiece`, or a Unigram
+with a metaspace built with `tokenizers` where that package is missing -, byte-level BPE with its
+special tokens at the end of the vocabulary as ModernBERT has them), or taken from the packaged
+MiniLM (BERT). Nothing is downloaded.
 What would break on a family: token_type_ids sent to a model that does not take them, padding with
 another id than the tokenizer's, "no answer" labels pointing at a non-special token, offsets of
 non-WordPiece tokens.
@@ -142,8 +144,29 @@ def byte_bpe_tokenizer(folder: Path, style: str):
                  unk_token="[UNK]", mask_token="[MASK]")
 
 
+def sentencepiece_tokenizer(folder: Path):
+    """DeBERTa-v3 as microsoft/deberta-v3-* ship it: a SentencePiece unigram `spm.model` and a tokenizer_config
+    naming DebertaV2Tokenizer, no tokenizer.json (transformers converts the model; needs `sentencepiece`)."""
+    import io
+    import json
+
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS), model_writer=buf, vocab_size=200, model_type="unigram", pad_id=0, bos_id=1,
+        eos_id=2, unk_id=3, pad_piece="[PAD]", bos_piece="[CLS]", eos_piece="[SEP]", unk_piece="[UNK]",
+        user_defined_symbols=["[MASK]"], hard_vocab_limit=False, minloglevel=2)
+    (folder / "spm.model").write_bytes(buf.getvalue())
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "DebertaV2Tokenizer",
+                                                              "do_lower_case": False, "model_max_length": 128}))
+    return AutoTokenizer.from_pretrained(folder)
+
+
 def unigram_tokenizer(folder: Path):
-    """DeBERTa-v3-style SentencePiece: Unigram over metaspace pieces ("▁word"), [PAD]=0 [CLS]=1 [SEP]=2."""
+    """DeBERTa-v3-style SentencePiece built with `tokenizers` (where the `sentencepiece` package is missing):
+    Unigram over metaspace pieces ("▁word"), [PAD]=0 [CLS]=1 [SEP]=2."""
     from tokenizers import (
         Tokenizer,
         decoders,
@@ -185,7 +208,10 @@ def build_encoder(family: str, folder: Path) -> Path:
         cfg = tf.RobertaConfig(vocab_size=len(tok), max_position_embeddings=130, pad_token_id=1, bos_token_id=0,
                                eos_token_id=2, type_vocab_size=1, **small)
     elif family == "deberta-v3":
-        tok = unigram_tokenizer(folder)
+        try:
+            tok = sentencepiece_tokenizer(folder)
+        except ImportError:
+            tok = unigram_tokenizer(folder)
         cfg = tf.DebertaV2Config(vocab_size=len(tok), max_position_embeddings=128, relative_attention=True,
                                  position_buckets=16, pos_att_type=["p2c", "c2p"], type_vocab_size=0,
                                  position_biased_input=False, norm_rel_ebd="layer_norm", share_att_key=True,
@@ -285,3 +311,32 @@ def test_extractive_qa_round_trip(family, encoders, tmp_path):
     again = load_learner(tmp_path / "model", aqa)
     for a, b in zip(preds, again.predict(data)):
         assert a.answer == b.answer and a.score == pytest.approx(b.score, abs=1e-4)
+
+
+def test_no_answer_index_pad_fallback_and_position_limit(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from s3synth.learners.hf import HFLearner, position_limit
+    from s3synth.learners.qa_windows import answer_tokens
+
+    assert null_index([None, 0, 0, None, 1, None]) == 0
+    assert null_index([0, 0, None, 1, 1, None]) == 2           # a family whose classifier token is not first
+    assert null_index([0, 1, 1]) == 0
+    assert answer_tokens([(0, 3), (4, 7), None, None], 20, 25, null=2) == (2, 2)
+    lrn = HFLearner.__new__(HFLearner)
+    lrn.tokenizer = SimpleNamespace(pad_token_id=None, eos_token_id=None, sep_token_id=7, unk_token_id=3)
+    assert lrn.pad_id == 7                                      # no pad token: a real id, masked out anyway
+    lrn.tokenizer = SimpleNamespace(pad_token_id=1, eos_token_id=2, sep_token_id=2, unk_token_id=3)
+    assert lrn.pad_id == 1
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "roberta", "max_position_embeddings": 514}))
+    assert position_limit(tmp_path) == 512
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "modernbert", "max_position_embeddings": 8192}))
+    assert position_limit(tmp_path) == 8192
+    assert position_limit(tmp_path / "nowhere") is None
+
+
+def test_max_length_is_capped_at_the_model_positions(encoders):
+    # the tiny RoBERTa has 130 positions (128 usable) and a tokenizer saying 128; asking for 512 gives 128
+    lrn = make_learner(f"hf:{encoders['roberta']}", load_task("rte"), TrainConfig(max_length=512))
+    assert lrn.max_length == 128

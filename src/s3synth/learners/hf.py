@@ -161,8 +161,15 @@ def open_encoder(model_path: str | None, revision: str | None = None, folder_hin
     check_model_dir(source.path)
     from transformers import AutoTokenizer
 
-    with quiet_transformers():
-        return source, AutoTokenizer.from_pretrained(source.path, local_files_only=True)
+    try:
+        with quiet_transformers():
+            return source, AutoTokenizer.from_pretrained(source.path, local_files_only=True)
+    except ImportError as e:     # e.g. a SentencePiece spm.model without the sentencepiece package
+        raise S3Error(f"the tokenizer of learner model {source.spec!r} needs a package that is missing "
+                      f"({str(e).strip().splitlines()[0]}); pip install 's3synth[learn]'") from None
+    except (OSError, ValueError) as e:
+        raise S3Error(f"cannot load the tokenizer of learner model {source.spec!r} from {source.path}: "
+                      f"{str(e).strip().splitlines()[0]}") from None
 
 
 # model types whose position ids start after the pad id (positions = max_position_embeddings - 2)
