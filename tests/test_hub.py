@@ -186,9 +186,16 @@ def test_run_with_a_cached_hub_encoder_offline_records_its_commit(cache, gold, t
                                  "--learner", f"hf:{REPO}", "--offline", "--revision", SHA_V1, "--epochs", "1",
                                  "--max-length", "32", "--seed-size", "6", "--rounds", "1", "--out", str(out), "-q"])
     assert r.exit_code == 0, r.output
-    stages = read_json(out / "manifest.json")["stages"]
-    assert all(st["finished"] for st in stages.values())
-    assert read_json(out / "manifest.json")["stages"]["final"]["seconds"] == stages["final"]["seconds"]
+    again = read_json(out / "manifest.json")["stages"]
+    assert again == m["stages"]          # same fingerprints, nothing redone (a redone stage adds its seconds)
+    # another commit is other weights: the learner's stages are redone, the seed (LLM answers) is kept
+    r = CliRunner().invoke(cli, ["run", "--task", "rte", "--gold-eval", str(gold), "--llm", "echo:m",
+                                 "--learner", f"hf:{REPO}", "--offline", "--epochs", "1",
+                                 "--max-length", "32", "--seed-size", "6", "--rounds", "1", "--out", str(out), "-q"])
+    assert r.exit_code == 0, r.output
+    m2 = read_json(out / "manifest.json")
+    assert m2["models"]["learner"]["sha"] == SHA and m2["stages"]["seed"] == m["stages"]["seed"]
+    assert m2["stages"]["final"]["fingerprint"] != m["stages"]["final"]["fingerprint"]
 
 
 # ---------------------------------------------------------------- nothing cached: one line, nothing written
@@ -285,3 +292,17 @@ def test_vllm_without_vllm_says_so_before_any_download(gold, tmp_path, monkeypat
                                  "--learner", "fake", "--out", str(out), "-q"])
     assert r.exit_code == 2 and "pip install 's3synth[vllm]'" in r.output, r.output
     assert not out.exists() and not (tmp_path / "empty-cache").exists()
+
+
+def test_train_command_by_hub_name_records_the_commit(cache, gold, tmp_path):
+    out = tmp_path / "trained"
+    r = CliRunner().invoke(cli, ["train", "--task", "rte", "--train", str(gold), "--learner", f"hf:{REPO}",
+                                 "--revision", "v1", "--offline", "--epochs", "1", "--max-length", "32",
+                                 "--out", str(out), "-q"])
+    assert r.exit_code == 0, r.output
+    base = read_json(out / "metrics.json")["base_model"]
+    assert base["name"] == REPO and base["sha"] == SHA_V1 and base["revision"] == "v1"
+    r = CliRunner().invoke(cli, ["train", "--task", "rte", "--train", str(gold), "--learner", "hf:s3synth-test/absent",
+                                 "--offline", "--out", str(tmp_path / "t2"), "-q"])
+    assert r.exit_code == 2 and "'s3synth-test/absent' is not in the local Hugging Face cache" in r.output
+    assert not (tmp_path / "t2").exists()

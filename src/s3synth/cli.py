@@ -216,6 +216,9 @@ def run(**o):
     Example (the README's demo, offline):
       s3synth run --task imdb --gold-eval ../shared/data/s3_release/imdb_round1.jsonl --max-gold-eval 300 \\
                   --test ../shared/data/s3_release/imdb_round2.jsonl --max-test 1000 --out runs/demo
+    Your own encoder by its Hugging Face Hub name (downloaded once; the commit is recorded in manifest.json):
+      s3synth run --task rte --gold-eval gold.jsonl --learner hf:microsoft/deberta-v3-small --revision main \\
+                  --out runs/rte-deberta
     Re-running the same command on a finished directory prints its results and does no new work;
     on an interrupted one it resumes, taking every LLM answer it already has from the cache.
     Budgets (--max-tokens, --max-cost) stop the run with exit code 3, everything saved; the same
