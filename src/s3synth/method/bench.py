@@ -45,7 +45,7 @@ def run_bench(base: RunConfig, methods: list[str], seeds: list[int], out: str | 
                 continue
             kw = {"method": m, "seed": seed, "cache_path": cache}
             if METHODS[m].sized:
-                kw["size"] = base.size or s3_res["final"]["train_size"]
+                kw["size"] = base.size or (s3_res["seed_size"] + s3_res["added"])   # S3's synthetic examples
             info(f"bench: seed {seed}: {m}")
             d = out / f"{m}-seed{seed}"
             res = S3(replace(base, **kw), llm=llm).run(d)
