@@ -5,7 +5,7 @@ import random
 
 import pytest
 from conftest import QueuedLLM
-from test_pipeline import fake_answer, prepared, tiny_data
+from test_pipeline import WORDS, fake_answer, prepared, tiny_data
 
 from s3synth.config import RunConfig
 from s3synth.data import Example, Prediction
@@ -118,12 +118,21 @@ def test_loss_mining_for_qa_uses_f1():
     assert [e.id for e in mined] == ["q1", "q2"] and info["errors"] == 2
 
 
+def noisy_imdb(r):
+    """fake_answer("imdb"), except that every fifth answer uses the other label's words (label noise)."""
+    text = fake_answer("imdb")(r)
+    if r.sample_index % 5 == 2 and text.startswith(" This movie was"):
+        swap = {**dict(zip(WORDS["positive"], WORDS["negative"])), **dict(zip(WORDS["negative"], WORDS["positive"]))}
+        text = " ".join(swap.get(w, w) for w in text.rstrip(".").split(" ")) + "."
+    return text
+
+
 def _run(tmp_path, name, **kw):
     gold, test = tiny_data(tmp_path, "imdb", n=48)
     cfg = RunConfig(task="imdb", gold_eval=str(gold), test=str(test), learner="fake", seed_size=20, rounds=1,
                     **kw)
     out = tmp_path / name
-    res = S3(cfg, llm=QueuedLLM(fake_answer("imdb"))).run(out)
+    res = S3(cfg, llm=QueuedLLM(noisy_imdb)).run(out)
     return cfg, out, res
 
 
@@ -167,7 +176,7 @@ def test_clean_labels_drop_in_the_loop(tmp_path):
     cfg, out, res = _run(tmp_path, "clean", clean_labels="drop", clean_with="learner", clean_folds=3)
     r1 = read_json(out / "round-1/metrics.json")
     rows = read_jsonl(out / "round-1/cleaned.jsonl")
-    assert r1["cleaning"]["flagged"] == len(rows) and r1["cleaning"]["mode"] == "drop"
+    assert r1["cleaning"]["flagged"] == len(rows) > 0 and r1["cleaning"]["mode"] == "drop"
     assert r1["train_size"] == 20 - len(rows)
     final = read_json(out / "final/metrics.json")
     dropped = {r["id"] for r in read_jsonl(out / "final/cleaned.jsonl")}
@@ -176,7 +185,7 @@ def test_clean_labels_drop_in_the_loop(tmp_path):
     assert final["train_size"] == 20 + res["added"] - len(dropped)
     # the settings are part of the round's fingerprint: the same run without cleaning trains again
     fp = read_json(out / "manifest.json")["stages"]["round-1/train"]["fingerprint"]
-    S3(RunConfig(**{**cfg.__dict__, "clean_labels": "none"}), llm=QueuedLLM(fake_answer("imdb"))).run(out)
+    S3(RunConfig(**{**cfg.__dict__, "clean_labels": "none"}), llm=QueuedLLM(noisy_imdb)).run(out)
     assert read_json(out / "manifest.json")["stages"]["round-1/train"]["fingerprint"] != fp
     assert read_json(out / "round-1/metrics.json")["train_size"] == 20 and "cleaning" not in read_json(
         out / "round-1/metrics.json")
@@ -267,3 +276,19 @@ def test_hf_weighted_loss_matches_the_models_own_loss(kind):
     rest = model(**{k: v[1:] for k, v in batch.items()}, **pick).loss
     got = HFLearner._loss(model, {**batch, **targets}, [0.0, 1.0, 1.0, 1.0], 1.0)
     assert got.item() == pytest.approx(rest.item() * 3 / 4, rel=1e-5)
+
+
+def test_report_shows_cleaning_and_the_final_training_parts(tmp_path):
+    from s3synth.report import write_report
+
+    _, out, _ = _run(tmp_path, "rep", method="s3+gold", clean_labels="drop", clean_with="learner", clean_folds=3)
+    paths = write_report(out, embed=None)
+    html = paths["html"].read_text() if "html" in paths else (out / "report.html").read_text()
+    md = (out / "report.md").read_text()
+    flagged = [r["id"] for r in read_jsonl(out / "final/cleaned.jsonl")]
+    assert flagged
+    assert 'id="cleaning"' in html and "round 1" in html and "final" in html
+    assert all(f">{i} ·" in html or f"{i} ·" in html for i in flagged[:3])
+    parts = read_json(out / "final/metrics.json")["parts"]
+    assert f"{parts['synthetic']} synthetic + {parts['gold']} real gold-eval examples" in html
+    assert "Synthetic labels cleaned" in md and f"trained on {parts['synthetic']} synthetic" in md

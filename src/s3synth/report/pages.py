@@ -223,6 +223,25 @@ def _confident_wrong(path: Path, n: int = SAMPLES) -> tuple[list[dict], int]:
     return wrong[:n], len(wrong)
 
 
+def _cleaning(run: RunView, n: int = SAMPLES) -> list[dict]:
+    """--clean-labels per training stage: {stage, summary (flagged, share, mode ...), samples (the flagged
+    examples of lowest self-confidence, from the stage's cleaned.jsonl)}; [] for a run without cleaning."""
+    from ..io import read_jsonl
+
+    out = []
+    stages = [(f"round {r.q}", r.metrics or {}, LAYOUT.round(r.q, "cleaned")) for r in run.rounds]
+    stages.append(("final", run.final or {}, LAYOUT.final_cleaned))
+    for name, metrics, rel in stages:
+        summary = metrics.get("cleaning")
+        if not isinstance(summary, dict):
+            continue
+        f = run.path / rel
+        rows = [r for r in read_jsonl(f) if isinstance(r, dict)] if f.exists() else []
+        rows.sort(key=lambda r: r.get("self_confidence") or 0.0)
+        out.append({"stage": name, "summary": summary, "samples": rows[:n]})
+    return out
+
+
 def build_run(path: Path, embed: Embedder | None) -> dict:
     """The template context for a run directory."""
     from . import plots
@@ -270,7 +289,9 @@ def build_run(path: Path, embed: Embedder | None) -> dict:
         "points": points, "tokens": tokens, "tokens_note": tokens_note, "gold_note": gold_note,
         "table6": t6, "paper_table6": PAPER_TABLE6.get(m.get("task", "")), "screen": screen,
         "balance": list(zip(balance_names, balance)), "samples": samples, "figures": figures,
-        "wrong": wrong, "n_wrong": n_wrong,
+        "wrong": wrong, "n_wrong": n_wrong, "cleaning": _cleaning(run),
+        "final_parts": (run.final or {}).get("parts"),
+        "mining_rule": cfg.get("mine", "misclassified") if isinstance(cfg, dict) else "misclassified",
         "final_test": final_test, "final_size": (run.final or {}).get("train_size"),
         "added": sum(len(r.added) for r in run.rounds), "llm_tokens": spent.get("prompt_tokens", 0)
         + spent.get("completion_tokens", 0), "llm_answers": spent.get("answers"), "notes": run.notes,
