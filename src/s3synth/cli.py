@@ -334,7 +334,8 @@ def train(task_name, train_path, eval_path, test_path, learner, learner_path, le
 @run_options()
 @click.option("--methods", default="s3,zerogen,goldgen,seed-only,gold", show_default=True,
               help="Comma-separated methods to compare (s3 always runs: it sizes the baselines); one of "
-                   + ", ".join(METHODS) + ".")
+                   + ", ".join(METHODS) + "; each may carry run settings of its own as NAME[key=value,...], "
+                   "e.g. 's3+gold[clean_labels=drop]' or 's3[learner=fast]'.")
 @click.option("--seeds", "n_seeds", default=3, show_default=True, type=int,
               help="Seeds per method: --seed, --seed+1, ...")
 def bench(methods, n_seeds, **o):
@@ -347,6 +348,8 @@ def bench(methods, n_seeds, **o):
     Example:
       s3synth bench --task qnli --gold-eval qnli/eval.jsonl --test qnli/test.jsonl --learner fast \\
                     --seed-size 100 --seeds 3 --out runs/bench-qnli
+      s3synth bench ... --test-seed 0 \\
+                    --methods 'gold,s3,s3+gold,zerogen+gold,s3+gold[clean_labels=drop],s3+gold[mine=margin]'
     """
     from .progress import set_quiet
 
@@ -358,7 +361,9 @@ def bench(methods, n_seeds, **o):
         if n_seeds < 1:
             raise S3Error(f"--seeds {n_seeds}: must be >= 1")
         cfg = config_from_options(o)
-        res = run_bench(cfg, [m.strip() for m in methods.split(",") if m.strip()],
+        from .method.bench import split_methods
+
+        res = run_bench(cfg, split_methods(methods),
                         [cfg.seed + i for i in range(n_seeds)], o["out"])
         from pathlib import Path
         click.echo((Path(o["out"]) / "bench.md").read_text(encoding="utf-8").rstrip())
