@@ -446,6 +446,50 @@ def export(run_dir, fmt, out, verbose):
 
         where, n = export_run(run_dir, fmt, out)
         click.echo(f"{n} rows -> {where}")
+        from .report.export import card_path
+        from .report.runview import load_run
+
+        click.echo(f"dataset card -> {card_path(load_run(run_dir), fmt, where)}")
+
+    _guard(go, verbose)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("run_dir", type=click.Path())
+@click.option("--repo-id", required=True, help="USER/NAME (or ORG/NAME): the model repo; the dataset repo of the "
+                                               "same name unless --dataset-repo-id.")
+@click.option("--dataset-repo-id", help="USER/NAME of the dataset repo (default: --repo-id, as a dataset repo).")
+@click.option("--what", type=click.Choice(["both", "model", "dataset"]), default="both", show_default=True,
+              help="Push the model, the synthetic set, or both.")
+@click.option("--private", is_flag=True, help="Create missing repos private (an existing public repo is refused).")
+@click.option("--message", help="Commit message (default: names the task, run, method and LLM).")
+@click.option("--dry-run", is_flag=True, help="List the repos and files that would be uploaded; send nothing.")
+@click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
+def push(run_dir, repo_id, dataset_repo_id, what, private, message, dry_run, verbose):
+    """Upload a finished run to the Hugging Face Hub: the final model with its model card to the model repo
+    REPO_ID, and the synthetic set (data/train.parquet) with its dataset card to the dataset repo of the same
+    name (huggingface.co/datasets/REPO_ID). Missing repos are created; each push is one commit per repo.
+    The token comes from HF_TOKEN or `hf auth login`; it is never written or printed.
+
+    \b
+    Example:
+      s3synth push runs/rte --repo-id alice/rte-minilm-s3 --private --dry-run    # what would go where
+      HF_TOKEN=hf_... s3synth push runs/rte --repo-id alice/rte-minilm-s3 --private
+      s3synth push runs/rte --repo-id alice/rte-minilm-s3 --what dataset --dataset-repo-id alice/rte-synthetic
+    """
+    def go():
+        from .report.publish import plan_push
+        from .report.publish import push as push_uploads
+
+        uploads = plan_push(run_dir, repo_id, what=what, dataset_repo_id=dataset_repo_id, private=private,
+                            message=message)
+        if dry_run:
+            for up in uploads:
+                click.echo("\n".join(up.listing()))
+            click.echo("dry run: nothing uploaded")
+            return
+        for up, url in zip(uploads, push_uploads(uploads)):
+            click.echo(f"{up.repo_type} {up.repo_id}: {len(up.files)} files -> {url}")
 
     _guard(go, verbose)
 
