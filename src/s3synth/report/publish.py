@@ -189,6 +189,17 @@ def _hub_errors(token: str):
         raise S3Error(f"the Hub answered {status}: {server}; push again later, or check the repo on the Hub") from None
     except ValueError as e:            # huggingface_hub: invalid card metadata, malformed answers
         raise S3Error(f"push failed: {line(e)}") from None
-    except OSError as e:               # httpx2's connection errors are OSErrors too: refused, DNS, TLS, timeouts
+    except (OSError, *_transport_errors()) as e:      # refused, DNS, TLS, timeouts, offline mode
         raise S3Error(f"cannot reach the Hugging Face Hub ({type(e).__name__}: {line(e)}); check the network (or "
                       "HF_ENDPOINT), then push again") from None
+
+
+def _transport_errors() -> tuple[type, ...]:
+    """The connection errors of the HTTP library huggingface_hub uses (httpx2 from 2.x, httpx in 1.x)."""
+    out = []
+    for module in ("httpx2", "httpx"):
+        try:
+            out.append(__import__(module).TransportError)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(out)
