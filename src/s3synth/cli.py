@@ -411,7 +411,8 @@ def plugins():
 @click.option("--no-embed", is_flag=True, help="No MiniLM sentence embeddings: faster, but no cosine figures.")
 @click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
 def report(run_dir, no_embed, verbose):
-    """Write RUN_DIR/report.html (one self-contained file with figures), report.md and dataset_card.md.
+    """Write RUN_DIR/report.html (one self-contained file with figures), report.md, dataset_card.md and the
+    model card final/model/README.md.
     For a bench directory (the --out of `s3synth bench`): report.html and report.md comparing its methods.
 
     \b
@@ -435,7 +436,8 @@ def report(run_dir, no_embed, verbose):
 @click.option("--out", type=click.Path(), help="Output file (jsonl, parquet) or folder (hf); default RUN_DIR/export/.")
 @click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
 def export(run_dir, fmt, out, verbose):
-    """Export a finished run's synthetic set with provenance columns (stage, round, source_id).
+    """Export a finished run's synthetic set with provenance columns (stage, round, source_id), and a dataset
+    card (README.md with the Hugging Face metadata header) beside it.
 
     \b
     Example:

@@ -160,7 +160,8 @@ def _limits(f: dict, what: str) -> list[str]:
     out = [(f"- **Synthetic data.** Every training example was written by the LLM `{f['llm']}`; only the gold-eval "
            "and test examples are real. Labels are the labels the LLM was asked for, not checked by a person.")]
     if f["embedded_llm"]:
-        out.append(f"- **Weak generator.** `{f['llm']}` is a small local model (135M parameters): its texts are "
+        size = " (135M parameters)" if "135m" in f"{f['llm']} {f['llm_model']}".lower() else ""
+        out.append(f"- **Weak generator.** `{f['llm']}` is a small local model{size}: its texts are "
                    "often off-topic, repetitive or do not match their label. Treat the labels as noisy and "
                    f"{what} as a demonstration of the method, not as a model for production.")
     leaks = (f"{f['leaks']} generated example(s) were flagged as near-copies of them (word 8-gram overlap) and "
