@@ -2,7 +2,8 @@
 its documented hook `set_client_factory` (an httpx2 client on a `MockTransport`: nothing leaves the process).
 
 It answers the calls `s3synth push` makes, as the Hub documents and `huggingface_hub` 2.x expects them:
-GET /api/whoami-v2; POST /api/repos/create (409 with the existing repo's url when it exists, 403 outside the token's namespaces);
+GET /api/whoami-v2; POST /api/repos/create (no visibility given: the namespace's default, private in `private_orgs`; 409 with the
+existing repo's url when it exists, 403 outside the token's namespaces);
 GET /api/{models,datasets}/ID; POST /api/validate-yaml; POST /api/{type}s/ID/preupload/main (LFS for
 *.safetensors, *.parquet, *.bin and files over 10 MB); the git-LFS batch API with basic transfer (a PUT per
 object, sha256 checked); POST /api/{type}s/ID/commit/main (NDJSON). A request without a valid token gets 401
@@ -36,8 +37,9 @@ def _error(status: int, message: str, code: str | None = None) -> httpx2.Respons
 
 
 class HubStub:
-    def __init__(self, token: str, user: str = "alice", orgs: tuple[str, ...] = ("s3org",)):
-        self.token, self.user, self.orgs = token, user, orgs
+    def __init__(self, token: str, user: str = "alice", orgs: tuple[str, ...] = ("s3org", "closedorg"),
+                 private_orgs: tuple[str, ...] = ("closedorg",)):
+        self.token, self.user, self.orgs, self.private_orgs = token, user, orgs, private_orgs
         self.repos: dict[tuple[str, str], dict] = {}
         self.lfs: dict[str, bytes] = {}
         self.requests: list[tuple[str, str]] = []
@@ -91,7 +93,8 @@ class HubStub:
         if (kind, repo_id) in self.repos:      # the Hub names the existing repo's url (huggingface_hub reads it)
             return _json(409, {"error": f"You already created this {kind} repo", "url": url},
                          **{"X-Error-Message": f"You already created this {kind} repo"})
-        self.repos[(kind, repo_id)] = {"private": body.get("visibility") == "private", "files": {}, "commits": []}
+        visibility = body.get("visibility") or ("private" if namespace in self.private_orgs else "public")
+        self.repos[(kind, repo_id)] = {"private": visibility == "private", "files": {}, "commits": []}
         return _json(200, {"url": url, "name": repo_id})
 
     def _info(self, request, m):

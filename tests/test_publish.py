@@ -97,6 +97,7 @@ def test_pushing_again_adds_a_commit_to_the_existing_repos(run_dir, hub):
     r = push(run_dir, "--repo-id", "s3org/rte", "--what", "model", "--message", "retrained")
     assert r.exit_code == 0, r.output                       # the Hub's 409 on create is taken as "exists"
     assert [c["summary"] for c in hub.repo("model", "s3org/rte")["commits"]][1] == "retrained"
+    assert hub.repo("model", "s3org/rte")["private"] is False
     assert hub.repo("dataset", "s3org/rte") is None                      # --what model: no dataset repo
     assert "datasets" not in read_header(hub.repo("model", "s3org/rte")["files"]["README.md"].decode())
 
@@ -157,3 +158,11 @@ def test_unreachable_hub_is_one_line(run_dir, monkeypatch, tmp_path):
     finally:
         set_client_factory(default_client_factory)
     assert r.exit_code == 2 and "cannot reach the Hugging Face Hub" in r.output and "\n" not in r.output.strip()
+
+
+def test_without_private_the_namespace_default_visibility_applies(run_dir, hub):
+    """No --private: the repo is created without a visibility, so an org that makes new repos private keeps
+    them private (the stub's 'closedorg' does)."""
+    r = push(run_dir, "--repo-id", "closedorg/rte", "--what", "model")
+    assert r.exit_code == 0, r.output
+    assert hub.repo("model", "closedorg/rte")["private"] is True

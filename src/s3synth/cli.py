@@ -463,7 +463,8 @@ def export(run_dir, fmt, out, verbose):
 @click.option("--dataset-repo-id", help="USER/NAME of the dataset repo (default: --repo-id, as a dataset repo).")
 @click.option("--what", type=click.Choice(["both", "model", "dataset"]), default="both", show_default=True,
               help="Push the model, the synthetic set, or both.")
-@click.option("--private", is_flag=True, help="Create missing repos private (an existing public repo is refused).")
+@click.option("--private", is_flag=True, help="Create missing repos private (else: the namespace's default "
+                                              "visibility); an existing public repo is refused.")
 @click.option("--message", help="Commit message (default: names the task, run, method and LLM).")
 @click.option("--dry-run", is_flag=True, help="List the repos and files that would be uploaded; send nothing.")
 @click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")

@@ -46,7 +46,7 @@ class Upload:
 
     def listing(self) -> list[str]:
         """Example: ["model repo USER/NAME (private) <- 'commit message'", "  config.json  612 bytes", ...]"""
-        head = (f"{self.repo_type} repo {self.repo_id} ({'private' if self.private else 'public'}; "
+        head = (f"{self.repo_type} repo {self.repo_id} ({'private' if self.private else 'default visibility'}; "
                 f"{self.url}), commit {self.message!r}:")
         return [head] + [f"  {name}  {_size(src):,} bytes" for name, src in self.files]
 
@@ -148,7 +148,8 @@ def push(uploads: list[Upload], token: str | None = None) -> list[str]:
     with _online(), _hub_errors(token):
         api.whoami()                     # a bad token fails here, before any repo is created
         for up in uploads:
-            api.create_repo(up.repo_id, repo_type=up.repo_type, private=up.private, exist_ok=True)
+            # private=None without --private: the namespace's default visibility (public, unless an org says otherwise)
+            api.create_repo(up.repo_id, repo_type=up.repo_type, private=True if up.private else None, exist_ok=True)
             if up.private and not api.repo_info(up.repo_id, repo_type=up.repo_type).private:
                 raise S3Error(f"{up.repo_type} repo {up.repo_id} already exists and is public: --private does not "
                               "change that, and nothing was uploaded; make it private on the Hub (its Settings) or "
