@@ -2,8 +2,8 @@
 its documented hook `set_client_factory` (an httpx2 client on a `MockTransport`: nothing leaves the process).
 
 It answers the calls `s3synth push` makes, as the Hub documents and `huggingface_hub` 2.x expects them:
-GET /api/whoami-v2; POST /api/repos/create (no visibility given: the namespace's default, private in `private_orgs`; 409 with the
-existing repo's url when it exists, 403 outside the token's namespaces);
+GET /api/whoami-v2; POST /api/repos/create (no visibility given: the namespace's default, private in
+`private_orgs`; 409 with the existing repo's url when it exists; 403 outside the token's namespaces);
 GET /api/{models,datasets}/ID; POST /api/validate-yaml; POST /api/{type}s/ID/preupload/main (LFS for
 *.safetensors, *.parquet, *.bin and files over 10 MB); the git-LFS batch API with basic transfer (a PUT per
 object, sha256 checked); POST /api/{type}s/ID/commit/main (NDJSON). A request without a valid token gets 401
