@@ -278,7 +278,7 @@ class S3:
         self.rd = rd
         try:
             self.llm.cache = rd.open_cache(self.cfg.cache_path)
-            return self._run(rd, t0)
+            result = self._run(rd, t0)
         finally:
             try:
                 inv = rd.manifest["invocations"]
@@ -294,6 +294,19 @@ class S3:
                     self.llm.cache.close()      # checkpoints the WAL: the cache is one file again
                 self.llm.close()
                 rd.close()
+        self._write_model_card(rd.path)
+        return result
+
+    @staticmethod
+    def _write_model_card(path: Path) -> None:
+        """final/model/README.md, once the run is finished and its lock let go: a by-product built from the run
+        directory like the report (not a stage output: `s3synth report` writes it again), so a failure warns."""
+        from ..report.cards import write_model_card
+
+        try:
+            write_model_card(path)
+        except (S3Error, OSError, ValueError) as e:
+            info(f"warning: no model card written ({e}); try `s3synth report {path}`")
 
     def _run(self, rd: RunDir, t0: float) -> dict:
         cfg, task = self.cfg, self.task

@@ -66,9 +66,9 @@ def _embedder(embed) -> Embedder | None:
 
 
 def write_report(path: str | Path, *, embed: Embedder | str | None = "minilm") -> dict[str, Path]:
-    """Write the report files of `path` (report.html, report.md, and dataset_card.md for a run directory);
-    returns their paths. `embed`: texts -> L2-normalised vectors, "minilm" (the packaged MiniLM) or None (no
-    cosine figures); a bench directory needs none."""
+    """Write the report files of `path` (report.html, report.md, and for a run directory dataset_card.md and the
+    model card final/model/README.md); returns their paths. `embed`: texts -> L2-normalised vectors, "minilm"
+    (the packaged MiniLM) or None (no cosine figures); a bench directory needs none."""
     path = Path(path)
     kind = detect_kind(path)
     ctx = BUILDERS[kind](path, _embedder(embed) if kind == "run" else None)
@@ -77,6 +77,12 @@ def write_report(path: str | Path, *, embed: Embedder | str | None = "minilm") -
     for name, template in FILES[kind].items():
         atomic_write_text(path / name, env.get_template(template).render(**ctx))
         out[name] = path / name
+    if kind == "run":               # the model card too, for runs made before cards were written
+        from .cards import write_model_card
+
+        card = write_model_card(path, ctx["run"])
+        if card is not None:
+            out[LAYOUT.final_model + "/" + card.name] = card
     return out
 
 
