@@ -350,7 +350,8 @@ def train(task_name, train_path, eval_path, test_path, learner, learner_path, le
 @run_options()
 @click.option("--methods", default="s3,zerogen,goldgen,seed-only,gold", show_default=True,
               help="Comma-separated methods to compare (s3 always runs: it sizes the baselines); one of "
-                   + ", ".join(METHODS) + ".")
+                   + ", ".join(METHODS) + "; each may carry run settings of its own as NAME[key=value,...], "
+                   "e.g. 's3+gold[clean_labels=drop]' or 's3[learner=fast]'.")
 @click.option("--seeds", "n_seeds", default=3, show_default=True, type=int,
               help="Seeds per method: --seed, --seed+1, ...")
 def bench(methods, n_seeds, **o):
@@ -363,6 +364,8 @@ def bench(methods, n_seeds, **o):
     Example:
       s3synth bench --task qnli --gold-eval qnli/eval.jsonl --test qnli/test.jsonl --learner fast \\
                     --seed-size 100 --seeds 3 --out runs/bench-qnli
+      s3synth bench ... --test-seed 0 \\
+                    --methods 'gold,s3,s3+gold,zerogen+gold,s3+gold[clean_labels=drop],s3+gold[mine=margin]'
     """
     from .progress import set_quiet
 
@@ -374,7 +377,9 @@ def bench(methods, n_seeds, **o):
         if n_seeds < 1:
             raise S3Error(f"--seeds {n_seeds}: must be >= 1")
         cfg = config_from_options(o)
-        res = run_bench(cfg, [m.strip() for m in methods.split(",") if m.strip()],
+        from .method.bench import split_methods
+
+        res = run_bench(cfg, split_methods(methods),
                         [cfg.seed + i for i in range(n_seeds)], o["out"])
         from pathlib import Path
         click.echo((Path(o["out"]) / "bench.md").read_text(encoding="utf-8").rstrip())
@@ -427,7 +432,8 @@ def plugins():
 @click.option("--no-embed", is_flag=True, help="No MiniLM sentence embeddings: faster, but no cosine figures.")
 @click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
 def report(run_dir, no_embed, verbose):
-    """Write RUN_DIR/report.html (one self-contained file with figures), report.md and dataset_card.md.
+    """Write RUN_DIR/report.html (one self-contained file with figures), report.md, dataset_card.md and the
+    model card final/model/README.md.
     For a bench directory (the --out of `s3synth bench`): report.html and report.md comparing its methods.
 
     \b
@@ -451,7 +457,8 @@ def report(run_dir, no_embed, verbose):
 @click.option("--out", type=click.Path(), help="Output file (jsonl, parquet) or folder (hf); default RUN_DIR/export/.")
 @click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
 def export(run_dir, fmt, out, verbose):
-    """Export a finished run's synthetic set with provenance columns (stage, round, source_id).
+    """Export a finished run's synthetic set with provenance columns (stage, round, source_id), and a dataset
+    card (README.md with the Hugging Face metadata header) beside it.
 
     \b
     Example:
@@ -462,6 +469,51 @@ def export(run_dir, fmt, out, verbose):
 
         where, n = export_run(run_dir, fmt, out)
         click.echo(f"{n} rows -> {where}")
+        from .report.export import card_path
+        from .report.runview import load_run
+
+        click.echo(f"dataset card -> {card_path(load_run(run_dir), fmt, where)}")
+
+    _guard(go, verbose)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("run_dir", type=click.Path())
+@click.option("--repo-id", required=True, help="USER/NAME (or ORG/NAME): the model repo; the dataset repo of the "
+                                               "same name unless --dataset-repo-id.")
+@click.option("--dataset-repo-id", help="USER/NAME of the dataset repo (default: --repo-id, as a dataset repo).")
+@click.option("--what", type=click.Choice(["both", "model", "dataset"]), default="both", show_default=True,
+              help="Push the model, the synthetic set, or both.")
+@click.option("--private", is_flag=True, help="Create missing repos private (else: the namespace's default "
+                                              "visibility); an existing public repo is refused.")
+@click.option("--message", help="Commit message (default: names the task, run, method and LLM).")
+@click.option("--dry-run", is_flag=True, help="List the repos and files that would be uploaded; send nothing.")
+@click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
+def push(run_dir, repo_id, dataset_repo_id, what, private, message, dry_run, verbose):
+    """Upload a finished run to the Hugging Face Hub: the final model with its model card to the model repo
+    REPO_ID, and the synthetic set (data/train.parquet) with its dataset card to the dataset repo of the same
+    name (huggingface.co/datasets/REPO_ID). Missing repos are created; each push is one commit per repo.
+    The token comes from HF_TOKEN or `hf auth login`; it is never written or printed.
+
+    \b
+    Example:
+      s3synth push runs/rte --repo-id alice/rte-minilm-s3 --private --dry-run    # what would go where
+      HF_TOKEN=hf_... s3synth push runs/rte --repo-id alice/rte-minilm-s3 --private
+      s3synth push runs/rte --repo-id alice/rte-minilm-s3 --what dataset --dataset-repo-id alice/rte-synthetic
+    """
+    def go():
+        from .report.publish import plan_push
+        from .report.publish import push as push_uploads
+
+        uploads = plan_push(run_dir, repo_id, what=what, dataset_repo_id=dataset_repo_id, private=private,
+                            message=message)
+        if dry_run:
+            for up in uploads:
+                click.echo("\n".join(up.listing()))
+            click.echo("dry run: nothing uploaded")
+            return
+        for up, url in zip(uploads, push_uploads(uploads)):
+            click.echo(f"{up.repo_type} {up.repo_id}: {len(up.files)} files -> {url}")
 
     _guard(go, verbose)
 

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Sequence
 
-from ..data import Example, Prediction  # noqa: F401 (Prediction: re-exported)
+from ..data import Example, Prediction, subsample  # noqa: F401 (Prediction: re-exported)
 from ..errors import S3Error
 from ..metrics import evaluate, selection_metric
 from ..tasks import Task
@@ -124,7 +124,9 @@ class Learner(ABC):
     @abstractmethod
     def fit(self, train: Sequence[Example], eval: Sequence[Example] | None = None) -> dict:
         """Train a fresh model; choose the best epoch on `eval` by the class-balanced selection metric.
-        Returns a history: {"epochs": [{"epoch", "train_loss", <eval metrics>}...], "best_epoch": int}."""
+        Returns a history: {"epochs": [{"epoch", "train_loss", <eval metrics>}...], "best_epoch": int}.
+        A learner that can weigh examples takes `weights=` (one loss weight per training example; the
+        built-ins do): `--clean-labels weight` and `--gold-weight` need it."""
 
     @abstractmethod
     def predict(self, examples: Sequence[Example]) -> list[Prediction]:
@@ -143,3 +145,15 @@ class Learner(ABC):
     @property
     def selection_metric(self) -> str:
         return selection_metric(self.task)
+
+
+def subsample_weighted(train: list, weights, n: int | None, seed: int) -> tuple[list, list | None]:
+    """`data.subsample` of a training set that keeps each example's loss weight beside it (weights None: None)."""
+    if weights is None:
+        return subsample(train, n, seed), None
+    if len(weights) != len(train):
+        raise S3Error(f"learner: {len(weights)} weights for {len(train)} training examples")
+    if any(not (w >= 0) for w in weights):
+        raise S3Error("learner: example weights must be >= 0")
+    pairs = subsample(list(zip(train, weights)), n, seed)
+    return [p[0] for p in pairs], [float(p[1]) for p in pairs]

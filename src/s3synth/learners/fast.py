@@ -19,10 +19,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ..data import Example, subsample
+from ..data import Example
 from ..errors import S3Error
 from ..progress import bar
-from .base import Learner, Prediction, TrainConfig
+from .base import Learner, Prediction, TrainConfig, subsample_weighted
 from .hf import best_epoch, open_encoder, quiet_transformers, resolve_device
 
 META_FILE = "s3synth_learner.json"
@@ -152,12 +152,14 @@ class FastLearner(Learner):
             out[:, names.index(c)] = p[:, j]
         return out
 
-    def fit(self, train: Sequence[Example], eval: Sequence[Example] | None = None) -> dict:
-        """Fit one logistic regression per C in the grid; keep the best on `eval` (C=1 without eval)."""
+    def fit(self, train: Sequence[Example], eval: Sequence[Example] | None = None,
+            weights: Sequence[float] | None = None) -> dict:
+        """Fit one logistic regression per C in the grid; keep the best on `eval` (C=1 without eval).
+        `weights`: a loss weight per training example (sample_weight; all 1 when None)."""
         from sklearn.linear_model import LogisticRegression
 
         cfg, t0 = self.config, time.time()
-        train = subsample(list(train), cfg.max_train_examples, cfg.seed)
+        train, weights = subsample_weighted(list(train), weights, cfg.max_train_examples, cfg.seed)
         if not train:
             raise S3Error("no training examples for the learner")
         names = self.task.label_names
@@ -178,7 +180,7 @@ class FastLearner(Learner):
                 classes, coef, icpt = present, np.zeros((1, X.shape[1])), np.zeros(1)
             else:
                 lr = LogisticRegression(C=C, class_weight="balanced", max_iter=2000, random_state=cfg.seed)
-                lr.fit(X, y)
+                lr.fit(X, y, sample_weight=None if weights is None else np.asarray(weights, dtype=float))
                 classes, coef, icpt = [str(c) for c in lr.classes_], lr.coef_.copy(), lr.intercept_.copy()
             self.classes, self.coef, self.intercept, self.C = classes, coef, icpt, C
             p = self._probs(X)
@@ -260,3 +262,4 @@ class FastLearner(Learner):
         obj.coef, obj.intercept = w["coef"], w["intercept"]
         obj.classes, obj.C, obj.history = list(meta["classes"]), meta.get("C"), meta.get("history")
         return obj
+

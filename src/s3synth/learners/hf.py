@@ -29,10 +29,10 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from ..data import Example, subsample
+from ..data import Example
 from ..errors import S3Error
 from ..progress import bar
-from .base import Learner, Prediction, TrainConfig
+from .base import Learner, Prediction, TrainConfig, subsample_weighted
 from .qa_windows import answer_tokens, best_answer, context_offsets, null_index
 
 META_FILE = "s3synth_learner.json"
@@ -377,13 +377,15 @@ class HFLearner(Learner):
 
     # ------------------------------------------------------------ training
 
-    def fit(self, train: Sequence[Example], eval: Sequence[Example] | None = None) -> dict:
-        """Train a fresh model from the pretrained weights; keep the best epoch on `eval`."""
+    def fit(self, train: Sequence[Example], eval: Sequence[Example] | None = None,
+            weights: Sequence[float] | None = None) -> dict:
+        """Train a fresh model from the pretrained weights; keep the best epoch on `eval`.
+        `weights`: a loss weight per training example (QA: every window of the example carries it)."""
         import torch
         from transformers import get_linear_schedule_with_warmup
 
         cfg, t0 = self.config, time.time()
-        train = subsample(list(train), cfg.max_train_examples, cfg.seed)
+        train, weights = subsample_weighted(list(train), weights, cfg.max_train_examples, cfg.seed)
         if not train:
             raise S3Error("no training examples for the learner")
         eval = list(eval or [])
@@ -395,6 +397,10 @@ class HFLearner(Learner):
         self.model = self._load_model(self.model_path)
         fwd = torch.compile(self.model) if (cfg.compile and self.device == "cuda") else self.model
         feats, targets = self._train_features(train)
+        fw = None if weights is None else [weights[f["example"]] for f in feats]
+        w_mean = (sum(fw) / len(fw)) if fw else 1.0
+        if fw is not None and w_mean <= 0:
+            raise S3Error("learner: every training example has weight 0")
         lengths = [len(f["input_ids"]) for f in feats]
         steps_per_epoch = math.ceil(len(feats) / cfg.batch_size)
         total = steps_per_epoch * cfg.epochs
@@ -416,7 +422,7 @@ class HFLearner(Learner):
                 for idx in length_grouped_batches(lengths, cfg.batch_size, rng):
                     batch = self._collate([feats[i] for i in idx], targets)
                     with self._autocast():
-                        loss = fwd(**batch).loss
+                        loss = self._loss(fwd, batch, None if fw is None else [fw[i] for i in idx], w_mean)
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
                     opt.step()
@@ -447,6 +453,27 @@ class HFLearner(Learner):
             "stopped_early": len(rows) < cfg.epochs, "precision": self.precision, "device": self.device,
         }
         return self.history
+
+    @staticmethod
+    def _loss(fwd, batch: dict, weights: list[float] | None, w_mean: float):
+        """The model's own loss, or with `weights` the per-example losses weighted and divided by
+        (batch size x the mean weight of the training set), so a batch of light examples moves the model less."""
+        if weights is None:
+            return fwd(**batch).loss
+        import torch
+        import torch.nn.functional as F
+
+        targets = {k: batch.pop(k) for k in ("labels", "start_positions", "end_positions") if k in batch}
+        out = fwd(**batch)
+        if "labels" in targets:
+            per = F.cross_entropy(out.logits.float(), targets["labels"], reduction="none")
+        else:   # as the models' own QA loss: positions outside the window are ignored
+            n = out.start_logits.size(1)
+            s, e = targets["start_positions"].clamp(0, n), targets["end_positions"].clamp(0, n)
+            per = (F.cross_entropy(out.start_logits.float(), s, ignore_index=n, reduction="none")
+                   + F.cross_entropy(out.end_logits.float(), e, ignore_index=n, reduction="none")) / 2
+        w = torch.tensor(weights, dtype=per.dtype, device=per.device)
+        return (per * w).sum() / (len(weights) * w_mean)
 
     # ------------------------------------------------------------ prediction
 
