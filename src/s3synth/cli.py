@@ -279,7 +279,8 @@ def estimate(assume_error_rate, as_json, **o):
               help="minilm | distilbert | hf:HUB_NAME | hf:DIR | fast (a Hub name is downloaded once).")
 @click.option("--learner-path", type=click.Path(), help="Weights folder (or Hub name) for --learner distilbert.")
 @click.option("--revision", help=LEARNER_ALIASES["revision"][2])
-@click.option("--offline", is_flag=True, help="Hub models from the local Hugging Face cache only (as HF_HUB_OFFLINE=1).")
+@click.option("--offline", is_flag=True,
+              help="Hub models from the local Hugging Face cache only (as HF_HUB_OFFLINE=1).")
 @click.option("--learner-option", "learner_option", multiple=True, metavar="KEY=VALUE",
               help="An option of the learner (repeatable), e.g. --learner-option epochs=4.")
 @click.option("--out", required=True, type=click.Path(), help="Folder for metrics.json and the model (safetensors).")
