@@ -133,6 +133,11 @@ def _download(repo_id: str, revision: str | None, what: str, folder_hint: str) -
             + (" without --offline / HF_HUB_OFFLINE=1" if local_only else "")
             + " (it is downloaded once into the Hugging Face cache)")
     cache = os.environ.get("HF_HUB_CACHE") or hh.constants.HF_HUB_CACHE
+    from .progress import info, is_quiet
+
+    bars_off = is_quiet() and not hh.utils.are_progress_bars_disabled()
+    if bars_off:
+        hh.utils.disable_progress_bars()
     try:
         path = hh.snapshot_download(repo_id, revision=revision, allow_patterns=ALLOW_PATTERNS,
                                     ignore_patterns=IGNORE_PATTERNS, local_files_only=local_only,
@@ -168,12 +173,16 @@ def _download(repo_id: str, revision: str | None, what: str, folder_hint: str) -
         # the connection broke during the download (after the Hub answered): what is complete stays cached
         raise S3Error(f"{what} {repo_id!r}: the download from the Hub failed ({type(e).__name__}: {e}); run the same "
                       f"command again to go on, or {ways}") from None
+    finally:
+        if bars_off:
+            hh.utils.enable_progress_bars()
     folder = Path(path)
     if not any(folder.glob("*.safetensors")):
         raise S3Error(f"{what} {repo_id!r}{at} has no .safetensors weights on the Hub (pickled .bin weights are "
                       f"not loaded); pick a revision with safetensors, or convert it and give {folder_hint}")
     if not (folder / "config.json").is_file():
         raise S3Error(f"{what} {repo_id!r}{at} has no config.json; is it a transformers model?")
+    info(f"{what} {repo_id}{at}: commit {folder.name[:12]} in the Hugging Face cache {cache}")
     return ModelSource(spec=repo_id, path=str(folder), repo_id=repo_id, revision=revision, sha=folder.name)
 
 
