@@ -6,7 +6,9 @@ snapshots/<sha>/...}), as a download would have left them, and found there by hu
 - nothing cached: one line naming the model and the ways out, exit 2, nothing written to the run
   directory, both with --offline and with the Hub unreachable (HF_ENDPOINT at a closed local port);
 - the same for generators (transformers:NAME, vllm:NAME), which are fetched before the run writes;
-- revisions (branch, tag, commit), safetensors only, the download's file patterns.
+- revisions (branch, tag, commit), safetensors only, the download's file patterns;
+- a real download through huggingface_hub from an in-process stand-in of the Hub's read API (no
+  pickled .bin, no subfolders fetched; refs/main and the snapshot written as the cache layout says).
 """
 
 from __future__ import annotations
@@ -306,3 +308,118 @@ def test_train_command_by_hub_name_records_the_commit(cache, gold, tmp_path):
                                  "--offline", "--out", str(tmp_path / "t2"), "-q"])
     assert r.exit_code == 2 and "'s3synth-test/absent' is not in the local Hugging Face cache" in r.output
     assert not (tmp_path / "t2").exists()
+
+
+# ---------------------------------------------------------------- a download, from a stand-in of the Hub
+
+class DownloadStub:
+    """The Hub's read API as huggingface_hub 2.x uses it for `snapshot_download` (repo info at a revision,
+    the recursive tree listing, HEAD/GET on /resolve/ with X-Repo-Commit, ETag and Content-Length), served
+    in-process through huggingface_hub's documented `set_client_factory` hook. One repo, one commit."""
+
+    def __init__(self, repo_id: str, sha: str, files: dict[str, bytes]):
+        self.repo_id, self.sha, self.files = repo_id, sha, files
+        self.requests: list[tuple[str, str]] = []
+
+    @staticmethod
+    def _lfs(path: str) -> bool:
+        return path.endswith((".safetensors", ".bin"))
+
+    def _etag(self, path: str) -> str:
+        import hashlib
+
+        data = self.files[path]
+        if self._lfs(path):
+            return hashlib.sha256(data).hexdigest()
+        return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()    # a git blob id
+
+    def handler(self, request):
+        import re
+
+        import httpx2
+
+        path = request.url.path
+        self.requests.append((request.method, path))
+        rid = re.escape(self.repo_id)
+        if m := re.fullmatch(rf"/api/models/{rid}/revision/(?P<rev>[^/]+)", path):
+            if m.group("rev") not in ("main", self.sha):
+                return httpx2.Response(404, json={"error": "Invalid rev id"},
+                                       headers={"X-Error-Code": "RevisionNotFound", "X-Error-Message": "Invalid rev id"})
+            return httpx2.Response(200, json={"id": self.repo_id, "sha": self.sha,
+                                              "siblings": [{"rfilename": f} for f in self.files]})
+        if re.fullmatch(rf"/api/models/{rid}/tree/{self.sha}(/.*)?", path):
+            tree = []
+            for f, data in self.files.items():
+                entry = {"type": "file", "path": f, "size": len(data), "oid": self._etag(f)}
+                if self._lfs(f):
+                    entry["lfs"] = {"oid": self._etag(f), "size": len(data), "pointerSize": 134}
+                tree.append(entry)
+            return httpx2.Response(200, json=tree)
+        if m := re.fullmatch(rf"/{rid}/resolve/{self.sha}/(?P<file>.+)", path):
+            f = m.group("file")
+            if f not in self.files:
+                return httpx2.Response(404, headers={"X-Error-Code": "EntryNotFound"})
+            headers = {"X-Repo-Commit": self.sha, "ETag": f'"{self._etag(f)}"',
+                       "Content-Length": str(len(self.files[f]))}
+            if request.method == "HEAD":
+                return httpx2.Response(200, headers=headers)
+            return httpx2.Response(200, headers=headers, content=self.files[f])
+        if re.match(r"/api/models/", path):
+            return httpx2.Response(404, json={"error": "Repository not found"},
+                                   headers={"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"})
+        return httpx2.Response(404, json={"error": f"stub: no route for {request.method} {path}"})
+
+    def client(self):
+        import httpx2
+        from huggingface_hub.utils._http import hf_request_event_hook
+
+        return httpx2.Client(transport=httpx2.MockTransport(self.handler), follow_redirects=True,
+                             event_hooks={"request": [hf_request_event_hook]})
+
+
+@pytest.fixture
+def online_hub(tmp_path, monkeypatch, tiny_bert):
+    """REPO served by a DownloadStub (with a pickled .bin beside the safetensors), an empty cache, online."""
+    from huggingface_hub import constants, set_client_factory
+    from huggingface_hub.utils._http import default_client_factory
+
+    files = {p.name: p.read_bytes() for p in tiny_bert.iterdir() if p.is_file()}
+    files["pytorch_model.bin"] = b"pickled weights are never fetched"
+    files["onnx/model.onnx"] = b"nor files in subfolders"
+    stub = DownloadStub(REPO, SHA, files)
+    for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    set_client_factory(stub.client)
+    hub.forget()
+    try:
+        yield stub
+    finally:
+        set_client_factory(default_client_factory)
+        hub.forget()
+
+
+def test_a_hub_name_is_downloaded_once_without_pickles(online_hub, tmp_path):
+    src = hub.resolve(REPO)
+    assert src.sha == SHA and src.revision is None
+    snap = tmp_path / "hf-cache" / "models--s3synth-test--tiny-bert" / "snapshots" / SHA
+    assert Path(src.path) == snap
+    got = {p.name for p in snap.iterdir()}
+    assert "model.safetensors" in got and "config.json" in got and "tokenizer.json" in got
+    assert "pytorch_model.bin" not in got and not (snap / "onnx").exists()
+    fetched = {p.split("/resolve/")[1].split("/", 1)[1] for _, p in online_hub.requests if "/resolve/" in p}
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= fetched      # through the stand-in
+    assert "pytorch_model.bin" not in fetched and "onnx/model.onnx" not in fetched
+    assert (tmp_path / "hf-cache" / "models--s3synth-test--tiny-bert" / "refs" / "main").read_text() == SHA
+    # a learner from it; and a later process, offline, finds the same commit in the cache
+    lrn = make_learner(f"hf:{REPO}", load_task("rte"))
+    assert lrn.model_source.sha == SHA
+    hub.forget()
+    with hub.offline_mode():
+        assert hub.resolve(REPO).path == src.path
+    with pytest.raises(S3Error, match="no revision 'v9' on the Hub"):
+        hub.resolve(REPO, revision="v9")
+    with pytest.raises(S3Error, match="'s3synth-test/other': no such model on the Hugging Face Hub"):
+        hub.resolve("s3synth-test/other")
