@@ -50,6 +50,19 @@ def put_in_cache(cache: Path, repo_id: str, folder: Path, sha: str, refs=("main"
     return snap
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _quiet_single_thread():
+    """No progress bars; one torch thread (two slow down many-fold when other processes share the cores)."""
+    import torch
+
+    was, threads = progress.is_quiet(), torch.get_num_threads()
+    progress.set_quiet(True)
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    progress.set_quiet(was)
+
+
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory):
     return build_encoder("bert", tmp_path_factory.mktemp("tiny") / "bert")
@@ -146,7 +159,6 @@ def test_learners_by_hub_name_use_the_cached_commit(cache, monkeypatch, tmp_path
     d = make_learner("distilbert", imdb)
     assert d.model_source.repo_id == "distilbert-base-uncased" and d.model_source.sha == SHA
     # the fast learner's encoder by Hub name; its saved model finds the encoder again by name and commit
-    progress.set_quiet(True)
     fast = make_learner(f"fast:{REPO}", imdb, TrainConfig(max_length=32))
     from test_encoder_families import pairs
     data = [ex.__class__(ex.text, ["positive", "negative"][i % 2], id=ex.id) for i, ex in enumerate(pairs())]
