@@ -187,7 +187,7 @@ def _destroy_group() -> None:
 
 # ---------------------------------------------------------------- launching the workers ourselves
 
-def launch(learner, train: Sequence, eval: Sequence | None) -> dict | None:
+def launch(learner, train: Sequence, eval: Sequence | None, weights: Sequence[float] | None = None) -> dict | None:
     """Train `learner` in worker processes when its options ask for it and return the history, with rank
     0's best model loaded into `learner`; None when this process should train itself (one worker, or
     already a rank of a group: torchrun, Ray Train, a spawned worker)."""
@@ -197,9 +197,9 @@ def launch(learner, train: Sequence, eval: Sequence | None) -> dict | None:
     if _in_group():
         return None
     if how == "ray" or (workers > 1 and how == "auto" and _ray_running()):
-        return _launch_ray(learner, train, eval, workers)
+        return _launch_ray(learner, train, eval, weights, workers)
     if workers > 1:
-        return _launch_spawn(learner, train, eval, workers)
+        return _launch_spawn(learner, train, eval, weights, workers)
     return None
 
 
@@ -221,12 +221,21 @@ def _ray_running() -> bool:
     return ray.is_initialized()
 
 
-def _job(learner, train, eval, threads: int) -> dict:
-    """What a worker needs to build the same learner and train it (pickled to each worker)."""
+def _job(learner, train, eval, weights, threads: int, remote: bool = False) -> dict:
+    """What a worker needs to build the same learner and train it (pickled to each worker). `remote`: the
+    workers may run on other machines, so a Hub model is named by its repository and resolved commit
+    (each node fetches it into its own cache) rather than by this machine's cache folder."""
+    from dataclasses import replace
+
     from ..progress import is_quiet
 
-    return {"cls": type(learner), "task": learner.task, "config": learner.config, "model_path": learner.model_path,
-            "train": list(train), "eval": list(eval) if eval else None, "threads": threads, "quiet": is_quiet()}
+    config, model_path = learner.config, learner.model_path
+    source = getattr(learner, "source", None)
+    if remote and getattr(source, "repo_id", None) and getattr(source, "sha", None) and hasattr(config, "revision"):
+        config, model_path = replace(config, revision=source.sha), source.repo_id
+    return {"cls": type(learner), "task": learner.task, "config": config, "model_path": model_path,
+            "train": list(train), "eval": list(eval) if eval else None,
+            "weights": list(weights) if weights is not None else None, "threads": threads, "quiet": is_quiet()}
 
 
 def _work(job: dict, rank: int) -> tuple[dict, bytes]:
@@ -240,7 +249,8 @@ def _work(job: dict, rank: int) -> tuple[dict, bytes]:
         torch.set_num_threads(job["threads"])
     set_quiet(job["quiet"] or rank != 0)
     learner = job["cls"](job["task"], job["config"], model_path=job["model_path"])
-    history = learner.fit(job["train"], job["eval"])
+    history = learner.fit(job["train"], job["eval"], job["weights"]) if job["weights"] is not None \
+        else learner.fit(job["train"], job["eval"])
     # copies: tied weights become separate tensors, which safetensors accepts; load_state_dict fills both
     state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in learner.model.state_dict().items()}
     return history, save(state)
@@ -257,7 +267,7 @@ def _adopt(learner, history: dict, weights: bytes, seconds: float) -> dict:
     return learner.history
 
 
-def _launch_spawn(learner, train, eval, workers: int) -> dict:
+def _launch_spawn(learner, train, eval, weights, workers: int) -> dict:
     import time
 
     import torch
@@ -268,7 +278,7 @@ def _launch_spawn(learner, train, eval, workers: int) -> dict:
         raise S3Error(f"learner setting workers={workers} but this machine has {torch.cuda.device_count()} GPU(s); "
                       "use at most one worker per GPU (or launcher=ray on a cluster)")
     t0 = time.time()
-    job = _job(learner, train, eval, threads=max(1, torch.get_num_threads() // workers))
+    job = _job(learner, train, eval, weights, threads=max(1, torch.get_num_threads() // workers))
     with tempfile.TemporaryDirectory(prefix="s3synth-dp-") as tmp:
         try:
             mp.spawn(_spawn_worker, args=(workers, job, tmp), nprocs=workers, join=True)
@@ -311,7 +321,7 @@ def _spawn_worker(rank: int, world: int, job: dict, tmp: str) -> None:
         atomic_write_text(Path(tmp, "history.json"), json.dumps(history))
 
 
-def _launch_ray(learner, train, eval, workers: int) -> dict:
+def _launch_ray(learner, train, eval, weights, workers: int) -> dict:
     import time
 
     try:
@@ -329,7 +339,8 @@ def _launch_ray(learner, train, eval, workers: int) -> dict:
     if device == "cuda" and gpus < workers:
         raise S3Error(f"learner settings device=cuda, workers={workers} but the Ray cluster has {gpus:g} GPU(s)")
     use_gpu = device == "cuda" or (device == "auto" and gpus >= workers)
-    job_ref = ray.put(_job(learner, train, eval, threads=0))   # threads: Ray sets OMP_NUM_THREADS per worker
+    # threads: Ray sets OMP_NUM_THREADS per worker
+    job_ref = ray.put(_job(learner, train, eval, weights, threads=0, remote=True))
     with tempfile.TemporaryDirectory(prefix="s3synth-ray-") as tmp:
         trainer = TorchTrainer(
             _ray_worker, train_loop_config={"job": job_ref},
