@@ -173,12 +173,15 @@ def test_only_rank_0_writes_the_model(single, tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- two gloo processes
 
-def test_two_gloo_processes_train_like_one(single, tiny_bert, imdb, tmp_path):
+def test_two_gloo_processes_train_like_one(tiny_bert, imdb, tmp_path):
     """workers=2: the learner spawns two gloo processes; the model comes back into this learner with the
-    history of a single-process run (same shape, best epoch, losses) and a perfect toy accuracy."""
-    ref, ref_history = single
+    history of a single-process run (same shape, best epoch, losses) and a perfect toy accuracy. Per-example
+    loss weights (as `--clean-labels` gives) travel to the workers and are split with each rank's share."""
+    weights = [1.0 + (i % 3) / 2 for i in range(64)]
+    ref = make_learner("hf:" + tiny_bert, imdb, RECIPE)
+    ref_history = ref.fit(toy(64, 1), toy(32, 2), weights)
     learner = make_learner("hf:" + tiny_bert, imdb, {**RECIPE, "workers": 2, "launcher": "spawn"})
-    history = learner.fit(toy(64, 1), toy(32, 2))
+    history = learner.fit(toy(64, 1), toy(32, 2), weights)
     agree_with_single(history, ref_history)
     assert learner.history is history
     test = toy(40, 3)
