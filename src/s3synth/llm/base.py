@@ -18,6 +18,7 @@ from ..errors import BudgetExceeded, LLMError
 from ..plugins import parse_options
 from ..progress import bar
 from .cache import LLMCache
+from .executor import Executor, Job, LocalExecutor, Shard
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,15 @@ class Request:
     def payload(self) -> dict:
         return {"prompt": self.prompt, "messages": [list(m) for m in self.messages] if self.messages else None,
                 "params": asdict(self.params), "sample_index": self.sample_index}
+
+    @classmethod
+    def from_payload(cls, d: dict) -> "Request":
+        """The request whose `payload()` is `d` (how a request travels to another process)."""
+        params = dict(d["params"])
+        params["stop"] = tuple(params.get("stop") or ())
+        msgs = d.get("messages")
+        return cls(prompt=d.get("prompt"), messages=tuple(tuple(m) for m in msgs) if msgs else None,
+                   params=GenParams(**params), sample_index=d.get("sample_index", 0))
 
 
 def estimate_prompt_tokens(request: Request) -> int:
@@ -144,6 +154,7 @@ class LLM(ABC):
         self.budget = budget or Budget()
         self.stats = LLMStats()
         self._emit = None
+        self.executor: Executor = LocalExecutor()   # where uncached requests run (`--executor`)
 
     # -- identity -------------------------------------------------------------------------------
     @property
@@ -176,12 +187,21 @@ class LLM(ABC):
     def close(self) -> None:
         """Release resources (models, connections)."""
 
+    def shard(self, actors: int, cpus_per_actor: float | None) -> Shard:
+        """How a distributed executor runs this backend on `actors` workers side by side (each with
+        `cpus_per_actor` cores): the options of one engine, the requests per call and the engines per
+        worker. Override so that limits meant for the whole run (rate limits, concurrency) hold over
+        every worker together. Default: the same options, `batch_size` requests per call, one engine."""
+        return Shard(options=asdict(self.options), rows=self.batch_size, engines=1)
+
     # -- shared machinery ----------------------------------------------------------------------
     def generate(self, requests: Sequence[Request], desc: str = "generate") -> list[Completion]:
         """Answers for `requests` in order: from the cache where present, else from the backend.
 
-        New answers are written to the cache as each batch returns, so a killed run loses at most
-        one batch in flight. Raises BudgetExceeded (after saving) once a budget is reached.
+        The rest go to `self.executor` (`--executor`: local batches in this process, or Ray) in waves
+        that fit the budget; each new answer is written to the cache as it arrives, in any order, so a
+        killed run loses at most the requests in flight. Raises BudgetExceeded (after saving) once a
+        budget is reached.
         """
         requests = list(requests)
         self.stats.requests += len(requests)
@@ -207,20 +227,19 @@ class LLM(ABC):
                 todo.append(i)
         if todo and self.cache_mode == "only":
             raise LLMError(f"--cache-only: {len(todo)} of {len(requests)} answers for '{desc}' are not in the cache")
+        executor = self.executor
         with bar(len(todo), desc, "req") as b:
             start = 0
-            while start < len(todo):
-                n = self._affordable([requests[i] for i in todo[start:start + self.batch_size]], use_cache)
+            while start < len(todo):      # one wave: what the executor takes at once, cut to the budget
+                n = self._affordable([requests[i] for i in todo[start:start + executor.wave_size(self)]], use_cache)
                 idx = todo[start:start + n]
                 start += n
-                batch = [requests[i] for i in idx]
-                done: set[int] = set()
+                pending = set(idx)
 
-                def record(j: int, c: Completion, idx=idx, done=done) -> None:
-                    i = idx[j]
-                    if i in done:
+                def record(i: int, c: Completion, pending=pending) -> None:
+                    if i not in pending:    # answered already (or not part of this wave)
                         return
-                    done.add(i)
+                    pending.discard(i)
                     out[i] = c
                     b.advance(1)
                     if c.error is not None:
@@ -235,15 +254,10 @@ class LLM(ABC):
                         self.cache.put_many([(keys[i], self.backend, self.model, requests[i].payload(), c.text,
                                               c.prompt_tokens, c.completion_tokens, c.finish_reason)])
 
-                self._emit = record
-                try:
-                    results = self._generate_batch(batch, [self.request_seed(keys[i]) for i in idx])
-                finally:
-                    self._emit = None
-                if len(results) != len(batch):
-                    raise LLMError(f"backend {self.name} returned {len(results)} answers for {len(batch)} requests")
-                for j, c in enumerate(results):
-                    record(j, c)
+                executor.run(self, [Job(i, requests[i], keys[i], self.request_seed(keys[i])) for i in idx], record)
+                if pending:
+                    raise LLMError(f"the {executor.name} executor returned no answer for {len(pending)} of "
+                                   f"{len(idx)} requests of '{desc}'")
         for i, k in enumerate(keys):   # fill in duplicates within the call
             if out[i] is None:
                 src = out[seen[k]]
