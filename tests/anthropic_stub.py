@@ -23,7 +23,7 @@ import re
 import threading
 import time
 from collections import Counter, deque
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler
 
 from local_server import LocalServer

@@ -23,9 +23,9 @@ from __future__ import annotations
 import os
 import re
 import threading
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 from urllib.parse import urlsplit
 
 from ..errors import LLMError
@@ -35,7 +35,7 @@ from .cache import LLMCache
 from .executor import Job
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
-_TOO_LONG = re.compile(r"prompt is too long|too many tokens|context (window|length)", re.I)
+_TOO_LONG = re.compile(r"prompt is too long|too many tokens|context (window|length)", re.IGNORECASE)
 FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
 
 
@@ -193,7 +193,7 @@ class AnthropicLLM(LLM):
                     f.result()
         return out  # type: ignore[return-value]
 
-    def batch_provider(self) -> "AnthropicBatches":
+    def batch_provider(self) -> AnthropicBatches:
         if self._batches is None:
             self._batches = AnthropicBatches(self)
         return self._batches

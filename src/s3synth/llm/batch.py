@@ -28,8 +28,9 @@ from __future__ import annotations
 import hashlib
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from ..errors import BudgetExceeded, LLMError
 from ..progress import info
@@ -94,7 +95,7 @@ class BatchProvider(ABC):
         """Every result line of an ended batch (answered and not), in any order."""
 
     @abstractmethod
-    def completion(self, result: dict, job: Job) -> "Completion":
+    def completion(self, result: dict, job: Job) -> Completion:
         """The Completion of an answered line's raw result."""
 
 
@@ -131,7 +132,7 @@ class BatchExecutor(Executor):
         """What a request costs here against the online price (`LLM._affordable` reads it)."""
         return 1.0 if self._online else 1.0 - self.options.discount
 
-    def wave_size(self, llm: "LLM") -> int:
+    def wave_size(self, llm: LLM) -> int:
         return 1 << 30      # everything the budget allows goes into one round of batches
 
     def describe(self) -> dict:
@@ -139,7 +140,7 @@ class BatchExecutor(Executor):
         return {"name": self.name, "fallback": o.fallback, "discount": o.discount}
 
     # -- the run -------------------------------------------------------------------------------------
-    def run(self, llm: "LLM", jobs: Sequence[Job], commit: Commit) -> None:
+    def run(self, llm: LLM, jobs: Sequence[Job], commit: Commit) -> None:
         provider_of = getattr(llm, "batch_provider", None)
         if provider_of is None:
             raise LLMError(f"the {llm.backend} backend has no batch API: --batch works with openai:MODEL and "
@@ -299,7 +300,7 @@ def items_sha256(keys: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()
 
 
-def _failed(why: str) -> "Completion":
+def _failed(why: str) -> Completion:
     from .base import Completion
 
     return Completion(text="", error=why)

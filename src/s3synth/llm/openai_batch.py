@@ -17,7 +17,7 @@ reasoning-model quirks the SDK does not, and its fault tolerance is measured by 
 from __future__ import annotations
 
 import json
-from typing import Iterator
+from collections.abc import Iterator
 
 from ..errors import LLMError
 from .base import Completion
