@@ -1,7 +1,7 @@
 """A loopback stub of Anthropic's Messages and Message Batches APIs for tests (127.0.0.1, free port),
 following the documented shapes: POST /v1/messages (the key as x-api-key or `Authorization: Bearer`,
-as the SDK 2.x sends it; an anthropic-version header), POST
-/v1/messages/batches, GET /v1/messages/batches/{id}, GET .../{id}/results (JSONL), POST .../{id}/cancel.
+as the SDK 2.x sends it; an anthropic-version header), POST /v1/messages/batches, GET
+/v1/messages/batches/{id}, GET .../{id}/results (JSONL), POST .../{id}/cancel.
 
     with AnthropicStub() as stub:       # stub.base_url == "http://127.0.0.1:PORT" (the SDK adds /v1/...)
         stub.api_key = "sk-ant-right"   # 401 authentication_error for any other key
@@ -12,8 +12,9 @@ as the SDK 2.x sends it; an anthropic-version header), POST
 
 An answer is "answer to: " + the last 30 characters of the last user message + " #<n words>", the
 same online and in a batch. Sampling parameters (temperature, top_p, top_k) are refused with 400
-"Extra inputs are not permitted", as API version 2026-10-21 does. A batch is in_progress for `polls_per_state` retrievals, then ended
-(with `results_url`); request_counts are processing until it ends, as documented.
+"Extra inputs are not permitted", as API version 2026-10-21 does. A batch is in_progress for
+`polls_per_state` retrievals, then ended (with `results_url`); request_counts are processing until it
+ends, as documented.
 """
 
 from __future__ import annotations

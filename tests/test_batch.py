@@ -272,8 +272,8 @@ def test_killed_while_a_batch_is_in_progress_rerun_polls_it_and_submits_nothing_
         assert db.execute("SELECT COUNT(*) FROM answers").fetchone()[0] == 0
     polled_before = ostub.retrievals[bid]
     ostub.hold_batches = False
-    again = subprocess.run(cmd(tmp_path / "run", "--batch", "--batch-poll", "0.05"), check=False, env=env, capture_output=True,
-                           text=True, timeout=300)
+    again = subprocess.run(cmd(tmp_path / "run", "--batch", "--batch-poll", "0.05"), check=False, env=env,
+                           capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert len(ostub.batch_log) == 1                                  # zero new batches (count at the stub)
     assert ostub.retrievals[bid] > polled_before                      # the recorded one polled ...

@@ -80,7 +80,8 @@ class RunConfig:
     gold_eval: str = opt(None, "Real labelled examples (JSONL, CSV or Parquet) whose errors are extrapolated.",
                          required=True, path=True)
     test: str | None = opt(None, "Real test set for the reported metrics (never used for choices).", path=True)
-    llm: str = opt("embedded", "embedded | openai:MODEL | transformers:PATH | vllm:PATH | any registered BACKEND:MODEL.")
+    llm: str = opt("embedded", "embedded | openai:MODEL | anthropic:MODEL | transformers:PATH | vllm:PATH | "
+                               "any registered BACKEND:MODEL.")
     llm_options: dict = opt(dict, "Options of the LLM backend (-o KEY=VALUE).", cli=False)
     learner: str = opt("minilm", "minilm | distilbert | hf:PATH | fast | any registered learner.")
     learner_path: str | None = opt(None, "Weights folder for the learner (e.g. --learner distilbert, the paper's model).",

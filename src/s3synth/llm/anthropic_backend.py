@@ -171,8 +171,8 @@ class AnthropicLLM(LLM):
                                              f"attempts ({type(e).__name__})")
         except a.APIStatusError as e:    # 429, 5xx, 529 overloaded: the SDK's retries are spent
             self._answered = True
-            return Completion(text="", error=self._redact(f"{self._where}: HTTP {e.status_code} after "
-                                                          f"{self.options.max_retries + 1} attempts: {e.message}"[:300]))
+            why = f"{self._where}: HTTP {e.status_code} after {self.options.max_retries + 1} attempts: {e.message}"
+            return Completion(text="", error=self._redact(why[:300]))
         self._answered = True
         return self.parse(m.model_dump(), req)
 

@@ -121,7 +121,8 @@ class OpenAIBatches(BatchProvider):
         if isinstance(resp, dict) and resp.get("status_code"):
             code, body = int(resp["status_code"]), resp.get("body")
             e = body.get("error") if isinstance(body, dict) else None
-            msg = self.llm._redact(" ".join(str((e.get("message") if isinstance(e, dict) else e) or body).split())[:300])
+            said = (e.get("message") if isinstance(e, dict) else e) or body
+            msg = self.llm._redact(" ".join(str(said).split())[:300])
             if code == 400 and _NO_MAX_TOKENS.search(msg) and not self.llm._max_completion_tokens:
                 self.llm._max_completion_tokens = True      # the next batch sends max_completion_tokens
                 return LineResult(cid, "retry", why="the model takes max_completion_tokens")
