@@ -15,7 +15,8 @@ hang (sleeps `hang_s` before answering), truncated (cut JSON), not_json, empty_c
 empty_content, 401, 404.
 
 It also serves OpenAI's Batch API as documented: POST /v1/files (multipart, purpose=batch), GET
-/v1/files/{id}/content, POST /v1/batches, GET /v1/batches/{id}, POST /v1/batches/{id}/cancel. A batch
+/v1/files/{id}/content, POST /v1/batches, GET /v1/batches (newest first), GET /v1/batches/{id}, POST
+/v1/batches/{id}/cancel. A batch
 is `validating` -> `in_progress` -> `finalizing` -> `completed`, one state per `polls_per_state`
 retrievals; each line is answered exactly like the online endpoint (same text for the same body), in
 the output file as {"id", "custom_id", "response": {"status_code": 200, "request_id", "body"},
@@ -282,6 +283,13 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(200, f["content"], content_type="application/octet-stream")
             if method == "POST" and parts == ["v1", "batches"]:
                 return self._send(*stub._create_batch(json.loads(raw)))
+            if method == "GET" and parts == ["v1", "batches"]:      # newest first, one page of `limit`
+                limit = int(dict(x.split("=", 1) for x in self.path.partition("?")[2].split("&") if "=" in x)
+                            .get("limit", 20))
+                data = [_public(b) for b in reversed(stub.batches.values())][:limit]
+                return self._send(200, {"object": "list", "data": data, "has_more": len(stub.batches) > limit,
+                                        "first_id": data[0]["id"] if data else None,
+                                        "last_id": data[-1]["id"] if data else None})
             b = stub.batches.get(parts[2]) if len(parts) >= 3 and parts[1] == "batches" else None
             if b is None:
                 return self._send(404, _error(f"No batch found with id '{'/'.join(parts[2:])}'.",

@@ -134,6 +134,30 @@ def test_failed_and_lost_batches_and_bad_key(ostub, tmp_path, monkeypatch):
     assert "401" in msg and "TEST_BATCH_KEY" in msg and "sk-wrong" not in msg and "\n" not in msg
 
 
+def test_a_batch_created_but_not_recorded_is_found_by_its_metadata_not_paid_twice(ostub, tmp_path, monkeypatch):
+    """The process dies between batches.create and recording the id: the next run finds the batch by the
+    fingerprint of its custom_ids in `metadata` and polls it."""
+    llm = openai_llm(ostub, tmp_path)
+    rs = reqs(4)
+    real = LLMCache.record_batch
+
+    def die(self, *a, **kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(LLMCache, "record_batch", die)
+    with pytest.raises(KeyboardInterrupt):
+        llm.generate(rs)
+    assert len(ostub.batch_log) == 1 and llm.cache.batches() == []
+    monkeypatch.setattr(LLMCache, "record_batch", real)
+    out = llm.generate(rs)
+    assert all(c.error is None for c in out) and len(ostub.batches) == 1
+    assert [b["id"] for b in llm.cache.batches()] == ["batch_0001"]
+    assert ostub.batches["batch_0001"]["metadata"]["created_by"] == "s3synth"
+    # recorded batches are never taken for unrecorded ones: after an expiry the rest goes out in a new batch
+    ostub.expire_next = 1
+    out = llm.generate(reqs(3, "fresh"))
+    assert len(ostub.batches) == 3 and all(c.error is None for c in out)
+
+
 def test_backend_without_batch_api_and_no_cache_are_one_line_errors(tmp_path):
     gold = tmp_path / "g.jsonl"
     gold.write_text("".join(json.dumps({"premise": f"P {i}.", "hypothesis": f"H {i}.",

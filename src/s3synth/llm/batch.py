@@ -19,8 +19,12 @@ stage that the budget allows (its worst case counted at the batch price), and it
    rounds the rest fail with the batch's reason.
 
 A backend offers batches through `batch_provider()` returning a `BatchProvider` (openai_compat.py,
-anthropic_backend.py). Not handled: a batch recorded under another API key or organisation cannot be
-polled (the provider answers 404); its requests are submitted again, and the line says so.
+anthropic_backend.py). A process killed between creating a batch and recording it: OpenAI batches carry
+the fingerprint of their custom_ids in `metadata`, and a new submission of the same requests first
+looks for such an unrecorded batch among the most recent 100 and polls it instead. Not handled: the
+same window for Anthropic (message batches take no metadata: that batch is paid twice); a batch
+recorded under another API key or organisation cannot be polled (the provider answers 404): its
+requests are submitted again, and the line says so.
 """
 
 from __future__ import annotations
@@ -85,6 +89,12 @@ class BatchProvider(ABC):
     @abstractmethod
     def submit(self, lines: list[dict]) -> tuple[str, str | None, str]:
         """Create one batch of `lines`: (batch id, input file id or None, status)."""
+
+    def find(self, items_sha256: str, known: set[str]) -> tuple[str, str | None, str] | None:
+        """A batch of these requests that the provider holds but the cache does not record (created by a
+        process killed before it could record it): (batch id, input file id, status), or None. Default:
+        None (a provider that cannot tag its batches)."""
+        return None
 
     @abstractmethod
     def poll(self, batch_id: str) -> BatchState:
@@ -208,13 +218,22 @@ class BatchExecutor(Executor):
             chunks[-1].append((job, line))
             size += n
         out = {}
+        known = {b["id"] for b in llm.cache.batches()}
         for chunk in (c for c in chunks if c):
             keys = [j.key for j, _ in chunk]
-            batch_id, file_id, status = provider.submit([line for _, line in chunk])
-            llm.cache.record_batch(batch_id, provider.name, file_id, keys, items_sha256(keys), status)
-            self.submitted.append(batch_id)
-            info(f"batch {batch_id}: submitted {len(keys)} requests to {provider.name} ({status}); recorded in "
-                 "the run's cache - a killed run polls it again")
+            sha = items_sha256(keys)
+            found = provider.find(sha, known)
+            if found is not None:
+                batch_id, file_id, status = found
+                info(f"batch {batch_id}: found at {provider.name} with these {len(keys)} requests (created by a run "
+                     "stopped before it could record it); recorded now, polled instead of a new one")
+            else:
+                batch_id, file_id, status = provider.submit([line for _, line in chunk])
+                self.submitted.append(batch_id)
+                info(f"batch {batch_id}: submitted {len(keys)} requests to {provider.name} ({status}); recorded "
+                     "in the run's cache - a killed run polls it again")
+            llm.cache.record_batch(batch_id, provider.name, file_id, keys, sha, status)
+            known.add(batch_id)
             out[batch_id] = keys
         return out
 

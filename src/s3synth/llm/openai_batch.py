@@ -83,6 +83,19 @@ class OpenAIBatches(BatchProvider):
             raise self._error(e, "create a batch") from None
         return b.id, f.id, b.status
 
+    def find(self, items_sha256: str, known: set[str]) -> tuple[str, str | None, str] | None:
+        """The most recent unrecorded batch (of the last 100) tagged with these custom_ids, unless it failed."""
+        try:
+            page = self.client.batches.list(limit=100)
+        except self.openai.OpenAIError as e:
+            raise self._error(e, "list batches") from None
+        for b in page.data:
+            meta = b.metadata or {}
+            if (b.id not in known and meta.get("created_by") == "s3synth" and meta.get("items_sha256") == items_sha256
+                    and b.status != "failed" and b.endpoint == self.endpoint):
+                return b.id, b.input_file_id, b.status
+        return None
+
     def poll(self, batch_id: str) -> BatchState:
         o = self.openai
         try:
