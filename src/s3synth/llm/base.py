@@ -52,7 +52,7 @@ class Request:
                 "params": asdict(self.params), "sample_index": self.sample_index}
 
     @classmethod
-    def from_payload(cls, d: dict) -> "Request":
+    def from_payload(cls, d: dict) -> Request:
         """The request whose `payload()` is `d` (how a request travels to another process)."""
         params = dict(d["params"])
         params["stop"] = tuple(params.get("stop") or ())

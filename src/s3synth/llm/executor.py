@@ -17,8 +17,9 @@ Not handled: an executor that splits one request over several workers (n > 1 sam
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 from ..errors import LLMError
 from ..plugins import load_plugin, parse_options
@@ -34,7 +35,7 @@ class Job:
     """One request to answer: `index` is its place in the `generate` call (what `commit` takes back)."""
 
     index: int
-    request: "Request"
+    request: Request
     key: str
     seed: int
 
@@ -62,11 +63,11 @@ class Executor(ABC):
     def __init__(self, **options):
         self.options = parse_options(self.Options, options, f"executor '{self.name}'")
 
-    def wave_size(self, llm: "LLM") -> int:
+    def wave_size(self, llm: LLM) -> int:
         return llm.batch_size
 
     @abstractmethod
-    def run(self, llm: "LLM", jobs: Sequence[Job], commit: Commit) -> None:
+    def run(self, llm: LLM, jobs: Sequence[Job], commit: Commit) -> None:
         """Answer every job, calling `commit(job.index, completion)` once per job as soon as its answer
         is known, in any order. A request that fails for good is committed as Completion(error=...)."""
 
@@ -84,7 +85,7 @@ class LocalExecutor(Executor):
 
     name = "local"
 
-    def run(self, llm: "LLM", jobs: Sequence[Job], commit: Commit) -> None:
+    def run(self, llm: LLM, jobs: Sequence[Job], commit: Commit) -> None:
         batch = [j.request for j in jobs]
         llm._emit = lambda j, c: commit(jobs[j].index, c)
         try:
