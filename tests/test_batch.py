@@ -328,6 +328,7 @@ def test_anthropic_online_params_usage_and_sdk_errors(astub, tmp_path):
                   params=GenParams(max_tokens=20, stop=("\n\n", "END"))), Request(prompt="A plain prompt")]
     astub.fail_next("overloaded", 1)        # 529: the SDK retries it
     out = llm.generate(rs)
+    assert [r["path"] for r in astub.received] == ["/v1/messages"] * 3      # 2 requests + 1 retry
     body = astub.messages[0]
     assert body["system"] == "Be brief." and body["messages"] == [{"role": "user", "content": "Tell me about owls."}]
     assert body["max_tokens"] == 20 and body["stop_sequences"] == ["END"]      # whitespace-only stops kept here
@@ -344,13 +345,14 @@ def test_anthropic_online_params_usage_and_sdk_errors(astub, tmp_path):
     with pytest.raises(LLMError) as e:
         make_llm("anthropic:claude-stub", base_url=astub.base_url).generate(reqs(3, "x"))
     assert "401" in str(e.value) and "ANTHROPIC_API_KEY" in str(e.value) and ANTHROPIC_KEY not in str(e.value)
+    astub.api_key = ANTHROPIC_KEY
+    flaky = make_llm("anthropic:claude-stub", base_url=astub.base_url, max_retries=1)
+    assert flaky.generate(reqs(1, "warm"))[0].error is None
     n = len(astub.received)
     astub.fail_next("500", 10)
-    flaky = make_llm("anthropic:claude-stub", base_url=astub.base_url, max_retries=1)
-    flaky._answered = True
-    astub.api_key = ANTHROPIC_KEY
     (c,) = flaky.generate(reqs(1, "y"))
     assert c.error and "HTTP 500" in c.error and len(astub.received) - n == 2     # one try + one SDK retry
+    assert flaky.stats.failures == 1
 
 
 def test_anthropic_batch_errors_expired_and_equal_to_online(astub, tmp_path):

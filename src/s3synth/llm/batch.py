@@ -10,9 +10,9 @@ stage that the budget allows (its worst case counted at the batch price), and it
 3. submits the rest as new batches (split by the provider's limits: requests and bytes per batch),
    each recorded in the cache database - its id, input file and the custom_ids (cache keys) it
    holds - before it is polled,
-4. polls with backoff (a progress line per poll: state, done/failed counts, elapsed time), and once a
-   batch has ended downloads its results, matches them by custom_id, keeps each answered line and
-   commits its answer,
+4. polls with backoff (a progress line on each change, at least every 5 minutes: state, done/failed
+   counts, elapsed time), and once a batch has ended downloads its results, matches them by
+   custom_id, keeps each answered line and commits its answer,
 5. resubmits the requests that a batch left unanswered (expired, cancelled, failed, a server error
    on the line) in a new batch, or online with `--batch-fallback online`; never an answered one. A
    line refused for good (HTTP 4xx) is a failed request (a reject) like online. After `resubmits`
@@ -246,7 +246,7 @@ class BatchExecutor(Executor):
         cap = min(600.0, 30 * self.options.poll)
         pending = dict(open_)
         unanswered: dict[str, str] = {}
-        last: dict[str, tuple] = {}
+        last: dict[str, tuple] = {}     # batch id -> (status, done, failed, when printed)
         while pending:
             time.sleep(wait)
             wait = min(cap, wait * 1.5)
@@ -260,9 +260,11 @@ class BatchExecutor(Executor):
                     unanswered.update({k: "the batch was lost" for k in pending.pop(bid) if k in by_key})
                     continue
                 seen = (st.status, st.done, st.failed)
-                if seen != last.get(bid):
-                    last[bid] = seen
-                    cache.update_batch(bid, st.status)
+                now = time.monotonic()
+                if seen != last.get(bid, (None,))[:3] or now - last[bid][3] >= 300:   # on a change, else every 5 min
+                    if seen != last.get(bid, (None,))[:3]:
+                        cache.update_batch(bid, st.status)
+                    last[bid] = (*seen, now)
                     info(f"batch {bid}: {st.status}, {st.done}/{st.total or '?'} done, {st.failed} failed, "
                          f"{time.monotonic() - t0:.0f} s")
                 if not st.ended:
