@@ -39,11 +39,13 @@ PAIRS = [("s3", "gold"), ("s3+gold", "gold"), ("s3+gold", "zerogen+gold"), ("s3+
          ("s3[learner=minilm]", "gold[learner=minilm]"), ("s3+gold[learner=minilm]", "gold[learner=minilm]")]
 
 
-def run(task: str, seeds: int, seed_size: int, out: Path) -> None:
+def run(task: str, seeds: int, seed_size: int, out: Path, max_test: int = 1000, methods_only: str = "") -> None:
     args, methods = TASKS[task]
+    if methods_only:
+        methods = [m for m in methods if m in methods_only.split(";")]
     cmd = [str(ROOT / ".venv/bin/s3synth"), "bench", *args, "--llm", "embedded", "--learner", "fast",
            "--seed-size", str(seed_size), "--rounds", "2", "--seed", "0", "--max-gold-eval", "300",
-           "--max-test", "1000", "--test-seed", "0", "--methods", ",".join(methods), "--seeds", str(seeds),
+           "--max-test", str(max_test), "--test-seed", "0", "--methods", ",".join(methods), "--seeds", str(seeds),
            "--out", str(out)]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
@@ -97,15 +99,18 @@ def main() -> int:
     ap.add_argument("--tasks", default="imdb,qnli")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--seed-size", type=int, default=100)
+    ap.add_argument("--max-test", type=int, default=1000)
+    ap.add_argument("--methods", default="", help="a subset of the methods, separated by ';' (smoke runs)")
+    ap.add_argument("--out", default="runs/quality", help="run folders: OUT-TASK")
     ap.add_argument("--report", action="store_true", help="only print the tables of finished runs")
     a = ap.parse_args()
     parts = ["# Quality grid (benchmarks/quality_grid.py)", "",
              f"Embedded SmolLM2-135M, seed size {a.seed_size}, 2 rounds, 300 gold-eval examples (30% held out), "
-             "1,000 test examples fixed by --test-seed 0; learner `fast` unless named; mean ± std over seeds.", ""]
+             f"{a.max_test:,} test examples fixed by --test-seed 0; learner `fast` unless named; mean ± std over seeds.", ""]
     for task in a.tasks.split(","):
-        out = ROOT / "runs" / f"quality-{task}"
+        out = ROOT / f"{a.out}-{task}"
         if not a.report:
-            run(task, a.seeds, a.seed_size, out)
+            run(task, a.seeds, a.seed_size, out, a.max_test, a.methods)
         parts.append(tables(task, out))
     text = "\n".join(parts)
     print(text)

@@ -16,8 +16,8 @@ import click
 from .config import EXPORT_FORMATS, METHODS
 from .errors import BudgetExceeded, S3Error
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Hub models are fetched by s3synth.hub only (before a run writes anything; --offline or HF_HUB_OFFLINE=1:
+# the cache only); every loader then reads a local folder with local_files_only=True.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -73,12 +73,17 @@ LLM_ALIASES = {
     "llm_timeout": ("timeout", float, "openai: seconds to wait for one answer before retrying (default 60)."),
     "embedded_weights": ("weights", str, "embedded: q8_0 (default; converted once, cached) or original (the "
                                          "packaged Q4_1 file)."),
+    "llm_revision": ("revision", str, ("transformers/vllm: Hub revision (branch, tag or commit sha) of a generator "
+                                       "named by its Hub name (-o revision=REV); default: the main branch.")),
 }
 LEARNER_ALIASES = {
     "epochs": ("epochs", int, "Learner epochs (default 6; --learner-option epochs=N)."),
     "lr": ("lr", float, "Learner peak learning rate (default 5e-5)."),
     "batch_size": ("batch_size", int, "Learner batch size (default 8)."),
     "max_length": ("max_length", int, "Learner tokens per input (default: the task's)."),
+    "revision": ("revision", str, ("Hub revision (branch, tag or commit sha) of the learner's encoder when it is "
+                                   "named by its Hub name (hf:NAME, distilbert); --learner-option revision=REV. "
+                                   "The commit used is recorded in manifest.json.")),
 }
 CLICK_TYPES = {int: int, float: float, str: str}
 
@@ -211,6 +216,9 @@ def run(**o):
     Example (the README's demo, offline):
       s3synth run --task imdb --gold-eval ../shared/data/s3_release/imdb_round1.jsonl --max-gold-eval 300 \\
                   --test ../shared/data/s3_release/imdb_round2.jsonl --max-test 1000 --out runs/demo
+    Your own encoder by its Hugging Face Hub name (downloaded once; the commit is recorded in manifest.json):
+      s3synth run --task rte --gold-eval gold.jsonl --learner hf:microsoft/deberta-v3-small --revision main \\
+                  --out runs/rte-deberta
     Re-running the same command on a finished directory prints its results and does no new work;
     on an interrupted one it resumes, taking every LLM answer it already has from the cache.
     Budgets (--max-tokens, --max-cost) stop the run with exit code 3, everything saved; the same
@@ -274,8 +282,12 @@ def estimate(assume_error_rate, as_json, **o):
 @click.option("--train", "train_path", required=True, type=click.Path(), help="Training data (JSONL, CSV or Parquet).")
 @click.option("--eval", "eval_path", type=click.Path(), help="Data to choose the best epoch on (default: 10% of --train).")
 @click.option("--test", "test_path", type=click.Path(), help="Data to report metrics on.")
-@click.option("--learner", default="minilm", show_default=True, help="minilm | distilbert | hf:PATH | fast.")
-@click.option("--learner-path", type=click.Path(), help="Weights folder for --learner distilbert.")
+@click.option("--learner", default="minilm", show_default=True,
+              help="minilm | distilbert | hf:HUB_NAME | hf:DIR | fast (a Hub name is downloaded once).")
+@click.option("--learner-path", type=click.Path(), help="Weights folder (or Hub name) for --learner distilbert.")
+@click.option("--revision", help=LEARNER_ALIASES["revision"][2])
+@click.option("--offline", is_flag=True,
+              help="Hub models from the local Hugging Face cache only (as HF_HUB_OFFLINE=1).")
 @click.option("--learner-option", "learner_option", multiple=True, metavar="KEY=VALUE",
               help="An option of the learner (repeatable), e.g. --learner-option epochs=4.")
 @click.option("--out", required=True, type=click.Path(), help="Folder for metrics.json and the model (safetensors).")
@@ -286,13 +298,14 @@ def estimate(assume_error_rate, as_json, **o):
 @click.option("--max-length", type=int, help=LEARNER_ALIASES["max_length"][2])
 @click.option("-q", "--quiet", is_flag=True)
 @click.option("-v", "--verbose", is_flag=True)
-def train(task_name, train_path, eval_path, test_path, learner, learner_path, learner_option, out, seed, quiet,
-          verbose, **aliases):
+def train(task_name, train_path, eval_path, test_path, learner, learner_path, learner_option, out, seed, offline,
+          quiet, verbose, **aliases):
     """Train and evaluate a learner on any data set, e.g. the gold-data baseline.
 
     \b
     Example:
       s3synth train --task rte --train rte/train.jsonl --test rte/validation.jsonl --out runs/rte-gold
+      s3synth train --task rte --train rte/train.jsonl --learner hf:microsoft/deberta-v3-small --out runs/rte-deberta
     """
     from .progress import set_quiet
 
@@ -303,6 +316,7 @@ def train(task_name, train_path, eval_path, test_path, learner, learner_path, le
         from pathlib import Path
 
         from .data import load_examples, stratified_split
+        from .hub import offline_mode
         from .io import write_json
         from .learners import learner_class, make_learner
         from .tasks import load_task
@@ -311,7 +325,8 @@ def train(task_name, train_path, eval_path, test_path, learner, learner_path, le
         kind = learner.partition(":")[0]
         options = _plugin_options({**aliases, "learner_option": learner_option}, LEARNER_ALIASES,
                                   "--learner-option", learner_class(kind), f"the {kind} learner")
-        lrn = make_learner(learner, task, options, model_path=learner_path, seed=seed)
+        with offline_mode(offline):
+            lrn = make_learner(learner, task, options, model_path=learner_path, seed=seed)
         tr = load_examples(train_path, task, id_prefix="train")
         ev = load_examples(eval_path, task, id_prefix="eval") if eval_path else None
         te = load_examples(test_path, task, id_prefix="test") if test_path else None
@@ -320,7 +335,9 @@ def train(task_name, train_path, eval_path, test_path, learner, learner_path, le
         lrn.check()
         t = time.time()
         history = lrn.fit(tr, ev)
-        res = {"task": task.name, "learner": learner, "train_size": len(tr), "history": history,
+        source = getattr(lrn, "model_source", None)
+        res = {"task": task.name, "learner": learner, "base_model": source.to_dict() if source else None,
+               "train_size": len(tr), "history": history,
                "eval": lrn.evaluate(ev) if ev else None, "test": lrn.evaluate(te) if te else None,
                "seconds": round(time.time() - t, 2)}
         lrn.save(Path(out) / "model")

@@ -80,13 +80,18 @@ class RunConfig:
     gold_eval: str = opt(None, "Real labelled examples (JSONL, CSV or Parquet) whose errors are extrapolated.",
                          required=True, path=True)
     test: str | None = opt(None, "Real test set for the reported metrics (never used for choices).", path=True)
-    llm: str = opt("embedded", "embedded | openai:MODEL | anthropic:MODEL | transformers:PATH | vllm:PATH | "
-                               "any registered BACKEND:MODEL.")
+    llm: str = opt("embedded", "embedded | openai:MODEL | anthropic:MODEL | transformers:DIR_OR_HUB_NAME | "
+                               "vllm:DIR_OR_HUB_NAME | any registered BACKEND:MODEL. A Hub name is downloaded once "
+                               "into the Hugging Face cache.")
     llm_options: dict = opt(dict, "Options of the LLM backend (-o KEY=VALUE).", cli=False)
-    learner: str = opt("minilm", "minilm | distilbert | hf:PATH | fast | any registered learner.")
-    learner_path: str | None = opt(None, "Weights folder for the learner (e.g. --learner distilbert, the paper's model).",
+    learner: str = opt("minilm", "minilm | distilbert (the paper's distilbert-base-uncased) | hf:HUB_NAME | hf:DIR | "
+                                 "fast | any registered learner. A Hub name is downloaded once into the Hugging "
+                                 "Face cache (safetensors only).")
+    learner_path: str | None = opt(None, "Weights folder (or Hub name) for the learner, e.g. for --learner distilbert.",
                                    path=True)
     learner_options: dict = opt(dict, "Options of the learner (--learner-option KEY=VALUE).", cli=False)
+    offline: bool = opt(False, "Hugging Face Hub models from the local cache only, no download (as HF_HUB_OFFLINE=1); "
+                               "without a cached copy the run stops before writing anything.", flag=True)
     method: str = opt("s3", "s3, or a baseline of the paper: " + "; ".join(
         f"{m.name}: {m.help}" for m in METHODS.values() if m.name != "s3") + ".", choices=tuple(METHODS))
     size: int | None = opt(None, "zerogen / seed-only: synthetic examples to keep (default: --seed-size).")

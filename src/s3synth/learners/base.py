@@ -42,6 +42,8 @@ class TrainConfig:
                                     # with AVX512-BF16/AMX), else fp32 | bf16 | fp32 (weights, optimizer: fp32)
     compile: bool = False           # torch.compile the training forward pass (GPU only; slow first steps)
     max_train_examples: int | None = None  # cap on training examples (None = all)
+    revision: str | None = None     # Hub revision (branch, tag or commit sha) of an encoder named by its Hub name
+                                    # (--revision); the commit it resolves to is recorded in manifest.json
 
     def __post_init__(self):
         def bad(name, why):
@@ -71,6 +73,8 @@ class TrainConfig:
             bad("device", "must be auto, cpu or cuda")
         if self.precision not in PRECISIONS:
             bad("precision", f"must be one of {', '.join(PRECISIONS)}")
+        if self.revision is not None and not str(self.revision).strip():
+            bad("revision", "must name a branch, tag or commit sha (or be left out)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -107,8 +111,15 @@ class Learner(ABC):
 
     @classmethod
     def resolve_model_path(cls, path: str | None) -> str | None:
-        """The weights this learner starts from: `path` as given (a learner with defaults overrides this)."""
+        """The weights this learner starts from: `path` as given, a folder or a Hub name (a learner with
+        defaults overrides this). Downloading, if any, happens when the learner is built."""
         return path
+
+    @property
+    def model_source(self):
+        """The `s3synth.hub.ModelSource` of the pretrained weights (folder, or Hub name and commit sha), or
+        None for a learner without any; the run records it in manifest.json."""
+        return None
 
     @abstractmethod
     def fit(self, train: Sequence[Example], eval: Sequence[Example] | None = None) -> dict:

@@ -206,6 +206,17 @@ class LLM(ABC):
         every worker together. Default: the same options, `batch_size` requests per call, one engine."""
         return Shard(options=asdict(self.options), rows=self.batch_size, engines=1)
 
+    def fetch(self) -> None:
+        """Make the model's files local before a run writes anything: a backend that loads weights by name
+        (transformers, vllm) downloads a Hub model once into the Hugging Face cache here, or finds it
+        there, and raises S3Error when it can do neither. Others have nothing to fetch."""
+
+    @property
+    def model_source(self):
+        """The `s3synth.hub.ModelSource` of the weights (after `fetch`), or None for a backend without
+        local weights; the run records it in manifest.json."""
+        return None
+
     # -- shared machinery ----------------------------------------------------------------------
     def generate(self, requests: Sequence[Request], desc: str = "generate") -> list[Completion]:
         """Answers for `requests` in order: from the cache where present, else from the backend.

@@ -115,6 +115,7 @@ class S3:
     # ------------------------------------------------------------------ preparation (no writes)
     def prepare(self) -> None:
         """Load and validate every input; raises before anything is written."""
+        from ..hub import offline_mode
         from ..learners import DEFAULT_LEARNER, learner_class, learner_options
         from ..llm import Budget, make_llm
 
@@ -131,7 +132,10 @@ class S3:
             self.contexts = load_contexts(cfg.contexts, self.task) if cfg.contexts else self._gold_contexts()
         kind = (cfg.learner or DEFAULT_LEARNER).partition(":")[0]
         self.train_config = learner_options(learner_class(kind), cfg.learner_options, cfg.seed)
-        self._new_learner().check()
+        with offline_mode(cfg.offline):      # a Hub encoder: downloaded once, or found in the cache, here
+            learner = self._new_learner()
+        learner.check()
+        self.learner_source = getattr(learner, "model_source", None)
         self._check_quality_options()
         budget = Budget(max_tokens=cfg.max_tokens, max_cost=cfg.max_cost, price_in=cfg.price_in,
                         price_out=cfg.price_out, batch_discount=cfg.batch_discount)
@@ -298,8 +302,14 @@ class S3:
 
     # ------------------------------------------------------------------ the run
     def run(self, out: str | Path) -> dict:
+        from ..hub import offline_mode
+
         t0 = time.time()
         self.prepare()
+        fetch = getattr(self.llm, "fetch", None)
+        if fetch is not None:
+            with offline_mode(self.cfg.offline):    # a Hub generator's files, before anything is written
+                fetch()
         rd = RunDir(out).open()
         self.rd = rd
         try:
@@ -343,7 +353,7 @@ class S3:
         m.update({
             "versions": versions(), "seed": cfg.seed, "task": task.name, "task_source": task.source,
             "llm": {**m.get("llm", {}), "name": self.llm.name, "identity": self.llm.identity()},
-            "prompt_style": self.style, "method": cfg.method,
+            "prompt_style": self.style, "method": cfg.method, "models": self._model_sources(),
             "inputs": {k: {"path": str(getattr(cfg, k)), "sha256": v} for k, v in self.input_hashes.items()},
             "split": {"gold_eval": len(self.gold), "mining": len(self.mining), "holdout": len(self.holdout),
                       "demos": [d.id for d in self.demos], "test": len(self.test) if self.test else 0},
@@ -354,9 +364,9 @@ class S3:
         base_fp = fingerprint(task.source, task.name, repr(task.prompts), self.input_hashes, cfg.max_gold_eval,
                               cfg.seed, cfg.holdout_frac, self.llm.identity(), self.style, cfg.temperature,
                               cfg.top_p)
-        learn_fp = fingerprint(cfg.learner, cfg.learner_path, dataclasses.asdict(self.train_config),
+        learn_fp = fingerprint(cfg.learner, cfg.learner_path, self._learner_key(),
                                cfg.balance, cfg.extrapolate_attempts, cfg.max_test, self.input_hashes.get("test"),
-                               *self._screen_key(), *self._quality_key(),
+                               *self._screen_key(), *self._quality_key(), *self._learner_sha(),
                                *([("test-seed", cfg.test_seed)] if cfg.test_seed is not None else []))
         rationales, seed, seed_fp = None, [], base_fp
         added: list[Example] = []
@@ -461,6 +471,25 @@ class S3:
             rd.manifest["seed_label_counts"] = label_counts(seed)
             st.extra["examples"] = len(seed)
         return seed, seed_fp
+
+    def _model_sources(self) -> dict:
+        """manifest.json "models": where the learner's and the generator's weights came from (a folder, or a
+        Hub name with the revision asked for and the commit sha it resolved to)."""
+        out = {}
+        for role, src in (("learner", self.learner_source), ("llm", getattr(self.llm, "model_source", None))):
+            if src is not None:
+                out[role] = src.to_dict()
+        return out
+
+    def _learner_key(self) -> dict:
+        """The learner's options for its stages' fingerprint; a Hub revision enters as the commit it resolved
+        to (`_learner_sha`), so "main" and that commit's sha are the same weights."""
+        return {k: v for k, v in dataclasses.asdict(self.train_config).items() if k != "revision"}
+
+    def _learner_sha(self) -> list:
+        """Fingerprint part for a Hub encoder: its commit (empty for a folder, so older runs still resume)."""
+        src = self.learner_source
+        return [("base_sha", src.sha)] if src is not None and src.sha else []
 
     def _screen_key(self) -> list:
         """Fingerprint part for --drop-leaks/--dedup (empty when both are off, so older runs still resume)."""

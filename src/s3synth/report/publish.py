@@ -127,7 +127,8 @@ def hub_token() -> str:
 
 @contextlib.contextmanager
 def _online():
-    """`s3synth` sets HF_HUB_OFFLINE=1 for everything else; pushing is the one call that goes online."""
+    """Pushing is the one call that goes online even where HF_HUB_OFFLINE=1 is set (for reading models: see
+    s3synth.hub, which honours it and --offline)."""
     from huggingface_hub import constants
 
     before = constants.HF_HUB_OFFLINE
