@@ -223,6 +223,12 @@ def run(**o):
     on an interrupted one it resumes, taking every LLM answer it already has from the cache.
     Budgets (--max-tokens, --max-cost) stop the run with exit code 3, everything saved; the same
     command with a larger budget goes on from there.
+
+    \b
+    Half price through the providers' batch APIs (answers within 24 h; a killed run polls its batches again):
+      s3synth run --task rte --gold-eval gold.jsonl --llm openai:gpt-4o-mini --batch --out runs/rte
+      ANTHROPIC_API_KEY=... s3synth run --task rte --gold-eval gold.jsonl --llm anthropic:claude-haiku-4-5 \\
+                  --batch --batch-fallback online --max-cost 5 --price-in 1 --price-out 5 --out runs/rte-claude
     """
     from .progress import set_quiet
 
@@ -254,6 +260,7 @@ def estimate(assume_error_rate, as_json, **o):
     \b
     Example:
       s3synth estimate --task rte --gold-eval gold.jsonl --llm openai:gpt-4o-mini --price-in 0.15 --price-out 0.6
+      s3synth estimate ... --price-in 0.15 --price-out 0.6 --batch       # at the batch price (--batch-discount)
     """
     from .progress import set_quiet
 

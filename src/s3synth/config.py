@@ -63,6 +63,7 @@ CLEAN_MODES = ("none", "drop", "weight")
 CLEAN_WITH = ("fast", "learner")
 MINE_RULES = ("misclassified", "margin", "loss")
 EXPORT_FORMATS = ("jsonl", "parquet", "hf")     # `s3synth export --format`
+BATCH_FALLBACKS = ("batch", "online")
 
 
 def opt(default=None, help: str = "", *, choices=None, cli: bool = True, **more):
@@ -79,8 +80,9 @@ class RunConfig:
     gold_eval: str = opt(None, "Real labelled examples (JSONL, CSV or Parquet) whose errors are extrapolated.",
                          required=True, path=True)
     test: str | None = opt(None, "Real test set for the reported metrics (never used for choices).", path=True)
-    llm: str = opt("embedded", "embedded | openai:MODEL | transformers:DIR_OR_HUB_NAME | vllm:DIR_OR_HUB_NAME | any "
-                               "registered BACKEND:MODEL. A Hub name is downloaded once into the Hugging Face cache.")
+    llm: str = opt("embedded", "embedded | openai:MODEL | anthropic:MODEL | transformers:DIR_OR_HUB_NAME | "
+                               "vllm:DIR_OR_HUB_NAME | any registered BACKEND:MODEL. A Hub name is downloaded once "
+                               "into the Hugging Face cache.")
     llm_options: dict = opt(dict, "Options of the LLM backend (-o KEY=VALUE).", cli=False)
     learner: str = opt("minilm", "minilm | distilbert (the paper's distilbert-base-uncased) | hf:HUB_NAME | hf:DIR | "
                                  "fast | any registered learner. A Hub name is downloaded once into the Hugging "
@@ -138,6 +140,17 @@ class RunConfig:
     max_cost: float | None = opt(None, "Hard budget in money (needs --price-in/--price-out).")
     price_in: float = opt(0.0, "Price per million prompt tokens.")
     price_out: float = opt(0.0, "Price per million completion tokens.")
+    batch: bool = opt(False, "Send each stage's uncached requests as provider batch jobs (openai: the Batch API; "
+                             "anthropic: Message Batches) at the batch price; answers take minutes to hours. The "
+                             "batch ids are recorded in the run's cache: a re-run polls them, never pays twice.",
+                      flag=True)
+    batch_fallback: str = opt("batch", "--batch: requests that an expired, failed or cancelled batch left "
+                                       "unanswered go to a new batch, or online (at the online price).",
+                              choices=BATCH_FALLBACKS)
+    batch_discount: float = opt(0.5, "The share of the price that batch requests take off (0.5: half price), for "
+                                     "--max-cost and `estimate --batch`.")
+    batch_poll: float = opt(15.0, "--batch: seconds before the first poll of a batch; the wait grows 1.5x per "
+                                  "poll up to 30x this (at most 10 minutes).")
 
     def __post_init__(self):
         def bad(name, why):
@@ -183,6 +196,12 @@ class RunConfig:
             bad("max_tokens", "must be >= 1")
         if self.price_in < 0 or self.price_out < 0:
             raise S3Error("--price-in and --price-out must be >= 0")
+        if not (0 <= self.batch_discount < 1):
+            bad("batch_discount", "must be in [0, 1): the share of the price a batch takes off (0.5: half price)")
+        if self.batch_poll <= 0:
+            bad("batch_poll", "must be > 0 (seconds)")
+        if self.batch and self.cache_mode == "off":
+            raise S3Error("--batch records its batch ids in the run's LLM cache: drop --no-cache (--cache-mode off)")
         if self.max_cost is not None:
             if self.max_cost <= 0:
                 bad("max_cost", "must be > 0")

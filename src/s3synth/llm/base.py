@@ -18,6 +18,7 @@ from ..errors import BudgetExceeded, LLMError
 from ..plugins import parse_options
 from ..progress import bar
 from .cache import LLMCache
+from .executor import Executor, Job, LocalExecutor, Shard
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,15 @@ class Request:
         return {"prompt": self.prompt, "messages": [list(m) for m in self.messages] if self.messages else None,
                 "params": asdict(self.params), "sample_index": self.sample_index}
 
+    @classmethod
+    def from_payload(cls, d: dict) -> Request:
+        """The request whose `payload()` is `d` (how a request travels to another process)."""
+        params = dict(d["params"])
+        params["stop"] = tuple(params.get("stop") or ())
+        msgs = d.get("messages")
+        return cls(prompt=d.get("prompt"), messages=tuple(tuple(m) for m in msgs) if msgs else None,
+                   params=GenParams(**params), sample_index=d.get("sample_index", 0))
+
 
 def estimate_prompt_tokens(request: Request) -> int:
     """Rough prompt size before a call: ceil(chars / 4) of the prompt or the joined message contents."""
@@ -81,6 +91,7 @@ class LLMStats:
     completion_tokens: int = 0
     used_prompt_tokens: int = 0      # tokens of every answer served (cached or new): what a method uses
     used_completion_tokens: int = 0
+    batch_calls: int = 0     # of `calls`: answers that came from a provider batch job (`--batch`)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -88,35 +99,46 @@ class LLMStats:
 
 @dataclass
 class Budget:
-    """Hard limits over the whole run directory (counted from its cache, so they hold across resumes)."""
+    """Hard limits over the whole run directory (counted from its cache, so they hold across resumes).
+
+    `batch_discount` is the share of the price that provider batch jobs take off (0.5: half price); the
+    answers of a run directory that came from batches are counted at `1 - batch_discount` of the price."""
 
     max_tokens: int | None = None
     max_cost: float | None = None
     price_in: float = 0.0     # money per million prompt tokens
     price_out: float = 0.0    # money per million completion tokens
+    batch_discount: float = 0.5
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.price_in + completion_tokens * self.price_out) / 1e6
 
-    def allows(self, prompt_tokens: int, completion_tokens: int) -> bool:
-        """True when this total spend stays within every limit."""
+    def spent_cost(self, spent: dict) -> float:
+        """Money of a spend dict (`LLMCache.spent()`, with `batch_spent()` merged in where batches ran)."""
+        bpt, bct = spent.get("batch_prompt_tokens", 0), spent.get("batch_completion_tokens", 0)
+        return (self.cost(spent["prompt_tokens"] - bpt, spent["completion_tokens"] - bct)
+                + (1 - self.batch_discount) * self.cost(bpt, bct))
+
+    def allows(self, prompt_tokens: int, completion_tokens: int, money: float | None = None) -> bool:
+        """True when this total spend stays within every limit (`money`: its cost when not at full price)."""
+        money = self.cost(prompt_tokens, completion_tokens) if money is None else money
         return ((self.max_tokens is None or prompt_tokens + completion_tokens <= self.max_tokens) and
-                (self.max_cost is None or self.cost(prompt_tokens, completion_tokens) <= self.max_cost))
+                (self.max_cost is None or money <= self.max_cost))
 
     def describe(self, spent: dict) -> str:
         """Example: "9,950 of 10,000 tokens" (and the money when a cost budget is set)."""
         pt, ct = spent["prompt_tokens"], spent["completion_tokens"]
         parts = [f"{pt + ct:,} of {self.max_tokens:,} tokens"] if self.max_tokens is not None else []
         if self.max_cost is not None:
-            parts.append(f"{self.cost(pt, ct):.4f} of {self.max_cost} in money")
+            parts.append(f"{self.spent_cost(spent):.4f} of {self.max_cost} in money")
         return ", ".join(parts)
 
     def exceeded(self, spent: dict) -> str | None:
         total = spent["prompt_tokens"] + spent["completion_tokens"]
         if self.max_tokens is not None and total >= self.max_tokens:
             return f"token budget reached ({total:,} of {self.max_tokens:,} tokens)"
-        if self.max_cost is not None and self.cost(spent["prompt_tokens"], spent["completion_tokens"]) >= self.max_cost:
-            return f"cost budget reached ({self.cost(spent['prompt_tokens'], spent['completion_tokens']):.4f} of {self.max_cost})"
+        if self.max_cost is not None and self.spent_cost(spent) >= self.max_cost:
+            return f"cost budget reached ({self.spent_cost(spent):.4f} of {self.max_cost})"
         return None
 
 
@@ -144,6 +166,7 @@ class LLM(ABC):
         self.budget = budget or Budget()
         self.stats = LLMStats()
         self._emit = None
+        self.executor: Executor = LocalExecutor()   # where uncached requests run (`--executor`)
 
     # -- identity -------------------------------------------------------------------------------
     @property
@@ -176,6 +199,13 @@ class LLM(ABC):
     def close(self) -> None:
         """Release resources (models, connections)."""
 
+    def shard(self, actors: int, cpus_per_actor: float | None) -> Shard:
+        """How a distributed executor runs this backend on `actors` workers side by side (each with
+        `cpus_per_actor` cores): the options of one engine, the requests per call and the engines per
+        worker. Override so that limits meant for the whole run (rate limits, concurrency) hold over
+        every worker together. Default: the same options, `batch_size` requests per call, one engine."""
+        return Shard(options=asdict(self.options), rows=self.batch_size, engines=1)
+
     def fetch(self) -> None:
         """Make the model's files local before a run writes anything: a backend that loads weights by name
         (transformers, vllm) downloads a Hub model once into the Hugging Face cache here, or finds it
@@ -191,8 +221,10 @@ class LLM(ABC):
     def generate(self, requests: Sequence[Request], desc: str = "generate") -> list[Completion]:
         """Answers for `requests` in order: from the cache where present, else from the backend.
 
-        New answers are written to the cache as each batch returns, so a killed run loses at most
-        one batch in flight. Raises BudgetExceeded (after saving) once a budget is reached.
+        The rest go to `self.executor` (`--executor`: local batches in this process, or Ray) in waves
+        that fit the budget; each new answer is written to the cache as it arrives, in any order, so a
+        killed run loses at most the requests in flight. Raises BudgetExceeded (after saving) once a
+        budget is reached.
         """
         requests = list(requests)
         self.stats.requests += len(requests)
@@ -218,20 +250,19 @@ class LLM(ABC):
                 todo.append(i)
         if todo and self.cache_mode == "only":
             raise LLMError(f"--cache-only: {len(todo)} of {len(requests)} answers for '{desc}' are not in the cache")
+        executor = self.executor
         with bar(len(todo), desc, "req") as b:
             start = 0
-            while start < len(todo):
-                n = self._affordable([requests[i] for i in todo[start:start + self.batch_size]], use_cache)
+            while start < len(todo):      # one wave: what the executor takes at once, cut to the budget
+                n = self._affordable([requests[i] for i in todo[start:start + executor.wave_size(self)]], use_cache)
                 idx = todo[start:start + n]
                 start += n
-                batch = [requests[i] for i in idx]
-                done: set[int] = set()
+                pending = set(idx)
 
-                def record(j: int, c: Completion, idx=idx, done=done) -> None:
-                    i = idx[j]
-                    if i in done:
+                def record(i: int, c: Completion, pending=pending) -> None:
+                    if i not in pending:    # answered already (or not part of this wave)
                         return
-                    done.add(i)
+                    pending.discard(i)
                     out[i] = c
                     b.advance(1)
                     if c.error is not None:
@@ -246,15 +277,10 @@ class LLM(ABC):
                         self.cache.put_many([(keys[i], self.backend, self.model, requests[i].payload(), c.text,
                                               c.prompt_tokens, c.completion_tokens, c.finish_reason)])
 
-                self._emit = record
-                try:
-                    results = self._generate_batch(batch, [self.request_seed(keys[i]) for i in idx])
-                finally:
-                    self._emit = None
-                if len(results) != len(batch):
-                    raise LLMError(f"backend {self.name} returned {len(results)} answers for {len(batch)} requests")
-                for j, c in enumerate(results):
-                    record(j, c)
+                executor.run(self, [Job(i, requests[i], keys[i], self.request_seed(keys[i])) for i in idx], record)
+                if pending:
+                    raise LLMError(f"the {executor.name} executor returned no answer for {len(pending)} of "
+                                   f"{len(idx)} requests of '{desc}'")
         for i, k in enumerate(keys):   # fill in duplicates within the call
             if out[i] is None:
                 src = out[seen[k]]
@@ -268,21 +294,24 @@ class LLM(ABC):
         worst case (estimated prompt tokens + max_tokens) still fits what is left. Raises BudgetExceeded
         when the budget is reached or not even the next request fits. Spend is the run directory's cache
         (this process's answers with --no-cache), so a run overshoots only where a server counts more
-        prompt tokens than `estimate_prompt_tokens` guessed, within one batch."""
+        prompt tokens than `estimate_prompt_tokens` guessed, within one batch. Requests that the executor
+        sends as a provider batch job (`price_factor` < 1) are counted at the batch price."""
         b = self.budget
         if b.max_tokens is None and b.max_cost is None:
             return len(batch)
         if use_cache and self.cache is not None:
-            spent = self.cache.spent()
+            spent = {**self.cache.spent(), **self.cache.batch_spent()}
         else:
             spent = {"prompt_tokens": self.stats.prompt_tokens, "completion_tokens": self.stats.completion_tokens}
         why = b.exceeded(spent)
         if why:
             raise BudgetExceeded(f"{why}; everything so far is saved - run again with a larger budget to go on")
         pt, ct, n = spent["prompt_tokens"], spent["completion_tokens"], 0
+        money, factor = b.spent_cost(spent), getattr(self.executor, "price_factor", 1.0)
         for r in batch:
-            pt, ct = pt + estimate_prompt_tokens(r), ct + r.params.max_tokens
-            if not b.allows(pt, ct):
+            rp, rc = estimate_prompt_tokens(r), r.params.max_tokens
+            pt, ct, money = pt + rp, ct + rc, money + factor * b.cost(rp, rc)
+            if not b.allows(pt, ct, money):
                 break
             n += 1
         if n == 0:

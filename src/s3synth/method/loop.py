@@ -138,7 +138,7 @@ class S3:
         self.learner_source = getattr(learner, "model_source", None)
         self._check_quality_options()
         budget = Budget(max_tokens=cfg.max_tokens, max_cost=cfg.max_cost, price_in=cfg.price_in,
-                        price_out=cfg.price_out)
+                        price_out=cfg.price_out, batch_discount=cfg.batch_discount)
         if self._llm_obj is not None:
             self.llm = self._llm_obj
             self.llm.seed, self.llm.budget, self.llm.cache_mode = cfg.seed, budget, cfg.cache_mode
@@ -162,11 +162,25 @@ class S3:
             if step.kind in ("seed", "zerogen") and self.task.stage(step.kind) is None:
                 raise S3Error(f"task {self.task.name} has no '{step.kind}' prompt; add prompts.{step.kind} "
                               "to the task file")
+        if cfg.batch:
+            self._use_batches()
         self.input_hashes = {"gold_eval": file_sha256(cfg.gold_eval)}
         if cfg.test:
             self.input_hashes["test"] = file_sha256(cfg.test)
         if cfg.contexts:
             self.input_hashes["contexts"] = file_sha256(cfg.contexts)
+
+    def _use_batches(self) -> None:
+        """--batch: the LLM's uncached requests go to the provider's batch API (llm/batch.py), priced at the
+        batch price by the budget; the backend must have one (openai, anthropic)."""
+        from ..llm.batch import BatchExecutor
+
+        if not hasattr(self.llm, "batch_provider"):
+            raise S3Error(f"--batch: the {self.llm.backend} backend has no batch API; it works with openai:MODEL "
+                          "and anthropic:MODEL - drop --batch")
+        cfg = self.cfg
+        self.llm.executor = BatchExecutor(fallback=cfg.batch_fallback, discount=cfg.batch_discount,
+                                          poll=cfg.batch_poll)
 
     def _check_quality_options(self) -> None:
         """--clean-labels / --mine / --final-train against the task and the learner (before any write)."""
@@ -252,7 +266,19 @@ class S3:
     def _usage(self) -> dict:
         """LLM requests and tokens served so far (cached or new); a stage records its difference."""
         now = self.llm.stats.to_dict()
-        return {k: now[k] for k in ("requests", "calls", "used_prompt_tokens", "used_completion_tokens")}
+        return {k: now[k] for k in ("requests", "calls", "batch_calls", "used_prompt_tokens", "used_completion_tokens")}
+
+    def _record_batches(self, m: dict) -> None:
+        """manifest.json's llm.batch: the provider batches recorded in the cache, the stages whose answers came
+        (partly) from batches, and the settings (nothing when no batch was ever used)."""
+        batches = self.llm.cache.batches()
+        if not batches and not self.cfg.batch:
+            return
+        stages = [name for name, st in m.get("stages", {}).items()
+                  if isinstance(st, dict) and (st.get("llm") or {}).get("batch_calls")]
+        m["llm"]["batch"] = {"used": self.cfg.batch, "fallback": self.cfg.batch_fallback,
+                             "discount": self.cfg.batch_discount, "stages": stages, "batches": batches,
+                             "spent": self.llm.cache.batch_spent()}
 
     def _new_learner(self):
         from ..learners import make_learner
@@ -298,6 +324,7 @@ class S3:
                     inv[-1]["interrupted"] = True
                 if self.llm.cache is not None:
                     rd.manifest["llm"] = {**rd.manifest.get("llm", {}), "spent_total": self.llm.cache.spent()}
+                    self._record_batches(rd.manifest)
                 rd.save_manifest()
             finally:        # the lock is let go even when the manifest cannot be written (disk full)
                 if self.llm.cache is not None:
@@ -395,6 +422,7 @@ class S3:
         inv["seconds"] = round(time.time() - t0, 2)
         inv["llm"] = self.llm.stats.to_dict()
         m["llm"]["spent_total"] = self.llm.cache.spent()
+        self._record_batches(m)
         m["result"] = {"final_test": final.get("test"), "seed_size": len(seed), "added": len(added)}
         rd.save_manifest()
         return result
