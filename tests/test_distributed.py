@@ -244,3 +244,22 @@ def test_ray_train_two_workers(single, tiny_bert, imdb):
     finally:
         if started:
             ray.shutdown()
+
+
+def test_workers_do_not_change_the_learner_fingerprint(tmp_path):
+    """workers/launcher say how the learner trains, not what it learns: a run resumed with workers=2 keeps
+    its finished rounds (the stages' fingerprints hold the learner's other options only)."""
+    from conftest import QueuedLLM
+    from test_pipeline import tiny_data
+
+    from s3synth.config import RunConfig
+    from s3synth.method import S3
+
+    gold, test = tiny_data(tmp_path, "imdb")
+    keys = []
+    for opts in ({}, {"workers": 2, "launcher": "spawn"}, {"epochs": 2}):
+        s3 = S3(RunConfig(task="imdb", gold_eval=str(gold), learner="minilm", learner_options=opts),
+                llm=QueuedLLM(lambda r: "x"))
+        s3.prepare()
+        keys.append(s3._learner_key())
+    assert keys[0] == keys[1] and keys[0] != keys[2]

@@ -481,10 +481,14 @@ class S3:
                 out[role] = src.to_dict()
         return out
 
+    # options that say where or how fast a learner trains, not what it learns: left out of the fingerprint
+    # (a run resumed with --learner-option workers=2 keeps its trained rounds)
+    PLACEMENT_OPTIONS = ("revision", "workers", "launcher")
+
     def _learner_key(self) -> dict:
         """The learner's options for its stages' fingerprint; a Hub revision enters as the commit it resolved
         to (`_learner_sha`), so "main" and that commit's sha are the same weights."""
-        return {k: v for k, v in dataclasses.asdict(self.train_config).items() if k != "revision"}
+        return {k: v for k, v in dataclasses.asdict(self.train_config).items() if k not in self.PLACEMENT_OPTIONS}
 
     def _learner_sha(self) -> list:
         """Fingerprint part for a Hub encoder: its commit (empty for a folder, so older runs still resume)."""
