@@ -173,6 +173,7 @@ def test_only_rank_0_writes_the_model(single, tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- two gloo processes
 
+@pytest.mark.slow
 def test_two_gloo_processes_train_like_one(tiny_bert, imdb, tmp_path):
     """workers=2: the learner spawns two gloo processes; the model comes back into this learner with the
     history of a single-process run (same shape, best epoch, losses) and a perfect toy accuracy. Per-example
