@@ -7,12 +7,18 @@ length, and (precision auto) uses bf16 autocast where the CPU has native bf16 (A
 Each variant runs in its own subprocess so that peak memory is its own.
 
     .venv/bin/python benchmarks/learner_throughput.py [--train 256] [--infer 256] [--threads 2] [--qnli 800]
+    .venv/bin/python benchmarks/learner_throughput.py --data-parallel [--train 512] [--epochs 2]
 
 Prints a table: training and inference examples/s, effective GFLOP/s (useful FLOPs on real,
 non-padding tokens: 6 x parameters per token for training, 2 x for inference), peak RSS, and the
 ratios measured in the same run (bf16 against fp32, s3synth against the paper-style loop). With
 --qnli N: MiniLM trained on N QNLI pairs of the shared evaluation pool (3 epochs), test accuracy on the
 shared QNLI test set, per precision.
+
+With --data-parallel: instead, MiniLM training (fp32) in one process against 2 gloo processes started
+by the learner (`workers=2`: torch.multiprocessing, and Ray Train's TorchTrainer when Ray is installed),
+the same global batch: examples/s over the epochs alone and over the whole fit (worker start-up, model
+loading and the hand-back of the weights included), and the ratio against one process.
 """
 
 from __future__ import annotations
@@ -137,8 +143,27 @@ def run_qnli(n_train: int, precision: str) -> dict:
             "precision_used": learner.precision}
 
 
-def child(variant: str, n_train: int, n_infer: int) -> None:
-    if variant.startswith("qnli-"):
+def run_data_parallel(n_train: int, workers: int, launcher: str, epochs: int) -> dict:
+    from s3synth.learners import make_learner
+    from s3synth.progress import set_quiet
+
+    set_quiet(True)
+    task, train, _ = _load(n_train, 0)
+    learner = make_learner("minilm", task, {"epochs": epochs, "batch_size": 16, "precision": "fp32", "seed": 0,
+                                            "workers": workers, "launcher": launcher})
+    t = time.perf_counter()
+    history = learner.fit(train, None)
+    return {"fit_s": time.perf_counter() - t, "epoch_ex_per_s": history["train_examples_per_s"],
+            "train_loss": history["epochs"][-1]["train_loss"], "epochs": epochs}
+
+
+def child(variant: str, n_train: int, n_infer: int, epochs: int = 1) -> None:
+    if variant.startswith("dp-"):
+        _, workers, launcher, threads = variant.split("-")
+        import torch
+        torch.set_num_threads(int(threads))   # in all: each of the workers gets its share
+        res = run_data_parallel(n_train, int(workers), launcher, epochs)
+    elif variant.startswith("qnli-"):
         res = run_qnli(n_train, variant[5:])
     elif variant == "paper":
         res = run_paper(n_train, n_infer)
@@ -155,23 +180,29 @@ def main() -> None:
     ap.add_argument("--infer", type=int, default=256, help="RTE validation pairs to predict")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads per variant")
     ap.add_argument("--qnli", type=int, default=0, help="also: QNLI test accuracy after training on N pairs")
+    ap.add_argument("--data-parallel", action="store_true",
+                    help="only: one process against 2 gloo processes (spawn, and Ray Train if installed)")
+    ap.add_argument("--epochs", type=int, default=2, help="--data-parallel: epochs per fit")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         import torch
         torch.set_num_threads(a.threads)
-        return child(a.child, a.qnli if a.child.startswith("qnli-") else a.train, a.infer)
+        return child(a.child, a.qnli if a.child.startswith("qnli-") else a.train, a.infer, a.epochs)
 
     def spawn(variant: str) -> dict:
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         p = subprocess.run([sys.executable, __file__, "--child", variant, "--train", str(a.train),
-                            "--infer", str(a.infer), "--threads", str(a.threads), "--qnli", str(a.qnli)],
+                            "--infer", str(a.infer), "--threads", str(a.threads), "--qnli", str(a.qnli),
+                            "--epochs", str(a.epochs)],
                            capture_output=True, text=True, env=env)
         line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
         if p.returncode or not line:
             sys.exit(f"{variant} failed:\n{p.stderr[-2000:]}")
         return json.loads(line[0][7:])
 
+    if a.data_parallel:
+        return data_parallel_table(a, spawn)
     rows = {v: spawn(v) for v in ("paper", "fp32", "bf16")}
     names = {"paper": "paper-style (pad 512, bs 8)", "fp32": "s3synth fp32 (dynamic, bs 16)",
              "bf16": "s3synth bf16 autocast"}
@@ -193,6 +224,27 @@ def main() -> None:
         for prec in ("fp32", "bf16"):
             r = spawn("qnli-" + prec)
             print(f"{prec:<10} {100 * r['accuracy']:>14.1f} {r['test']:>10} {r['seconds']:>8.0f}")
+
+
+def data_parallel_table(a, spawn) -> None:
+    import importlib.util
+
+    t = a.threads
+    variants = {f"dp-1-auto-{t}": f"1 process, {t} threads", "dp-1-auto-1": "1 process, 1 thread",
+                f"dp-2-spawn-{t}": "2 gloo processes (spawn)"}
+    if importlib.util.find_spec("ray") and importlib.util.find_spec("ray.train"):
+        variants[f"dp-2-ray-{t}"] = "2 gloo workers (Ray Train)"
+    rows = {v: spawn(v) for v in variants}
+    base = rows[f"dp-1-auto-{t}"]
+    print(f"RTE pairs: train {a.train} x {a.epochs} epochs, global batch 16, MiniLM-L6 fp32; "
+          f"{os.cpu_count()} CPU cores; the workers share {t} torch threads (Ray: one CPU each); "
+          f"ratios against the first row")
+    print(f"{'variant':<30} {'epoch ex/s':>10} {'ratio':>6} {'fit s':>7} {'fit ex/s':>9} {'ratio':>6} {'last loss':>10}")
+    for v, r in rows.items():
+        fit_rate = a.train * a.epochs / r["fit_s"]
+        base_fit = a.train * a.epochs / base["fit_s"]
+        print(f"{variants[v]:<30} {r['epoch_ex_per_s']:>10.1f} {r['epoch_ex_per_s'] / base['epoch_ex_per_s']:>6.2f} "
+              f"{r['fit_s']:>7.1f} {fit_rate:>9.1f} {fit_rate / base_fit:>6.2f} {r['train_loss']:>10.4f}")
 
 
 if __name__ == "__main__":

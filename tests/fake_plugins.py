@@ -16,7 +16,6 @@ import json
 import math
 import re
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -76,8 +75,12 @@ class FakeLearner(Learner):
         self.history: dict | None = None
 
     # ------------------------------------------------------------ model
-    def fit(self, train: Sequence[Example], eval: Sequence[Example] | None = None) -> dict:
+    def fit(self, train: Sequence[Example], eval: Sequence[Example] | None = None,
+            weights: Sequence[float] | None = None) -> dict:
+        """Naive Bayes over word counts; `weights` scale each example's counts (recorded in `self.weights`)."""
         train = list(train)
+        weights = [1] * len(train) if weights is None else [float(w) for w in weights]
+        self.weights = weights
         if not train:
             raise S3Error("no training examples for the learner")
         names = self.task.label_names
@@ -86,12 +89,13 @@ class FakeLearner(Learner):
                 if ex.label not in names:
                     raise S3Error(f"training example {ex.id or ex.text[:40]!r} has label {ex.label!r}; "
                                   f"task {self.task.name} expects one of {names}")
-        self.priors = dict(Counter(str(ex.label) for ex in train))
+        self.priors = {}
         self.counts = {}
-        for ex in train:
+        for ex, wt in zip(train, weights):
+            self.priors[str(ex.label)] = self.priors.get(str(ex.label), 0) + wt
             c = self.counts.setdefault(str(ex.label), {})
             for w in words(ex):
-                c[w] = c.get(w, 0) + 1
+                c[w] = c.get(w, 0) + wt
         rows = []
         eval = list(eval or [])
         metrics = evaluate(self.task, eval, self.predict(eval)) if eval else {}

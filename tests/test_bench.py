@@ -108,3 +108,55 @@ def test_bench_cli_bad_methods_and_help(tmp_path):
     assert r.exit_code == 0 and "--methods" in r.stdout and "Table 2" in r.stdout
     r = CliRunner().invoke(cli, ["run", "--help"])
     assert "--method" in r.stdout and "zerogen-s3" in r.stdout
+
+
+def test_method_variants_parse_and_fail_clearly():
+    import pytest
+
+    from s3synth.errors import S3Error
+    from s3synth.method.bench import parse_variant, split_methods, variant_dir
+
+    assert split_methods("gold, s3+gold[clean_labels=drop,learner=fast],s3") == [
+        "gold", "s3+gold[clean_labels=drop,learner=fast]", "s3"]
+    assert parse_variant("s3+gold[clean_labels=drop, gold_weight=2]") == (
+        "s3+gold", {"clean_labels": "drop", "gold_weight": "2"})
+    assert parse_variant("zerogen+gold") == ("zerogen+gold", {})
+    assert variant_dir("s3+gold[clean_labels=drop,learner=fast]") == "s3+gold_clean_labels-drop_learner-fast"
+    for bad, msg in (("s4", "unknown s4;"), ("s3[colour=red]", "not KEY=VALUE"), ("s3[seed=3]", "not KEY=VALUE"),
+                     ("s3[drop]", "not KEY=VALUE")):
+        with pytest.raises(S3Error, match=msg):
+            parse_variant(bad)
+
+
+def test_bench_with_gold_variants_sizes_the_control_like_s3(tmp_path, monkeypatch):
+    import pytest
+
+    import s3synth.report as report_mod
+    from s3synth.errors import S3Error
+
+    monkeypatch.setattr(report_mod, "write_report", lambda path, embed: None)   # tested elsewhere
+
+    gold, test = tiny_data(tmp_path, "imdb", n=48)
+    base = RunConfig(task="imdb", gold_eval=str(gold), test=str(test), learner="fake", seed_size=12, rounds=1,
+                     max_test=6, test_seed=0)
+    methods = ["gold", "s3", "s3+gold", "zerogen+gold", "s3+gold[mine=margin,mine_margin=0.5]"]
+    with pytest.raises(S3Error, match="--gold-weight"):     # checked before anything runs
+        run_bench(base, methods + ["s3+gold[gold_weight=0]"], [0], tmp_path / "bad")
+    assert not (tmp_path / "bad" / "s3-seed0").exists()
+    res = run_bench(base, methods, [0, 1], tmp_path / "bench", llm=QueuedLLM(fake_answer("imdb")))
+    assert [r["method"] for r in res["table"]] == methods
+    for seed in (0, 1):
+        s3 = read_json(tmp_path / "bench" / f"s3-seed{seed}" / "final" / "metrics.json")
+        plus = read_json(tmp_path / "bench" / f"s3+gold-seed{seed}" / "final" / "metrics.json")
+        ctrl = read_json(tmp_path / "bench" / f"zerogen+gold-seed{seed}" / "final" / "metrics.json")
+        g = read_json(tmp_path / "bench" / f"gold-seed{seed}" / "final" / "metrics.json")
+        assert plus["parts"]["synthetic"] == ctrl["parts"]["synthetic"] == s3["train_size"]
+        assert plus["parts"]["gold"] == ctrl["parts"]["gold"] == g["train_size"]
+        assert s3["test"]["n"] == plus["test"]["n"] == 6
+        margin_dir = tmp_path / "bench" / f"s3+gold_mine-margin_mine_margin-0.5-seed{seed}"
+        assert read_json(margin_dir / "round-1" / "metrics.json")["mine"]["rule"] == "margin"
+    # --test-seed: every run of every seed is scored on the same six test examples
+    ids = {tuple(r["id"] for r in read_jsonl(d / "final" / "predictions.jsonl"))
+           for d in (tmp_path / "bench").iterdir() if (d / "final" / "predictions.jsonl").exists()}
+    assert len(ids) == 1
+    assert "s3+gold[mine=margin,mine_margin=0.5]" in (tmp_path / "bench" / "bench.md").read_text()

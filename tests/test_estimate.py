@@ -213,7 +213,8 @@ def test_estimate_stages_and_requests_equal_the_runs(tmp_path, gold, task, metho
     rationales = ["rationales"] if task == "imdb" else []
     rounds = ["round-1/extrapolate", "round-2/extrapolate"]
     want = {"s3": ["seed"] + rationales + rounds, "zerogen": ["seed"], "goldgen": ["seed", "goldgen"] + rationales,
-            "seed-only": ["seed"] + rationales, "gold": [], "zerogen-s3": ["seed"] + rounds}[method]
+            "seed-only": ["seed"] + rationales, "gold": [], "zerogen-s3": ["seed"] + rounds,
+            "s3+gold": ["seed"] + rationales + rounds, "zerogen+gold": ["seed"]}[method]
     assert sorted(ran) == sorted(want)
     if "goldgen" in ran:
         assert ran["goldgen"] == mining

@@ -204,9 +204,14 @@ def test_registry_names(imdb):
         make_learner("hf", imdb)
 
 
-def test_distilbert_without_weights_says_pass_learner_path(imdb, monkeypatch):
-    monkeypatch.setattr(weights, "DISTILBERT_HUB_NAMES", ("s3synth-test/no-such-distilbert",))
-    with pytest.raises(S3Error, match="--learner-path DIR"):
+def test_distilbert_offline_without_a_cached_copy_says_pass_learner_path(imdb, monkeypatch, tmp_path):
+    from s3synth import hub
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub.forget()
+    with pytest.raises(S3Error, match="'distilbert-base-uncased' is not in the local Hugging Face cache.*"
+                                      "--learner-path DIR"):
         make_learner("distilbert", imdb)
 
 

@@ -164,6 +164,12 @@ def test_loop_with_real_learners(tmp_path, task, learner):
     assert load_learner(out / "final/model", s3.task).evaluate(s3.test)[key] == pytest.approx(final["test"][key])
     assert any((out / "final/model").glob("*.safetensors"))
     assert not list((out / "final/model").glob("*.bin")) and not list((out / "final/model").glob("*.pt"))
+    # the model card names the packaged encoder by its Hub id; only the fine-tuned one is a transformers model
+    from s3synth.report.cards import read_header
+
+    head = read_header((out / "final/model/README.md").read_text())
+    assert head["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert head.get("library_name") == ("transformers" if learner == "minilm" else None)
 
 
 def _imdb_cfg(tmp_path, **kw):

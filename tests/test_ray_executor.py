@@ -264,7 +264,8 @@ def test_bad_executor_settings_are_one_line(tmp_path):
                          (["--executor", "ray", "--executor-option", "actors=0"], "actors=0: must be >= 1"),
                          (["--executor", "ray", "--executor-option", "nodes=2"], "unknown option nodes"),
                          (["--executor", "ray", "--ray-address", "somewhere"], "write auto, HOST:PORT"),
-                         (["--executor", "spark"], "unknown executor 'spark'; available: local, ray")):
+                         (["--llm", "openai:m", "--batch", "--executor", "ray"], "exclude each other"),
+                         (["--executor", "spark"], "unknown executor 'spark'; available: ")):
         r = CliRunner().invoke(cli, base + extra)
         assert r.exit_code == 2 and words in r.output, (extra, r.output)
     assert not (tmp_path / "r").exists()

@@ -16,8 +16,8 @@ import click
 from .config import EXPORT_FORMATS, METHODS
 from .errors import BudgetExceeded, S3Error
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Hub models are fetched by s3synth.hub only (before a run writes anything; --offline or HF_HUB_OFFLINE=1:
+# the cache only); every loader then reads a local folder with local_files_only=True.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -73,12 +73,17 @@ LLM_ALIASES = {
     "llm_timeout": ("timeout", float, "openai: seconds to wait for one answer before retrying (default 60)."),
     "embedded_weights": ("weights", str, "embedded: q8_0 (default; converted once, cached) or original (the "
                                          "packaged Q4_1 file)."),
+    "llm_revision": ("revision", str, ("transformers/vllm: Hub revision (branch, tag or commit sha) of a generator "
+                                       "named by its Hub name (-o revision=REV); default: the main branch.")),
 }
 LEARNER_ALIASES = {
     "epochs": ("epochs", int, "Learner epochs (default 6; --learner-option epochs=N)."),
     "lr": ("lr", float, "Learner peak learning rate (default 5e-5)."),
     "batch_size": ("batch_size", int, "Learner batch size (default 8)."),
     "max_length": ("max_length", int, "Learner tokens per input (default: the task's)."),
+    "revision": ("revision", str, ("Hub revision (branch, tag or commit sha) of the learner's encoder when it is "
+                                   "named by its Hub name (hf:NAME, distilbert); --learner-option revision=REV. "
+                                   "The commit used is recorded in manifest.json.")),
 }
 CLICK_TYPES = {int: int, float: float, str: str}
 
@@ -220,12 +225,21 @@ def run(**o):
     Example (the README's demo, offline):
       s3synth run --task imdb --gold-eval ../shared/data/s3_release/imdb_round1.jsonl --max-gold-eval 300 \\
                   --test ../shared/data/s3_release/imdb_round2.jsonl --max-test 1000 --out runs/demo
+    Your own encoder by its Hugging Face Hub name (downloaded once; the commit is recorded in manifest.json):
+      s3synth run --task rte --gold-eval gold.jsonl --learner hf:microsoft/deberta-v3-small --revision main \\
+                  --out runs/rte-deberta
     On a Ray cluster (LLM requests as Ray Data jobs; the same results):
       s3synth run ... --executor ray --ray-address auto --executor-option actors=4
     Re-running the same command on a finished directory prints its results and does no new work;
     on an interrupted one it resumes, taking every LLM answer it already has from the cache.
     Budgets (--max-tokens, --max-cost) stop the run with exit code 3, everything saved; the same
     command with a larger budget goes on from there.
+
+    \b
+    Half price through the providers' batch APIs (answers within 24 h; a killed run polls its batches again):
+      s3synth run --task rte --gold-eval gold.jsonl --llm openai:gpt-4o-mini --batch --out runs/rte
+      ANTHROPIC_API_KEY=... s3synth run --task rte --gold-eval gold.jsonl --llm anthropic:claude-haiku-4-5 \\
+                  --batch --batch-fallback online --max-cost 5 --price-in 1 --price-out 5 --out runs/rte-claude
     """
     from .progress import set_quiet
 
@@ -257,6 +271,7 @@ def estimate(assume_error_rate, as_json, **o):
     \b
     Example:
       s3synth estimate --task rte --gold-eval gold.jsonl --llm openai:gpt-4o-mini --price-in 0.15 --price-out 0.6
+      s3synth estimate ... --price-in 0.15 --price-out 0.6 --batch       # at the batch price (--batch-discount)
     """
     from .progress import set_quiet
 
@@ -278,8 +293,12 @@ def estimate(assume_error_rate, as_json, **o):
 @click.option("--train", "train_path", required=True, type=click.Path(), help="Training data (JSONL, CSV or Parquet).")
 @click.option("--eval", "eval_path", type=click.Path(), help="Data to choose the best epoch on (default: 10% of --train).")
 @click.option("--test", "test_path", type=click.Path(), help="Data to report metrics on.")
-@click.option("--learner", default="minilm", show_default=True, help="minilm | distilbert | hf:PATH | fast.")
-@click.option("--learner-path", type=click.Path(), help="Weights folder for --learner distilbert.")
+@click.option("--learner", default="minilm", show_default=True,
+              help="minilm | distilbert | hf:HUB_NAME | hf:DIR | fast (a Hub name is downloaded once).")
+@click.option("--learner-path", type=click.Path(), help="Weights folder (or Hub name) for --learner distilbert.")
+@click.option("--revision", help=LEARNER_ALIASES["revision"][2])
+@click.option("--offline", is_flag=True,
+              help="Hub models from the local Hugging Face cache only (as HF_HUB_OFFLINE=1).")
 @click.option("--learner-option", "learner_option", multiple=True, metavar="KEY=VALUE",
               help="An option of the learner (repeatable), e.g. --learner-option epochs=4.")
 @click.option("--out", required=True, type=click.Path(), help="Folder for metrics.json and the model (safetensors).")
@@ -290,13 +309,14 @@ def estimate(assume_error_rate, as_json, **o):
 @click.option("--max-length", type=int, help=LEARNER_ALIASES["max_length"][2])
 @click.option("-q", "--quiet", is_flag=True)
 @click.option("-v", "--verbose", is_flag=True)
-def train(task_name, train_path, eval_path, test_path, learner, learner_path, learner_option, out, seed, quiet,
-          verbose, **aliases):
+def train(task_name, train_path, eval_path, test_path, learner, learner_path, learner_option, out, seed, offline,
+          quiet, verbose, **aliases):
     """Train and evaluate a learner on any data set, e.g. the gold-data baseline.
 
     \b
     Example:
       s3synth train --task rte --train rte/train.jsonl --test rte/validation.jsonl --out runs/rte-gold
+      s3synth train --task rte --train rte/train.jsonl --learner hf:microsoft/deberta-v3-small --out runs/rte-deberta
     """
     from .progress import set_quiet
 
@@ -307,15 +327,18 @@ def train(task_name, train_path, eval_path, test_path, learner, learner_path, le
         from pathlib import Path
 
         from .data import load_examples, stratified_split
+        from .hub import offline_mode
         from .io import write_json
         from .learners import learner_class, make_learner
+        from .learners.distributed import is_main_process
         from .tasks import load_task
 
         task = load_task(task_name)
         kind = learner.partition(":")[0]
         options = _plugin_options({**aliases, "learner_option": learner_option}, LEARNER_ALIASES,
                                   "--learner-option", learner_class(kind), f"the {kind} learner")
-        lrn = make_learner(learner, task, options, model_path=learner_path, seed=seed)
+        with offline_mode(offline):
+            lrn = make_learner(learner, task, options, model_path=learner_path, seed=seed)
         tr = load_examples(train_path, task, id_prefix="train")
         ev = load_examples(eval_path, task, id_prefix="eval") if eval_path else None
         te = load_examples(test_path, task, id_prefix="test") if test_path else None
@@ -324,7 +347,11 @@ def train(task_name, train_path, eval_path, test_path, learner, learner_path, le
         lrn.check()
         t = time.time()
         history = lrn.fit(tr, ev)
-        res = {"task": task.name, "learner": learner, "train_size": len(tr), "history": history,
+        if not is_main_process():   # torchrun / accelerate launch: the other ranks trained; rank 0 reports
+            return
+        source = getattr(lrn, "model_source", None)
+        res = {"task": task.name, "learner": learner, "base_model": source.to_dict() if source else None,
+               "train_size": len(tr), "history": history,
                "eval": lrn.evaluate(ev) if ev else None, "test": lrn.evaluate(te) if te else None,
                "seconds": round(time.time() - t, 2)}
         lrn.save(Path(out) / "model")
@@ -345,7 +372,8 @@ def train(task_name, train_path, eval_path, test_path, learner, learner_path, le
 @run_options()
 @click.option("--methods", default="s3,zerogen,goldgen,seed-only,gold", show_default=True,
               help="Comma-separated methods to compare (s3 always runs: it sizes the baselines); one of "
-                   + ", ".join(METHODS) + ".")
+                   + ", ".join(METHODS) + "; each may carry run settings of its own as NAME[key=value,...], "
+                   "e.g. 's3+gold[clean_labels=drop]' or 's3[learner=fast]'.")
 @click.option("--seeds", "n_seeds", default=3, show_default=True, type=int,
               help="Seeds per method: --seed, --seed+1, ...")
 def bench(methods, n_seeds, **o):
@@ -358,6 +386,8 @@ def bench(methods, n_seeds, **o):
     Example:
       s3synth bench --task qnli --gold-eval qnli/eval.jsonl --test qnli/test.jsonl --learner fast \\
                     --seed-size 100 --seeds 3 --out runs/bench-qnli
+      s3synth bench ... --test-seed 0 \\
+                    --methods 'gold,s3,s3+gold,zerogen+gold,s3+gold[clean_labels=drop],s3+gold[mine=margin]'
     """
     from .progress import set_quiet
 
@@ -369,7 +399,9 @@ def bench(methods, n_seeds, **o):
         if n_seeds < 1:
             raise S3Error(f"--seeds {n_seeds}: must be >= 1")
         cfg = config_from_options(o)
-        res = run_bench(cfg, [m.strip() for m in methods.split(",") if m.strip()],
+        from .method.bench import split_methods
+
+        res = run_bench(cfg, split_methods(methods),
                         [cfg.seed + i for i in range(n_seeds)], o["out"])
         from pathlib import Path
         click.echo((Path(o["out"]) / "bench.md").read_text(encoding="utf-8").rstrip())
@@ -424,7 +456,8 @@ def plugins():
 @click.option("--no-embed", is_flag=True, help="No MiniLM sentence embeddings: faster, but no cosine figures.")
 @click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
 def report(run_dir, no_embed, verbose):
-    """Write RUN_DIR/report.html (one self-contained file with figures), report.md and dataset_card.md.
+    """Write RUN_DIR/report.html (one self-contained file with figures), report.md, dataset_card.md and the
+    model card final/model/README.md.
     For a bench directory (the --out of `s3synth bench`): report.html and report.md comparing its methods.
 
     \b
@@ -448,7 +481,8 @@ def report(run_dir, no_embed, verbose):
 @click.option("--out", type=click.Path(), help="Output file (jsonl, parquet) or folder (hf); default RUN_DIR/export/.")
 @click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
 def export(run_dir, fmt, out, verbose):
-    """Export a finished run's synthetic set with provenance columns (stage, round, source_id).
+    """Export a finished run's synthetic set with provenance columns (stage, round, source_id), and a dataset
+    card (README.md with the Hugging Face metadata header) beside it.
 
     \b
     Example:
@@ -459,6 +493,51 @@ def export(run_dir, fmt, out, verbose):
 
         where, n = export_run(run_dir, fmt, out)
         click.echo(f"{n} rows -> {where}")
+        from .report.export import card_path
+        from .report.runview import load_run
+
+        click.echo(f"dataset card -> {card_path(load_run(run_dir), fmt, where)}")
+
+    _guard(go, verbose)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("run_dir", type=click.Path())
+@click.option("--repo-id", required=True, help="USER/NAME (or ORG/NAME): the model repo; the dataset repo of the "
+                                               "same name unless --dataset-repo-id.")
+@click.option("--dataset-repo-id", help="USER/NAME of the dataset repo (default: --repo-id, as a dataset repo).")
+@click.option("--what", type=click.Choice(["both", "model", "dataset"]), default="both", show_default=True,
+              help="Push the model, the synthetic set, or both.")
+@click.option("--private", is_flag=True, help="Create missing repos private (else: the namespace's default "
+                                              "visibility); an existing public repo is refused.")
+@click.option("--message", help="Commit message (default: names the task, run, method and LLM).")
+@click.option("--dry-run", is_flag=True, help="List the repos and files that would be uploaded; send nothing.")
+@click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
+def push(run_dir, repo_id, dataset_repo_id, what, private, message, dry_run, verbose):
+    """Upload a finished run to the Hugging Face Hub: the final model with its model card to the model repo
+    REPO_ID, and the synthetic set (data/train.parquet) with its dataset card to the dataset repo of the same
+    name (huggingface.co/datasets/REPO_ID). Missing repos are created; each push is one commit per repo.
+    The token comes from HF_TOKEN or `hf auth login`; it is never written or printed.
+
+    \b
+    Example:
+      s3synth push runs/rte --repo-id alice/rte-minilm-s3 --private --dry-run    # what would go where
+      HF_TOKEN=hf_... s3synth push runs/rte --repo-id alice/rte-minilm-s3 --private
+      s3synth push runs/rte --repo-id alice/rte-minilm-s3 --what dataset --dataset-repo-id alice/rte-synthetic
+    """
+    def go():
+        from .report.publish import plan_push
+        from .report.publish import push as push_uploads
+
+        uploads = plan_push(run_dir, repo_id, what=what, dataset_repo_id=dataset_repo_id, private=private,
+                            message=message)
+        if dry_run:
+            for up in uploads:
+                click.echo("\n".join(up.listing()))
+            click.echo("dry run: nothing uploaded")
+            return
+        for up, url in zip(uploads, push_uploads(uploads)):
+            click.echo(f"{up.repo_type} {up.repo_id}: {len(up.files)} files -> {url}")
 
     _guard(go, verbose)
 

@@ -24,6 +24,8 @@ class Method:
     - rounds: runs `--rounds` rounds of error extrapolation
     - extrapolate_all: extrapolates every mining example once, errors or not (GoldGen)
     - sized: the seed grows to `--size` (a bench sets it to S3's final size)
+    - final_gold: the final model trains on the synthetic data plus the gold eval's mining part
+      (`--final-train synthetic+gold`); the held-out part still picks epochs
     """
 
     name: str
@@ -33,6 +35,7 @@ class Method:
     rounds: bool
     extrapolate_all: bool = False
     sized: bool = False
+    final_gold: bool = False
     help: str = ""
 
 
@@ -47,11 +50,20 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("gold", "Gold data", None, rationales=False, rounds=False, help="train on the gold eval itself"),
     Method("zerogen-s3", "ZeroGen seed + S3", "zerogen", rationales=False, rounds=True,
            help="Table 5's transfer: a ZeroGen seed, then S3's extrapolation"),
+    Method("s3+gold", "S3 + gold", "seed", rationales=True, rounds=True, final_gold=True,
+           help="S3, with the final model trained on its data plus the real mining labels"),
+    Method("zerogen+gold", "ZeroGen + gold", "zerogen", rationales=False, rounds=False, sized=True, final_gold=True,
+           help="the control: as many ZeroGen examples as S3's plus the same real labels"),
 )}
 BALANCE_MODES = ("fill", "cap", "none")
 PROMPT_STYLES = ("auto", "paper", "fewshot")
 CACHE_MODES = ("use", "off", "only")
+FINAL_TRAIN = ("synthetic", "synthetic+gold")
+CLEAN_MODES = ("none", "drop", "weight")
+CLEAN_WITH = ("fast", "learner")
+MINE_RULES = ("misclassified", "margin", "loss")
 EXPORT_FORMATS = ("jsonl", "parquet", "hf")     # `s3synth export --format`
+BATCH_FALLBACKS = ("batch", "online")
 
 
 def opt(default=None, help: str = "", *, choices=None, cli: bool = True, **more):
@@ -68,12 +80,18 @@ class RunConfig:
     gold_eval: str = opt(None, "Real labelled examples (JSONL, CSV or Parquet) whose errors are extrapolated.",
                          required=True, path=True)
     test: str | None = opt(None, "Real test set for the reported metrics (never used for choices).", path=True)
-    llm: str = opt("embedded", "embedded | openai:MODEL | transformers:PATH | vllm:PATH | any registered BACKEND:MODEL.")
+    llm: str = opt("embedded", "embedded | openai:MODEL | anthropic:MODEL | transformers:DIR_OR_HUB_NAME | "
+                               "vllm:DIR_OR_HUB_NAME | any registered BACKEND:MODEL. A Hub name is downloaded once "
+                               "into the Hugging Face cache.")
     llm_options: dict = opt(dict, "Options of the LLM backend (-o KEY=VALUE).", cli=False)
-    learner: str = opt("minilm", "minilm | distilbert | hf:PATH | fast | any registered learner.")
-    learner_path: str | None = opt(None, "Weights folder for the learner (e.g. --learner distilbert, the paper's model).",
+    learner: str = opt("minilm", "minilm | distilbert (the paper's distilbert-base-uncased) | hf:HUB_NAME | hf:DIR | "
+                                 "fast | any registered learner. A Hub name is downloaded once into the Hugging "
+                                 "Face cache (safetensors only).")
+    learner_path: str | None = opt(None, "Weights folder (or Hub name) for the learner, e.g. for --learner distilbert.",
                                    path=True)
     learner_options: dict = opt(dict, "Options of the learner (--learner-option KEY=VALUE).", cli=False)
+    offline: bool = opt(False, "Hugging Face Hub models from the local cache only, no download (as HF_HUB_OFFLINE=1); "
+                               "without a cached copy the run stops before writing anything.", flag=True)
     method: str = opt("s3", "s3, or a baseline of the paper: " + "; ".join(
         f"{m.name}: {m.help}" for m in METHODS.values() if m.name != "s3") + ".", choices=tuple(METHODS))
     size: int | None = opt(None, "zerogen / seed-only: synthetic examples to keep (default: --seed-size).")
@@ -83,9 +101,29 @@ class RunConfig:
     seed: int = opt(0, "Random seed for sampling, splits and training.")
     max_gold_eval: int | None = opt(None, "Use a random subsample of this many gold eval examples.")
     max_test: int | None = opt(None, "Use a random subsample of this many test examples.")
+    test_seed: int | None = opt(None, "Seed of the --max-test subsample (default: --seed); fix it to score every "
+                                      "seed on the same test examples.")
     holdout_frac: float = opt(0.3, "Share of gold eval kept out of error mining, used to pick epochs and to stop.")
     min_gain: float = opt(0.0, "Stop when the held-out metric gains less than this over the previous round.")
     balance: str = opt("fill", "Label balance of each round's added data (none = the paper).", choices=BALANCE_MODES)
+    final_train: str = opt("synthetic", "What the final model trains on: the synthetic data, or it plus the gold "
+                                        "eval's mining part (the held-out part still picks epochs).",
+                           choices=FINAL_TRAIN)
+    gold_weight: float = opt(1.0, "--final-train synthetic+gold: the loss weight of each real example "
+                                  "(synthetic ones weigh 1).")
+    clean_labels: str = opt("none", "Before each training, find synthetic examples whose label is likely wrong "
+                                    "(confident learning on cross-validated probabilities) and drop or "
+                                    "down-weight them.", choices=CLEAN_MODES)
+    clean_with: str = opt("fast", "--clean-labels: the model whose cross-validated probabilities judge the labels "
+                                  "(fast: frozen MiniLM features + logistic regression; learner: the run's learner, "
+                                  "trained once per fold).", choices=CLEAN_WITH)
+    clean_folds: int = opt(5, "--clean-labels: cross-validation folds.")
+    mine: str = opt("misclassified", "Which gold examples each round extrapolates: misclassified (the paper), "
+                                     "margin (also correct ones within --mine-margin of another label), or loss "
+                                     "(the --mine-share with the highest loss).", choices=MINE_RULES)
+    mine_margin: float = opt(0.2, "--mine margin: a correct example is mined when its gold label's probability "
+                                  "leads the next label by less than this.")
+    mine_share: float = opt(0.3, "--mine loss: the share of the mining set, highest loss first.")
     prompt_style: str = opt("auto", "auto: the backend's default (few-shot completion prompts for the embedded "
                                     "model, the paper's templates otherwise).", choices=PROMPT_STYLES)
     temperature: float = opt(0.8, "Sampling temperature.")
@@ -108,6 +146,17 @@ class RunConfig:
     max_cost: float | None = opt(None, "Hard budget in money (needs --price-in/--price-out).")
     price_in: float = opt(0.0, "Price per million prompt tokens.")
     price_out: float = opt(0.0, "Price per million completion tokens.")
+    batch: bool = opt(False, "Send each stage's uncached requests as provider batch jobs (openai: the Batch API; "
+                             "anthropic: Message Batches) at the batch price; answers take minutes to hours. The "
+                             "batch ids are recorded in the run's cache: a re-run polls them, never pays twice.",
+                      flag=True)
+    batch_fallback: str = opt("batch", "--batch: requests that an expired, failed or cancelled batch left "
+                                       "unanswered go to a new batch, or online (at the online price).",
+                              choices=BATCH_FALLBACKS)
+    batch_discount: float = opt(0.5, "The share of the price that batch requests take off (0.5: half price), for "
+                                     "--max-cost and `estimate --batch`.")
+    batch_poll: float = opt(15.0, "--batch: seconds before the first poll of a batch; the wait grows 1.5x per "
+                                  "poll up to 30x this (at most 10 minutes).")
 
     def __post_init__(self):
         def bad(name, why):
@@ -134,6 +183,17 @@ class RunConfig:
             bad("max_gold_eval", "must be >= 2")
         if self.max_test is not None and self.max_test < 1:
             bad("max_test", "must be >= 1")
+        if self.gold_weight <= 0:
+            bad("gold_weight", "must be > 0")
+        if self.clean_folds < 2:
+            bad("clean_folds", "must be >= 2")
+        if not (0 < self.mine_margin <= 1):
+            bad("mine_margin", "must be in (0, 1]")
+        if not (0 < self.mine_share <= 1):
+            bad("mine_share", "must be in (0, 1]")
+        if self.method == "gold" and self.final_train != "synthetic":
+            bad("final_train", "method gold trains on the gold eval already; use --method s3 (or another "
+                               "synthetic method) with --final-train synthetic+gold")
         if not (0 <= self.holdout_frac < 1):
             bad("holdout_frac", "must be in [0, 1)")
         if not (0 <= self.temperature <= 2):
@@ -146,6 +206,12 @@ class RunConfig:
             bad("max_tokens", "must be >= 1")
         if self.price_in < 0 or self.price_out < 0:
             raise S3Error("--price-in and --price-out must be >= 0")
+        if not (0 <= self.batch_discount < 1):
+            bad("batch_discount", "must be in [0, 1): the share of the price a batch takes off (0.5: half price)")
+        if self.batch_poll <= 0:
+            bad("batch_poll", "must be > 0 (seconds)")
+        if self.batch and self.cache_mode == "off":
+            raise S3Error("--batch records its batch ids in the run's LLM cache: drop --no-cache (--cache-mode off)")
         if self.max_cost is not None:
             if self.max_cost <= 0:
                 bad("max_cost", "must be > 0")
@@ -155,6 +221,11 @@ class RunConfig:
     @property
     def method_spec(self) -> Method:
         return METHODS[self.method]
+
+    @property
+    def final_with_gold(self) -> bool:
+        """The final model trains on synthetic + mining gold (`--final-train synthetic+gold` or a +gold method)."""
+        return self.final_train == "synthetic+gold" or self.method_spec.final_gold
 
     def to_dict(self) -> dict:
         """All settings, with credentials written into a URL masked (config.toml never holds a secret)."""

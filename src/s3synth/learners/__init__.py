@@ -1,9 +1,10 @@
-"""Learners by name: `minilm` (default), `distilbert`, `hf:PATH`, `fast`, and any registered under the
+"""Learners by name: `minilm` (default), `distilbert`, `hf:NAME` / `hf:DIR`, `fast`, and any registered under the
 entry-point group `s3synth.learners` (the built-ins are registered there too, like any plugin).
 
 A learner class takes `(task, options, model_path=...)`; its `Options` dataclass (default: TrainConfig)
 declares what `--learner-option KEY=VALUE` may set, and `resolve_model_path` finds its weights.
-Model weights are never downloaded.
+A Hugging Face Hub name is downloaded once into the Hugging Face cache (safetensors only; `s3synth.hub`),
+at the learner option `revision` (`--revision`); offline, only the cache is read.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def available_learners() -> list[str]:
 
 
 def learner_class(kind: str) -> type[Learner]:
-    return load_plugin("learners", kind, hint=" (hf takes a folder: hf:DIR)")
+    return load_plugin("learners", kind, hint=" (hf takes a Hub name or a folder: hf:NAME, hf:DIR)")
 
 
 def learner_options(cls: type[Learner], options, seed: int | None = None, where: str | None = None):
@@ -40,7 +41,7 @@ def learner_options(cls: type[Learner], options, seed: int | None = None, where:
 
 def make_learner(name: str, task, options=None, model_path: str | None = None, seed: int | None = None) -> Learner:
     """Example: make_learner("minilm", load_task("rte"), {"epochs": 2}) -> a MiniLM learner.
-    `options`: a dict (or the class's Options); `name` may carry the weights folder: "hf:DIR"."""
+    `options`: a dict (or the class's Options); `name` may carry the weights: "hf:DIR" or "hf:org/model"."""
     kind, _, arg = (name or DEFAULT_LEARNER).partition(":")
     cls = learner_class(kind)
     config = learner_options(cls, options, seed, f"learner '{kind}'")

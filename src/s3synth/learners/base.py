@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Sequence
 
-from ..data import Example, Prediction  # noqa: F401 (Prediction: re-exported)
+from ..data import Example, Prediction, subsample  # noqa: F401 (Prediction: re-exported)
 from ..errors import S3Error
 from ..metrics import evaluate, selection_metric
 from ..tasks import Task
@@ -42,6 +42,12 @@ class TrainConfig:
                                     # with AVX512-BF16/AMX), else fp32 | bf16 | fp32 (weights, optimizer: fp32)
     compile: bool = False           # torch.compile the training forward pass (GPU only; slow first steps)
     max_train_examples: int | None = None  # cap on training examples (None = all)
+    workers: int = 1                # processes training data-parallel (batch_size stays the global batch); >1:
+                                    # the learner starts them itself, see learners/distributed.py
+    launcher: str = "auto"          # for workers > 1: auto (Ray Train when Ray runs in this process, else spawn)
+                                    # | spawn (torch.multiprocessing, this machine) | ray (Ray Train TorchTrainer)
+    revision: str | None = None     # Hub revision (branch, tag or commit sha) of an encoder named by its Hub name
+                                    # (--revision); the commit it resolves to is recorded in manifest.json
 
     def __post_init__(self):
         def bad(name, why):
@@ -71,6 +77,10 @@ class TrainConfig:
             bad("device", "must be auto, cpu or cuda")
         if self.precision not in PRECISIONS:
             bad("precision", f"must be one of {', '.join(PRECISIONS)}")
+        from .distributed import check_options
+        check_options(self.workers, self.launcher)
+        if self.revision is not None and not str(self.revision).strip():
+            bad("revision", "must name a branch, tag or commit sha (or be left out)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -107,13 +117,22 @@ class Learner(ABC):
 
     @classmethod
     def resolve_model_path(cls, path: str | None) -> str | None:
-        """The weights this learner starts from: `path` as given (a learner with defaults overrides this)."""
+        """The weights this learner starts from: `path` as given, a folder or a Hub name (a learner with
+        defaults overrides this). Downloading, if any, happens when the learner is built."""
         return path
+
+    @property
+    def model_source(self):
+        """The `s3synth.hub.ModelSource` of the pretrained weights (folder, or Hub name and commit sha), or
+        None for a learner without any; the run records it in manifest.json."""
+        return None
 
     @abstractmethod
     def fit(self, train: Sequence[Example], eval: Sequence[Example] | None = None) -> dict:
         """Train a fresh model; choose the best epoch on `eval` by the class-balanced selection metric.
-        Returns a history: {"epochs": [{"epoch", "train_loss", <eval metrics>}...], "best_epoch": int}."""
+        Returns a history: {"epochs": [{"epoch", "train_loss", <eval metrics>}...], "best_epoch": int}.
+        A learner that can weigh examples takes `weights=` (one loss weight per training example; the
+        built-ins do): `--clean-labels weight` and `--gold-weight` need it."""
 
     @abstractmethod
     def predict(self, examples: Sequence[Example]) -> list[Prediction]:
@@ -132,3 +151,15 @@ class Learner(ABC):
     @property
     def selection_metric(self) -> str:
         return selection_metric(self.task)
+
+
+def subsample_weighted(train: list, weights, n: int | None, seed: int) -> tuple[list, list | None]:
+    """`data.subsample` of a training set that keeps each example's loss weight beside it (weights None: None)."""
+    if weights is None:
+        return subsample(train, n, seed), None
+    if len(weights) != len(train):
+        raise S3Error(f"learner: {len(weights)} weights for {len(train)} training examples")
+    if any(not (w >= 0) for w in weights):
+        raise S3Error("learner: example weights must be >= 0")
+    pairs = subsample(list(zip(train, weights)), n, seed)
+    return [p[0] for p in pairs], [float(p[1]) for p in pairs]

@@ -6,7 +6,8 @@ then L2 normalisation. Features: single task u; pair task [u, v, |u-v|, u*v] wit
 (class_weight="balanced"); each grid point is reported as one "epoch" of the history.
 
 Not handled: QA (classification only - use the minilm learner); fine-tuning the encoder. The classifier
-is saved as safetensors + JSON (no pickle); the encoder is not copied, its folder is recorded.
+is saved as safetensors + JSON (no pickle); the encoder is not copied: its folder is recorded (for a
+Hub encoder also its name and commit, from which `load` finds it again).
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ..data import Example, subsample
+from ..data import Example
 from ..errors import S3Error
 from ..progress import bar
-from .base import Learner, Prediction, TrainConfig
+from .base import Learner, Prediction, TrainConfig, subsample_weighted
 from .hf import best_epoch, open_encoder, quiet_transformers, resolve_device
 
 META_FILE = "s3synth_learner.json"
@@ -61,6 +62,7 @@ class FastLearner(Learner):
 
     @classmethod
     def resolve_model_path(cls, path: str | None) -> str:
+        """The encoder: --learner-path (a folder or a Hub name), else the packaged MiniLM."""
         from .weights import minilm_path
         return path or minilm_path()
 
@@ -69,7 +71,8 @@ class FastLearner(Learner):
             raise S3Error(f"the fast learner supports classification tasks only (single and pair); task "
                           f"{task.name!r} is {task.kind} - use --learner minilm")
         super().__init__(task, config, model_path=model_path)
-        self.model_path, self.tokenizer = open_encoder(model_path)
+        self.source, self.tokenizer = open_encoder(model_path, self.config.revision, "--learner-path DIR")
+        self.model_path = self.source.path
         self.max_length = min(self.config.max_length or task.max_length, 512)
         self.device = resolve_device(self.config.device)
         self._encoder = None
@@ -79,6 +82,10 @@ class FastLearner(Learner):
         self.intercept: np.ndarray | None = None
         self.C: float | None = None
         self.history: dict | None = None
+
+    @property
+    def model_source(self):
+        return self.source
 
     def check(self) -> None:
         """Encoder folder and tokenizer are checked on construction; here: scikit-learn must import."""
@@ -145,12 +152,14 @@ class FastLearner(Learner):
             out[:, names.index(c)] = p[:, j]
         return out
 
-    def fit(self, train: Sequence[Example], eval: Sequence[Example] | None = None) -> dict:
-        """Fit one logistic regression per C in the grid; keep the best on `eval` (C=1 without eval)."""
+    def fit(self, train: Sequence[Example], eval: Sequence[Example] | None = None,
+            weights: Sequence[float] | None = None) -> dict:
+        """Fit one logistic regression per C in the grid; keep the best on `eval` (C=1 without eval).
+        `weights`: a loss weight per training example (sample_weight; all 1 when None)."""
         from sklearn.linear_model import LogisticRegression
 
         cfg, t0 = self.config, time.time()
-        train = subsample(list(train), cfg.max_train_examples, cfg.seed)
+        train, weights = subsample_weighted(list(train), weights, cfg.max_train_examples, cfg.seed)
         if not train:
             raise S3Error("no training examples for the learner")
         names = self.task.label_names
@@ -171,7 +180,7 @@ class FastLearner(Learner):
                 classes, coef, icpt = present, np.zeros((1, X.shape[1])), np.zeros(1)
             else:
                 lr = LogisticRegression(C=C, class_weight="balanced", max_iter=2000, random_state=cfg.seed)
-                lr.fit(X, y)
+                lr.fit(X, y, sample_weight=None if weights is None else np.asarray(weights, dtype=float))
                 classes, coef, icpt = [str(c) for c in lr.classes_], lr.coef_.copy(), lr.intercept_.copy()
             self.classes, self.coef, self.intercept, self.C = classes, coef, icpt, C
             p = self._probs(X)
@@ -228,7 +237,7 @@ class FastLearner(Learner):
                    "intercept": np.ascontiguousarray(self.intercept, dtype=np.float64)}, str(d / WEIGHTS_FILE))
         meta = {"learner": self.name, "task": self.task.name, "kind": self.task.kind,
                 "labels": self.task.label_names, "classes": self.classes, "C": self.C,
-                "encoder": self.model_path, "max_length": self.max_length,
+                "encoder": self.model_path, "encoder_source": self.source.to_dict(), "max_length": self.max_length,
                 "config": self.config.to_dict(), "history": self.history}
         (d / META_FILE).write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
         apply_file_mode(d)      # safetensors writes 0600; give the files the mode the umask allows
@@ -236,7 +245,7 @@ class FastLearner(Learner):
     @classmethod
     def load(cls, directory: str | Path, task, *, encoder_path: str | None = None) -> "FastLearner":
         """A trained fast learner written by `save`; the encoder comes from `encoder_path`, else the
-        recorded folder, else the packaged MiniLM."""
+        recorded folder, else the recorded Hub name at its recorded commit, else the packaged MiniLM."""
         from safetensors.numpy import load_file
 
         from .hf import _read_meta
@@ -244,10 +253,13 @@ class FastLearner(Learner):
         d = Path(directory)
         meta = _read_meta(d, task)
         enc = encoder_path or meta.get("encoder")
+        revision = None
         if not enc or not Path(enc).is_dir():
-            enc = None
-        obj = cls(task, TrainConfig.from_dict(meta["config"]), model_path=enc)
+            src = meta.get("encoder_source") or {}
+            enc, revision = (src["name"], src.get("sha")) if src.get("source") == "hub" else (None, None)
+        obj = cls(task, TrainConfig.from_dict({**meta["config"], "revision": revision}), model_path=enc)
         w = load_file(str(d / WEIGHTS_FILE))
         obj.coef, obj.intercept = w["coef"], w["intercept"]
         obj.classes, obj.C, obj.history = list(meta["classes"]), meta.get("C"), meta.get("history")
         return obj
+

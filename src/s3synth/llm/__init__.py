@@ -1,5 +1,6 @@
-"""LLM backends by name: `embedded`, `openai:MODEL`, `transformers:PATH`, `vllm:PATH`, and any
-registered under the entry-point group `s3synth.llms` (the built-ins are registered there too)."""
+"""LLM backends by name: `embedded`, `openai:MODEL`, `anthropic:MODEL`, `transformers:DIR_OR_HUB_NAME`,
+`vllm:DIR_OR_HUB_NAME`, and any registered under the entry-point group `s3synth.llms` (the built-ins are
+registered there too)."""
 
 from __future__ import annotations
 

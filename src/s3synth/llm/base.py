@@ -91,6 +91,7 @@ class LLMStats:
     completion_tokens: int = 0
     used_prompt_tokens: int = 0      # tokens of every answer served (cached or new): what a method uses
     used_completion_tokens: int = 0
+    batch_calls: int = 0     # of `calls`: answers that came from a provider batch job (`--batch`)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -98,35 +99,46 @@ class LLMStats:
 
 @dataclass
 class Budget:
-    """Hard limits over the whole run directory (counted from its cache, so they hold across resumes)."""
+    """Hard limits over the whole run directory (counted from its cache, so they hold across resumes).
+
+    `batch_discount` is the share of the price that provider batch jobs take off (0.5: half price); the
+    answers of a run directory that came from batches are counted at `1 - batch_discount` of the price."""
 
     max_tokens: int | None = None
     max_cost: float | None = None
     price_in: float = 0.0     # money per million prompt tokens
     price_out: float = 0.0    # money per million completion tokens
+    batch_discount: float = 0.5
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.price_in + completion_tokens * self.price_out) / 1e6
 
-    def allows(self, prompt_tokens: int, completion_tokens: int) -> bool:
-        """True when this total spend stays within every limit."""
+    def spent_cost(self, spent: dict) -> float:
+        """Money of a spend dict (`LLMCache.spent()`, with `batch_spent()` merged in where batches ran)."""
+        bpt, bct = spent.get("batch_prompt_tokens", 0), spent.get("batch_completion_tokens", 0)
+        return (self.cost(spent["prompt_tokens"] - bpt, spent["completion_tokens"] - bct)
+                + (1 - self.batch_discount) * self.cost(bpt, bct))
+
+    def allows(self, prompt_tokens: int, completion_tokens: int, money: float | None = None) -> bool:
+        """True when this total spend stays within every limit (`money`: its cost when not at full price)."""
+        money = self.cost(prompt_tokens, completion_tokens) if money is None else money
         return ((self.max_tokens is None or prompt_tokens + completion_tokens <= self.max_tokens) and
-                (self.max_cost is None or self.cost(prompt_tokens, completion_tokens) <= self.max_cost))
+                (self.max_cost is None or money <= self.max_cost))
 
     def describe(self, spent: dict) -> str:
         """Example: "9,950 of 10,000 tokens" (and the money when a cost budget is set)."""
         pt, ct = spent["prompt_tokens"], spent["completion_tokens"]
         parts = [f"{pt + ct:,} of {self.max_tokens:,} tokens"] if self.max_tokens is not None else []
         if self.max_cost is not None:
-            parts.append(f"{self.cost(pt, ct):.4f} of {self.max_cost} in money")
+            parts.append(f"{self.spent_cost(spent):.4f} of {self.max_cost} in money")
         return ", ".join(parts)
 
     def exceeded(self, spent: dict) -> str | None:
         total = spent["prompt_tokens"] + spent["completion_tokens"]
         if self.max_tokens is not None and total >= self.max_tokens:
             return f"token budget reached ({total:,} of {self.max_tokens:,} tokens)"
-        if self.max_cost is not None and self.cost(spent["prompt_tokens"], spent["completion_tokens"]) >= self.max_cost:
-            return f"cost budget reached ({self.cost(spent['prompt_tokens'], spent['completion_tokens']):.4f} of {self.max_cost})"
+        if self.max_cost is not None and self.spent_cost(spent) >= self.max_cost:
+            return f"cost budget reached ({self.spent_cost(spent):.4f} of {self.max_cost})"
         return None
 
 
@@ -193,6 +205,17 @@ class LLM(ABC):
         worker. Override so that limits meant for the whole run (rate limits, concurrency) hold over
         every worker together. Default: the same options, `batch_size` requests per call, one engine."""
         return Shard(options=asdict(self.options), rows=self.batch_size, engines=1)
+
+    def fetch(self) -> None:
+        """Make the model's files local before a run writes anything: a backend that loads weights by name
+        (transformers, vllm) downloads a Hub model once into the Hugging Face cache here, or finds it
+        there, and raises S3Error when it can do neither. Others have nothing to fetch."""
+
+    @property
+    def model_source(self):
+        """The `s3synth.hub.ModelSource` of the weights (after `fetch`), or None for a backend without
+        local weights; the run records it in manifest.json."""
+        return None
 
     # -- shared machinery ----------------------------------------------------------------------
     def generate(self, requests: Sequence[Request], desc: str = "generate") -> list[Completion]:
@@ -271,21 +294,24 @@ class LLM(ABC):
         worst case (estimated prompt tokens + max_tokens) still fits what is left. Raises BudgetExceeded
         when the budget is reached or not even the next request fits. Spend is the run directory's cache
         (this process's answers with --no-cache), so a run overshoots only where a server counts more
-        prompt tokens than `estimate_prompt_tokens` guessed, within one batch."""
+        prompt tokens than `estimate_prompt_tokens` guessed, within one batch. Requests that the executor
+        sends as a provider batch job (`price_factor` < 1) are counted at the batch price."""
         b = self.budget
         if b.max_tokens is None and b.max_cost is None:
             return len(batch)
         if use_cache and self.cache is not None:
-            spent = self.cache.spent()
+            spent = {**self.cache.spent(), **self.cache.batch_spent()}
         else:
             spent = {"prompt_tokens": self.stats.prompt_tokens, "completion_tokens": self.stats.completion_tokens}
         why = b.exceeded(spent)
         if why:
             raise BudgetExceeded(f"{why}; everything so far is saved - run again with a larger budget to go on")
         pt, ct, n = spent["prompt_tokens"], spent["completion_tokens"], 0
+        money, factor = b.spent_cost(spent), getattr(self.executor, "price_factor", 1.0)
         for r in batch:
-            pt, ct = pt + estimate_prompt_tokens(r), ct + r.params.max_tokens
-            if not b.allows(pt, ct):
+            rp, rc = estimate_prompt_tokens(r), r.params.max_tokens
+            pt, ct, money = pt + rp, ct + rc, money + factor * b.cost(rp, rc)
+            if not b.allows(pt, ct, money):
                 break
             n += 1
         if n == 0:

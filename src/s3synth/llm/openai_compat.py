@@ -167,6 +167,7 @@ class OpenAICompatLLM(LLM):
             raise LLMError(f"base_url must look like http(s)://host[:port]/v1, not '{self._where or '?'}'")
         endpoint = "/chat/completions" if mode == "chat" else "/completions"
         self._url = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + endpoint, parts.query, ""))
+        self._base_url = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), parts.query, ""))
         self._secrets = [s for s in (parts.password,) if s]
         self.api_key_env = api_key_env
         self._api_key = os.environ.get(api_key_env) if api_key_env else None
@@ -189,6 +190,7 @@ class OpenAICompatLLM(LLM):
         self._sem: asyncio.Semaphore | None = None
         self._answered = False      # has the server answered over HTTP yet (see the probe in _run)
         self._max_completion_tokens = False     # the model refused max_tokens: send max_completion_tokens
+        self._batches = None        # the Batch API client (`--batch`), made on first use
 
     def shard(self, actors: int, cpus_per_actor: float | None) -> Shard:
         """One request per call, `ceil(concurrency / actors)` clients per worker (threads), each with one
@@ -363,6 +365,10 @@ class OpenAICompatLLM(LLM):
             data = r.json()
         except ValueError:
             raise _Retry(f"malformed JSON in the answer ({len(r.content)} bytes)") from None
+        return self._parse_data(data, prompt_text)
+
+    def _parse_data(self, data, prompt_text: str) -> Completion:
+        """The Completion of one answer body (online, or a line of a batch's output file)."""
         choices = data.get("choices") if isinstance(data, dict) else None
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             err = data.get("error") if isinstance(data, dict) else None
@@ -420,8 +426,20 @@ class OpenAICompatLLM(LLM):
         return self._redact(f"{self._where} answered HTTP {code} for model '{self.model}' ({self.mode} mode): "
                             f"{msg} - check {hint}")
 
+    # -- provider batch jobs (--batch) ---------------------------------------------------------
+    def batch_provider(self):
+        """OpenAI's Batch API through the official SDK (llm/openai_batch.py)."""
+        from .openai_batch import OpenAIBatches
+
+        if self._batches is None:
+            self._batches = OpenAIBatches(self)
+        return self._batches
+
     def close(self) -> None:
-        """Close the HTTP client and the private event loop."""
+        """Close the HTTP clients and the private event loop."""
+        if self._batches is not None:
+            self._batches.close()
+            self._batches = None
         with self._lock:
             if self._loop is not None and not self._loop.is_closed():
                 if self._client is not None:

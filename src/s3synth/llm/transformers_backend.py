@@ -1,7 +1,10 @@
-"""`transformers:PATH_OR_NAME`: a local causal LM run by Hugging Face transformers, CPU or GPU.
+"""`transformers:PATH_OR_NAME`: a causal LM run by Hugging Face transformers, CPU or GPU.
 
 Weights are read from local safetensors files only (`local_files_only`, `use_safetensors`): a
-folder, or a model name already in the local Hugging Face cache. Chat requests go through the
+folder, or a Hugging Face Hub name, downloaded once into the Hugging Face cache (safetensors,
+config and tokenizer files; option `revision`, `--llm-revision`) before the run writes anything,
+or found there (`--offline`: the cache only). The commit it resolved to is part of the answer
+cache key and recorded in manifest.json. Chat requests go through the
 tokenizer's chat template; plain prompts are tokenized as they are. Requests with the same
 max_tokens and stop strings are generated together (left padding), `n_parallel` at a time.
 
@@ -18,7 +21,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -31,26 +33,40 @@ SAMPLER = "s3synth-1"
 
 
 class TransformersLLM(LLM):
-    """`--llm transformers:/path/to/model` (or a model name already in the local HF cache)."""
+    """`--llm transformers:/path/to/model` or `transformers:ORG/NAME` (a Hub name, downloaded once)."""
 
     backend = "transformers"
     batch_size = 32
 
     @dataclass
     class Options:
-        """Settings of `--llm transformers:PATH` (`-o KEY=VALUE`)."""
+        """Settings of `--llm transformers:DIR_OR_HUB_NAME` (`-o KEY=VALUE`)."""
 
         device: str | None = None       # default: cuda when there is one, else cpu
         n_parallel: int = 8             # sequences generated together
+        revision: str | None = None     # Hub revision (branch, tag or commit sha) of a model named by its Hub name
 
     def __init__(self, model: str, **kw):
         super().__init__(model, **kw)
         self.device_name = self.options.device
         self.n_parallel = max(1, int(self.options.n_parallel))
         self._model = self._tok = self._device = None
+        self._source = None
+
+    def fetch(self) -> None:
+        if self._source is None:
+            from ..hub import resolve
+            self._source = resolve(self.model, revision=self.options.revision, what="generator",
+                                   folder_hint="--llm transformers:DIR")
+
+    @property
+    def model_source(self):
+        return self._source
 
     def identity(self) -> dict:
-        return {"backend": self.backend, "model": self.model, "sampler": SAMPLER}
+        self.fetch()        # a Hub model's answers are keyed by the commit they came from
+        sha = {"sha": self._source.sha} if self._source.from_hub else {}
+        return {"backend": self.backend, "model": self.model, "sampler": SAMPLER, **sha}
 
     def _load(self):
         if self._model is not None:
@@ -63,7 +79,8 @@ class TransformersLLM(LLM):
                            "pip install 's3synth[learn]'") from None
         dev = self.device_name or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.bfloat16 if dev.startswith("cuda") else torch.float32
-        src = str(Path(self.model).expanduser()) if Path(self.model).expanduser().exists() else self.model
+        self.fetch()
+        src = self._source.path
         try:
             tok = AutoTokenizer.from_pretrained(src, local_files_only=True)
             model = AutoModelForCausalLM.from_pretrained(src, local_files_only=True, use_safetensors=True,

@@ -1,5 +1,10 @@
 """`vllm:PATH_OR_NAME`: vLLM's offline engine on a GPU (`pip install 's3synth[vllm]'`).
 
+A Hub name is downloaded by s3synth (`s3synth.hub`: safetensors, config and tokenizer files, at the
+option `revision` / `--llm-revision`, the cache only under `--offline`) before the run writes
+anything, and vLLM is given the local folder: it never downloads on its own. The commit is part of
+the answer cache key and recorded in manifest.json.
+
 vLLM is imported only when the first batch is generated. Plain prompts go to `LLM.generate`,
 chat requests to `LLM.chat` (the model's chat template); every request carries its own
 `SamplingParams(seed=...)`, so an answer depends on its request and seed, not on its batch
@@ -21,20 +26,21 @@ from .base import LLM, Completion, Request
 
 
 class VLLMBackend(LLM):
-    """`--llm vllm:/path/to/model` (or a Hugging Face model name vLLM can load)."""
+    """`--llm vllm:/path/to/model` or `vllm:ORG/NAME` (a Hub name, downloaded once by s3synth)."""
 
     backend = "vllm"
     batch_size = 256
 
     @dataclass
     class Options:
-        """Settings of `--llm vllm:PATH` (`-o KEY=VALUE`), passed to vLLM's engine."""
+        """Settings of `--llm vllm:DIR_OR_HUB_NAME` (`-o KEY=VALUE`), passed to vLLM's engine."""
 
         gpu_memory_utilization: float = 0.85
         max_model_len: int | None = None
         dtype: str = "auto"
         tensor_parallel_size: int = 1   # GPUs one engine's layers are split over
         pipeline_parallel_size: int = 1     # pipeline stages of one engine (GPUs = tensor x pipeline)
+        revision: str | None = None     # Hub revision (branch, tag or commit sha) of a model named by its Hub name
 
     def __init__(self, model: str, **kw):
         super().__init__(model, **kw)
@@ -47,18 +53,23 @@ class VLLMBackend(LLM):
             self.engine_kwargs["max_model_len"] = max_model_len
         self._llm = None
         self._sp = None
+        self._source = None
 
-    def identity(self) -> dict:
-        return {"backend": self.backend, "model": self.model}
+    def fetch(self) -> None:
+        if self._source is None:
+            from ..hub import resolve
+            self.check_runtime()        # before a download of many GB that could not be used here
+            self._source = resolve(self.model, revision=self.options.revision, what="generator",
+                                   folder_hint="--llm vllm:DIR")
 
-    def _load(self):
-        if self._llm is not None:
-            return self._llm
-        try:
-            import vllm
-        except ImportError:
+    @staticmethod
+    def check_runtime() -> None:
+        """LLMError unless vLLM is installed and a CUDA GPU is visible (vLLM itself is imported later)."""
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
             raise LLMError("the vllm backend needs vLLM: pip install 's3synth[vllm]' "
-                           "(Linux with an NVIDIA GPU)") from None
+                           "(Linux with an NVIDIA GPU)")
         try:
             import torch
             has_gpu = torch.cuda.is_available()
@@ -66,9 +77,30 @@ class VLLMBackend(LLM):
             has_gpu = False
         if not has_gpu:
             raise LLMError("the vllm backend needs a CUDA GPU and none is visible; use --llm embedded or "
-                           "--llm transformers:PATH on this machine")
+                           "--llm transformers:DIR_OR_HUB_NAME on this machine")
+
+    @property
+    def model_source(self):
+        return self._source
+
+    def identity(self) -> dict:
+        self.fetch()        # a Hub model's answers are keyed by the commit they came from
+        sha = {"sha": self._source.sha} if self._source.from_hub else {}
+        return {"backend": self.backend, "model": self.model, **sha}
+
+    def _load(self):
+        if self._llm is not None:
+            return self._llm
+        self.check_runtime()
+        self.fetch()
         try:
-            self._llm = vllm.LLM(model=self.model, seed=self.seed, **self.engine_kwargs)
+            import vllm
+        except ImportError as e:
+            raise LLMError(f"the vllm backend needs vLLM, which does not import here ({e}): pip install "
+                           "'s3synth[vllm]' (Linux with an NVIDIA GPU)") from None
+        path = self._source.path        # a local folder: vLLM does not download (nor bypass --offline)
+        try:
+            self._llm = vllm.LLM(model=path, tokenizer=path, seed=self.seed, **self.engine_kwargs)
         except Exception as e:  # vLLM raises many kinds; one clear line for the user
             first = str(e).splitlines()[0] if str(e) else ""
             raise LLMError(f"vLLM could not load '{self.model}': {type(e).__name__}: {first}") from None

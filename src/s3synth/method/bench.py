@@ -7,8 +7,9 @@ directory under DIR, so the grid resumes like a single run does.
 
 from __future__ import annotations
 
+import re
 import statistics
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 from ..config import METHODS, RunConfig
@@ -19,14 +20,91 @@ from ..progress import info
 from ..rundir import LAYOUT
 
 
+_VARIANT = re.compile(r"\s*([A-Za-z0-9_+-]+)\s*(?:\[(.*)\])?\s*")
+
+
+def split_methods(text: str) -> list[str]:
+    """--methods split at the commas outside brackets.
+
+    Example: split_methods("gold,s3+gold[clean_labels=drop,learner=minilm]")
+             -> ["gold", "s3+gold[clean_labels=drop,learner=minilm]"]"""
+    out, depth, cur = [], 0, ""
+    for ch in text:
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            out.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    out.append(cur.strip())
+    return [m for m in out if m]
+
+
+def parse_variant(spec: str) -> tuple[str, dict]:
+    """A method of the table, optionally with run settings of its own: "NAME[key=value,...]" (the keys are
+    RunConfig fields, e.g. learner, clean_labels, mine, gold_weight). Returns (method, settings as strings).
+
+    Example: parse_variant("s3+gold[clean_labels=drop]") -> ("s3+gold", {"clean_labels": "drop"})"""
+    m = _VARIANT.fullmatch(spec)
+    if not m or m.group(1) not in METHODS:
+        raise S3Error(f"--methods: unknown {spec.strip()}; choose from {', '.join(METHODS)}, each optionally with "
+                      "settings of its own as NAME[key=value,...], e.g. s3+gold[clean_labels=drop]")
+    settings = {}
+    for kv in split_methods(m.group(2) or ""):
+        key, eq, value = kv.partition("=")
+        key = key.strip().replace("-", "_")
+        if not eq or key not in _VARIANT_KEYS:
+            raise S3Error(f"--methods {spec!r}: {kv!r} is not KEY=VALUE with a run setting as KEY "
+                          f"(one of {', '.join(sorted(_VARIANT_KEYS))})")
+        settings[key] = value.strip()
+    return m.group(1), settings
+
+
+_FIXED = {"task", "gold_eval", "test", "method", "seed", "cache_path", "llm", "llm_options", "learner_options",
+          "contexts"}
+_VARIANT_KEYS = {f.name for f in fields(RunConfig)} - _FIXED
+
+
+def _typed(settings: dict) -> dict:
+    """Bench variant settings converted to the types of their RunConfig fields."""
+    types = {f.name: str(f.type) for f in fields(RunConfig)}
+    out = {}
+    for k, v in settings.items():
+        t = types[k]
+        try:
+            if v.lower() in ("none", "") and "None" in t:
+                out[k] = None
+            elif t.startswith("bool"):
+                if v.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(v)
+                out[k] = v.lower() in ("true", "1", "yes")
+            elif t.startswith("int"):
+                out[k] = int(v)
+            elif t.startswith("float"):
+                out[k] = float(v)
+            else:
+                out[k] = v
+        except ValueError:
+            raise S3Error(f"--methods: {k}={v!r} is not a valid {t.split(' ')[0]}") from None
+    return out
+
+
+def variant_dir(spec: str) -> str:
+    """Example: variant_dir("s3+gold[clean_labels=drop]") -> "s3+gold_clean_labels-drop"."""
+    return re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9+.-]+", "_", spec.replace("=", "-"))).strip("_")
+
+
 def run_bench(base: RunConfig, methods: list[str], seeds: list[int], out: str | Path, llm=None) -> dict:
-    """Run the grid; `llm` (optional) is an LLM object to use instead of building one from `base.llm`."""
+    """Run the grid; `llm` (optional) is an LLM object to use instead of building one from `base.llm`.
+    A method may carry settings of its own, "NAME[key=value,...]" (see `parse_variant`)."""
     from ..tasks import load_task
     from .loop import S3
 
-    bad = [m for m in methods if m not in METHODS]
-    if bad or not methods:
-        raise S3Error(f"--methods: unknown {', '.join(bad) or '(none given)'}; choose from {', '.join(METHODS)}")
+    if not methods:
+        raise S3Error(f"--methods: none given; choose from {', '.join(METHODS)}")
+    variants = {m: parse_variant(m) for m in methods}
+    for name, settings in variants.values():     # every setting checked before anything runs
+        replace(base, method=name, **_typed(settings))
     if not seeds:
         raise S3Error("--seeds must be >= 1")
     task = load_task(base.task)
@@ -43,11 +121,12 @@ def run_bench(base: RunConfig, methods: list[str], seeds: list[int], out: str | 
         for m in methods:
             if m == "s3":
                 continue
-            kw = {"method": m, "seed": seed, "cache_path": cache}
-            if METHODS[m].sized:
-                kw["size"] = base.size or s3_res["final"]["train_size"]
+            name, settings = variants[m]
+            kw = {"method": name, "seed": seed, "cache_path": cache, **_typed(settings)}
+            if METHODS[name].sized and "size" not in settings:
+                kw["size"] = base.size or (s3_res["seed_size"] + s3_res["added"])   # S3's synthetic examples
             info(f"bench: seed {seed}: {m}")
-            d = out / f"{m}-seed{seed}"
+            d = out / f"{variant_dir(m)}-seed{seed}"
             res = S3(replace(base, **kw), llm=llm).run(d)
             _write_report(d, "minilm")
             runs.append(_summary(m, seed, d, res))

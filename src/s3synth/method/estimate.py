@@ -13,7 +13,9 @@ none: nothing is called and nothing is written. Per stage:
   tokenizer when the backend is `embedded` and llama-cpp-python is installed. Extrapolation prompts
   are averaged over every mining example (which ones will be errors is not known yet).
 - completion tokens: calls x the stage's max_tokens, an upper bound.
-- money: per million tokens, prompt x --price-in + completion x --price-out.
+- money: per million tokens, prompt x --price-in + completion x --price-out; with --batch at the batch
+  price, (1 - --batch-discount) of that (every request counted as batched; the online fallback for
+  unanswered requests is not foreseen).
 Every round is counted, though the loop may stop early (--min-gain, no errors left). Chat templates
 add a few tokens per message that are not counted.
 """
@@ -68,13 +70,15 @@ class Estimate:
     price_out: float = 0.0
     max_tokens: int | None = None
     max_cost: float | None = None
+    batch_discount: float | None = None     # --batch: the share of the price batches take off
 
     @property
     def priced(self) -> bool:
         return bool(self.price_in or self.price_out)
 
     def cost(self, s: StageEstimate) -> float:
-        return (s.prompt_tokens * self.price_in + s.completion_tokens * self.price_out) / 1e6
+        full = (s.prompt_tokens * self.price_in + s.completion_tokens * self.price_out) / 1e6
+        return full * (1 - self.batch_discount) if self.batch_discount is not None else full
 
     def total(self) -> StageEstimate:
         return StageEstimate("total", sum(s.calls for s in self.stages), sum(s.prompt_tokens for s in self.stages),
@@ -108,6 +112,7 @@ class Estimate:
                 "token_counter": self.token_counter, "assumptions": self.assumptions,
                 "stages": [row(s) for s in self.stages], "total": row(self.total()),
                 "prices_per_million": {"in": self.price_in, "out": self.price_out} if self.priced else None,
+                "batch": {"discount": self.batch_discount} if self.batch_discount is not None else None,
                 "budget": self.budget_notes()}
 
     def table(self) -> str:
@@ -134,7 +139,9 @@ class Estimate:
                          + (f" x {RETRY_FACTOR} for answers asked again" if a["retry_factor"] > 1 else ""))
             lines.append(f"rounds: all {a['rounds']} counted; the loop may stop earlier (--min-gain, no errors left)")
         if self.priced:
-            lines.append(f"cost: per million tokens {self.price_in:g} in, {self.price_out:g} out")
+            lines.append(f"cost: per million tokens {self.price_in:g} in, {self.price_out:g} out" + (
+                f", at the batch price (--batch: {1 - self.batch_discount:g} of it)"
+                if self.batch_discount is not None else ""))
         lines += self.budget_notes()
         return "\n".join(lines)
 
@@ -264,4 +271,5 @@ def _estimate(s3, error_rate: float) -> Estimate:
 
     return Estimate(task=task.name, llm=s3.llm.name, prompt_style=s3.style, token_counter=counter_name,
                     stages=stages, assumptions=a, price_in=cfg.price_in, price_out=cfg.price_out,
-                    max_tokens=cfg.max_tokens, max_cost=cfg.max_cost)
+                    max_tokens=cfg.max_tokens, max_cost=cfg.max_cost,
+                    batch_discount=cfg.batch_discount if cfg.batch else None)

@@ -24,6 +24,7 @@ from ..metrics import evaluate, headline_metric, is_error, selection_metric
 from ..progress import info
 from ..rundir import LAYOUT, RunDir, command_line, fingerprint, versions
 from ..tasks import Task, load_task
+from .clean import Cleaning, clean_labels, mine
 from .prompts import PromptBuilder
 from .synth import Synthesizer, balance_sources, pick_demos
 
@@ -114,6 +115,7 @@ class S3:
     # ------------------------------------------------------------------ preparation (no writes)
     def prepare(self) -> None:
         """Load and validate every input; raises before anything is written."""
+        from ..hub import offline_mode
         from ..learners import DEFAULT_LEARNER, learner_class, learner_options
         from ..llm import Budget, make_llm
 
@@ -123,15 +125,20 @@ class S3:
         self.gold = subsample(gold_all, cfg.max_gold_eval, cfg.seed)
         self.test = None
         if cfg.test:
-            self.test = subsample(load_examples(cfg.test, self.task, id_prefix="test"), cfg.max_test, cfg.seed)
+            self.test = subsample(load_examples(cfg.test, self.task, id_prefix="test"), cfg.max_test,
+                                  cfg.seed if cfg.test_seed is None else cfg.test_seed)
         self.contexts = None
         if self.task.kind != "single":
             self.contexts = load_contexts(cfg.contexts, self.task) if cfg.contexts else self._gold_contexts()
         kind = (cfg.learner or DEFAULT_LEARNER).partition(":")[0]
         self.train_config = learner_options(learner_class(kind), cfg.learner_options, cfg.seed)
-        self._new_learner().check()
+        with offline_mode(cfg.offline):      # a Hub encoder: downloaded once, or found in the cache, here
+            learner = self._new_learner()
+        learner.check()
+        self.learner_source = getattr(learner, "model_source", None)
+        self._check_quality_options()
         budget = Budget(max_tokens=cfg.max_tokens, max_cost=cfg.max_cost, price_in=cfg.price_in,
-                        price_out=cfg.price_out)
+                        price_out=cfg.price_out, batch_discount=cfg.batch_discount)
         if self._llm_obj is not None:
             self.llm = self._llm_obj
             self.llm.seed, self.llm.budget, self.llm.cache_mode = cfg.seed, budget, cfg.cache_mode
@@ -159,11 +166,99 @@ class S3:
             if step.kind in ("seed", "zerogen") and self.task.stage(step.kind) is None:
                 raise S3Error(f"task {self.task.name} has no '{step.kind}' prompt; add prompts.{step.kind} "
                               "to the task file")
+        if cfg.batch:
+            self._use_batches()
         self.input_hashes = {"gold_eval": file_sha256(cfg.gold_eval)}
         if cfg.test:
             self.input_hashes["test"] = file_sha256(cfg.test)
         if cfg.contexts:
             self.input_hashes["contexts"] = file_sha256(cfg.contexts)
+
+    def _use_batches(self) -> None:
+        """--batch: the LLM's uncached requests go to the provider's batch API (llm/batch.py), priced at the
+        batch price by the budget; the backend must have one (openai, anthropic)."""
+        from ..llm.batch import BatchExecutor
+
+        if not hasattr(self.llm, "batch_provider"):
+            raise S3Error(f"--batch: the {self.llm.backend} backend has no batch API; it works with openai:MODEL "
+                          "and anthropic:MODEL - drop --batch")
+        cfg = self.cfg
+        if cfg.executor != "local":
+            raise S3Error(f"--batch and --executor {cfg.executor} exclude each other: the provider runs a batch "
+                          "itself - drop one")
+        self.executor = self.llm.executor = BatchExecutor(fallback=cfg.batch_fallback, discount=cfg.batch_discount,
+                                                          poll=cfg.batch_poll)
+
+    def _check_quality_options(self) -> None:
+        """--clean-labels / --mine / --final-train against the task and the learner (before any write)."""
+        cfg, kind = self.cfg, self.task.kind
+        if kind == "qa" and cfg.clean_labels != "none":
+            raise S3Error(f"--clean-labels {cfg.clean_labels}: QA examples have no label to judge; use "
+                          "--clean-labels none for task " + self.task.name)
+        if kind == "qa" and cfg.mine == "margin":
+            raise S3Error("--mine margin needs label probabilities; QA tasks take --mine misclassified or loss")
+        if cfg.clean_labels != "none" and cfg.clean_with == "fast":
+            self._clean_learner().check()
+        weighted = cfg.clean_labels == "weight" or (cfg.final_with_gold and cfg.gold_weight != 1.0)
+        if weighted and not _takes_weights(self._new_learner()):
+            raise S3Error(f"learner {cfg.learner!r} does not take example weights (its fit has no `weights`), "
+                          "which --clean-labels weight and --gold-weight need; use --clean-labels drop and "
+                          "--gold-weight 1, or the minilm/hf/fast learner")
+        self._clean_memo: dict[str, Cleaning] = {}
+
+    def _clean_learner(self):
+        from ..learners import make_learner
+
+        if self.cfg.clean_with == "learner":
+            return self._new_learner()
+        return make_learner("fast", self.task, {"seed": self.cfg.seed})
+
+    def _quality_key(self) -> list:
+        """Fingerprint part of the rounds for --clean-labels / --mine (empty at the defaults, so that
+        runs of earlier versions still resume)."""
+        cfg, key = self.cfg, []
+        if cfg.clean_labels != "none":
+            key.append(("clean", cfg.clean_labels, cfg.clean_with, cfg.clean_folds))
+        if cfg.mine == "margin":
+            key.append(("mine", "margin", cfg.mine_margin))
+        elif cfg.mine == "loss":
+            key.append(("mine", "loss", cfg.mine_share))
+        return key
+
+    def _final_key(self) -> list:
+        """Fingerprint part of the final stage for --final-train synthetic+gold (empty otherwise)."""
+        return [("final-train", "synthetic+gold", self.cfg.gold_weight)] if self.cfg.final_with_gold else []
+
+    def _training_set(self, rd: RunDir, cleaned_file: str, synthetic: list[Example], with_gold: bool = False
+                      ) -> tuple[list[Example], list[float] | None, dict]:
+        """What a learner trains on: the synthetic examples (cleaned under --clean-labels; what was dropped or
+        down-weighted goes to `cleaned_file`), plus the gold eval's mining part when `with_gold`.
+        Returns (examples, weights or None when all weigh 1, summary for metrics.json)."""
+        cfg = self.cfg
+        info_out: dict = {}
+        train, weights = list(synthetic), None
+        if cfg.clean_labels != "none" and synthetic:
+            key = fingerprint([e.to_dict() for e in synthetic], self._quality_key())
+            c = self._clean_memo.get(key)
+            if c is None:
+                c = clean_labels(synthetic, self.task.label_names, cfg.clean_labels, self._clean_learner,
+                                 cfg.clean_folds, cfg.seed)
+                self._clean_memo[key] = c
+            write_jsonl(rd / cleaned_file, c.rows)
+            train, weights, info_out["cleaning"] = list(c.kept), c.weights, c.summary
+        if with_gold:
+            held = {ex.id for ex in self.holdout}
+            gold = [ex for ex in self.gold if ex.id not in held]
+            if weights is not None or cfg.gold_weight != 1.0:
+                weights = (weights or [1.0] * len(train)) + [cfg.gold_weight] * len(gold)
+            info_out["parts"] = {"synthetic": len(train), "gold": len(gold), "gold_weight": cfg.gold_weight}
+            train = train + gold
+        return train, weights, info_out
+
+    def _fit(self, learner, train: list[Example], weights: list[float] | None) -> dict:
+        if weights is None:
+            return learner.fit(train, self.holdout or self.mining)
+        return learner.fit(train, self.holdout or self.mining, weights=weights)
 
     def _gold_contexts(self) -> list[dict]:
         """Pair/QA tasks without --contexts: the gold eval's distinct contexts (with their answers for QA)."""
@@ -178,7 +273,19 @@ class S3:
     def _usage(self) -> dict:
         """LLM requests and tokens served so far (cached or new); a stage records its difference."""
         now = self.llm.stats.to_dict()
-        return {k: now[k] for k in ("requests", "calls", "used_prompt_tokens", "used_completion_tokens")}
+        return {k: now[k] for k in ("requests", "calls", "batch_calls", "used_prompt_tokens", "used_completion_tokens")}
+
+    def _record_batches(self, m: dict) -> None:
+        """manifest.json's llm.batch: the provider batches recorded in the cache, the stages whose answers came
+        (partly) from batches, and the settings (nothing when no batch was ever used)."""
+        batches = self.llm.cache.batches()
+        if not batches and not self.cfg.batch:
+            return
+        stages = [name for name, st in m.get("stages", {}).items()
+                  if isinstance(st, dict) and (st.get("llm") or {}).get("batch_calls")]
+        m["llm"]["batch"] = {"used": self.cfg.batch, "fallback": self.cfg.batch_fallback,
+                             "discount": self.cfg.batch_discount, "stages": stages, "batches": batches,
+                             "spent": self.llm.cache.batch_spent()}
 
     def _new_learner(self):
         from ..learners import make_learner
@@ -202,13 +309,19 @@ class S3:
 
     # ------------------------------------------------------------------ the run
     def run(self, out: str | Path) -> dict:
+        from ..hub import offline_mode
+
         t0 = time.time()
         self.prepare()
+        fetch = getattr(self.llm, "fetch", None)
+        if fetch is not None:
+            with offline_mode(self.cfg.offline):    # a Hub generator's files, before anything is written
+                fetch()
         rd = RunDir(out).open()
         self.rd = rd
         try:
             self.llm.cache = rd.open_cache(self.cfg.cache_path)
-            return self._run(rd, t0)
+            result = self._run(rd, t0)
         finally:
             try:
                 inv = rd.manifest["invocations"]
@@ -218,6 +331,7 @@ class S3:
                     inv[-1]["interrupted"] = True
                 if self.llm.cache is not None:
                     rd.manifest["llm"] = {**rd.manifest.get("llm", {}), "spent_total": self.llm.cache.spent()}
+                    self._record_batches(rd.manifest)
                 rd.save_manifest()
             finally:        # the lock is let go even when the manifest cannot be written (disk full)
                 if self.llm.cache is not None:
@@ -227,6 +341,19 @@ class S3:
                 finally:
                     self.executor.close()
                     rd.close()
+        self._write_model_card(rd.path)
+        return result
+
+    @staticmethod
+    def _write_model_card(path: Path) -> None:
+        """final/model/README.md, once the run is finished and its lock let go: a by-product built from the run
+        directory like the report (not a stage output: `s3synth report` writes it again), so a failure warns."""
+        from ..report.cards import write_model_card
+
+        try:
+            write_model_card(path)
+        except (S3Error, OSError, ValueError) as e:
+            info(f"warning: no model card written ({e}); try `s3synth report {path}`")
 
     def _run(self, rd: RunDir, t0: float) -> dict:
         cfg, task = self.cfg, self.task
@@ -236,7 +363,7 @@ class S3:
         m.update({
             "versions": versions(), "seed": cfg.seed, "task": task.name, "task_source": task.source,
             "llm": {**m.get("llm", {}), "name": self.llm.name, "identity": self.llm.identity()},
-            "prompt_style": self.style, "method": cfg.method,
+            "prompt_style": self.style, "method": cfg.method, "models": self._model_sources(),
             "inputs": {k: {"path": str(getattr(cfg, k)), "sha256": v} for k, v in self.input_hashes.items()},
             "split": {"gold_eval": len(self.gold), "mining": len(self.mining), "holdout": len(self.holdout),
                       "demos": [d.id for d in self.demos], "test": len(self.test) if self.test else 0},
@@ -248,9 +375,10 @@ class S3:
         base_fp = fingerprint(task.source, task.name, repr(task.prompts), self.input_hashes, cfg.max_gold_eval,
                               cfg.seed, cfg.holdout_frac, self.llm.identity(), self.style, cfg.temperature,
                               cfg.top_p)
-        learn_fp = fingerprint(cfg.learner, cfg.learner_path, dataclasses.asdict(self.train_config),
+        learn_fp = fingerprint(cfg.learner, cfg.learner_path, self._learner_key(),
                                cfg.balance, cfg.extrapolate_attempts, cfg.max_test, self.input_hashes.get("test"),
-                               *self._screen_key())
+                               *self._screen_key(), *self._quality_key(), *self._learner_sha(),
+                               *([("test-seed", cfg.test_seed)] if cfg.test_seed is not None else []))
         rationales, seed, seed_fp = None, [], base_fp
         added: list[Example] = []
         prev_fp = None
@@ -282,8 +410,9 @@ class S3:
                                f"{sel:.4f} gained {sel - prev_sel:+.4f} < --min-gain {cfg.min_gain}")
                 extrapolated_last = False
                 break
-            if res["errors"] == 0:
-                stop_reason = f"stopped in round {q}: no errors left on the gold eval mining set"
+            if res.get("mined", res["errors"]) == 0:
+                stop_reason = (f"stopped in round {q}: no errors left on the gold eval mining set" if cfg.mine ==
+                               "misclassified" else f"stopped in round {q}: --mine {cfg.mine} found nothing to mine")
                 extrapolated_last = False
                 break
             new = self._extrapolate_round(rd, step, fp, seed + added)
@@ -293,7 +422,8 @@ class S3:
         m["stop_reason"] = stop_reason
         rd.save_manifest()
 
-        final = self._final(rd, fingerprint(prev_fp, learn_fp, "final", extrapolated_last), seed + added)
+        final = self._final(rd, fingerprint(prev_fp, learn_fp, "final", extrapolated_last, *self._final_key()),
+                            seed + added)
         result = {"task": task.name, "method": cfg.method, "out": str(rd.path), "seed_size": len(seed),
                   "added": len(added),
                   "rounds": [{k: r.get(k) for k in ("round", "train_size", "holdout", "test", "errors", "added",
@@ -303,6 +433,7 @@ class S3:
         inv["seconds"] = round(time.time() - t0, 2)
         inv["llm"] = self.llm.stats.to_dict()
         m["llm"]["spent_total"] = self.llm.cache.spent()
+        self._record_batches(m)
         m["result"] = {"final_test": final.get("test"), "seed_size": len(seed), "added": len(added)}
         rd.save_manifest()
         return result
@@ -351,6 +482,29 @@ class S3:
             rd.manifest["seed_label_counts"] = label_counts(seed)
             st.extra["examples"] = len(seed)
         return seed, seed_fp
+
+    def _model_sources(self) -> dict:
+        """manifest.json "models": where the learner's and the generator's weights came from (a folder, or a
+        Hub name with the revision asked for and the commit sha it resolved to)."""
+        out = {}
+        for role, src in (("learner", self.learner_source), ("llm", getattr(self.llm, "model_source", None))):
+            if src is not None:
+                out[role] = src.to_dict()
+        return out
+
+    # options that say where or how fast a learner trains, not what it learns: left out of the fingerprint
+    # (a run resumed with --learner-option workers=2 keeps its trained rounds)
+    PLACEMENT_OPTIONS = ("revision", "workers", "launcher")
+
+    def _learner_key(self) -> dict:
+        """The learner's options for its stages' fingerprint; a Hub revision enters as the commit it resolved
+        to (`_learner_sha`), so "main" and that commit's sha are the same weights."""
+        return {k: v for k, v in dataclasses.asdict(self.train_config).items() if k not in self.PLACEMENT_OPTIONS}
+
+    def _learner_sha(self) -> list:
+        """Fingerprint part for a Hub encoder: its commit (empty for a folder, so older runs still resume)."""
+        src = self.learner_source
+        return [("base_sha", src.sha)] if src is not None and src.sha else []
 
     def _screen_key(self) -> list:
         """Fingerprint part for --drop-leaks/--dedup (empty when both are off, so older runs still resume)."""
@@ -408,38 +562,43 @@ class S3:
             st.extra["added"] = len(added)
         return added
 
-    def _train_round(self, rd: RunDir, q: int, fp: str, train: list[Example]) -> dict:
-        name = LAYOUT.round_dir(q)
-        st = rd.stage(f"{name}/train", fp, LAYOUT.round(q, "metrics"), LAYOUT.round(q, "errors"))
+    def _train_round(self, rd: RunDir, q: int, fp: str, synthetic: list[Example]) -> dict:
+        name, cfg = LAYOUT.round_dir(q), self.cfg
+        outputs = [LAYOUT.round(q, "metrics"), LAYOUT.round(q, "errors")]
+        if cfg.clean_labels != "none":
+            outputs.append(LAYOUT.round(q, "cleaned"))
+        st = rd.stage(f"{name}/train", fp, *outputs)
         if st.done:
             return read_json(rd / LAYOUT.round(q, "metrics"))
-        info(f"stage: round {q}: train {self.cfg.learner} on {len(train)} synthetic examples")
+        info(f"stage: round {q}: train {cfg.learner} on {len(synthetic)} synthetic examples")
         with st:
+            train, weights, parts = self._training_set(rd, LAYOUT.round(q, "cleaned"), synthetic)
+            if parts.get("cleaning"):
+                self._print_cleaning(f"round {q}", parts["cleaning"])
             learner = self._new_learner()
-            history = learner.fit(train, self.holdout or self.mining)
+            history = self._fit(learner, train, weights)
             preds, scores = self._predict_all(learner)
             gold_preds = preds["mining"] + preds["holdout"]
             write_jsonl(rd / LAYOUT.round(q, "predictions"), prediction_rows(
                 self.task, self.mining + (self.holdout or []), gold_preds,
                 ["mining"] * len(self.mining) + ["holdout"] * len(self.holdout or [])))
             preds = preds["mining"]
-            errors, correct = [], []
-            for ex, p in zip(self.mining, preds):
-                if is_error(self.task, ex, p):
-                    errors.append(ex)
-                elif p.probs:
-                    correct.append((ex, p.probs.get(ex.label, 1.0)))
-            sources, bal = balance_sources(self.task, errors, correct, self.cfg.balance, self.cfg.seed, q)
+            errors = [ex for ex, p in zip(self.mining, preds) if is_error(self.task, ex, p)]
+            mined, correct, mined_info = mine(self.task, self.mining, preds, cfg.mine, margin_max=cfg.mine_margin,
+                                              share=cfg.mine_share)
+            sources, bal = balance_sources(self.task, mined, correct, cfg.balance, cfg.seed, q)
             res = {
                 "round": q, "train_size": len(train), "train_label_counts": label_counts(train),
                 "selection_metric": selection_metric(self.task), "history": history,
                 "mining": evaluate(self.task, self.mining, preds), **scores,
-                "errors": len(errors), "balance": bal, "seconds_train": st.seconds,
+                "errors": len(errors), "balance": bal, "seconds_train": st.seconds, **parts,
             }
+            if cfg.mine != "misclassified":
+                res.update({"mined": len(mined), "mine": mined_info})
             write_jsonl(rd / LAYOUT.round(q, "errors"), _examples_out(errors))
             write_jsonl(rd / LAYOUT.round(q, "sources"), _examples_out(sources))
             write_json(rd / LAYOUT.round(q, "metrics"), res)
-        self._last_model = (fingerprint([e.to_dict() for e in train]), learner, res)
+        self._last_model = (fingerprint([e.to_dict() for e in train], weights), learner, res)
         self._print_round(res)
         return res
 
@@ -463,22 +622,28 @@ class S3:
             st.extra["added"] = len(added)
         return added
 
-    def _final(self, rd: RunDir, fp: str, train: list[Example]) -> dict:
+    def _final(self, rd: RunDir, fp: str, synthetic: list[Example]) -> dict:
+        cfg = self.cfg
         st = rd.stage("final", fp, LAYOUT.final_metrics)
         if st.done:
             return read_json(rd / LAYOUT.final_metrics)
-        info(f"stage: final: train {self.cfg.learner} on {len(train)} synthetic examples")
+        with_gold = cfg.final_with_gold
+        info(f"stage: final: train {cfg.learner} on {len(synthetic)} synthetic examples"
+             + (" + the gold eval's mining part" if with_gold else ""))
         with st:
-            key = fingerprint([e.to_dict() for e in train])
+            train, weights, parts = self._training_set(rd, LAYOUT.final_cleaned, synthetic, with_gold)
+            key = fingerprint([e.to_dict() for e in train], weights)
             if self._last_model and self._last_model[0] == key:
                 _, learner, r = self._last_model
                 history, reused = r["history"], LAYOUT.round_dir(r["round"])
             else:
+                if parts.get("cleaning"):
+                    self._print_cleaning("final", parts["cleaning"])
                 learner = self._new_learner()
-                history, reused = learner.fit(train, self.holdout or self.mining), None
+                history, reused = self._fit(learner, train, weights), None
             preds, scores = self._predict_all(learner, mining=False)
             res = {"train_size": len(train), "train_label_counts": label_counts(train), "history": history,
-                   "reused_model_of": reused, **scores, "seconds": st.seconds}
+                   "reused_model_of": reused, **parts, **scores, "seconds": st.seconds}
             if self.test:
                 write_jsonl(rd / LAYOUT.final_predictions,
                             prediction_rows(self.task, self.test, preds["test"], ["test"] * len(self.test)))
@@ -500,6 +665,14 @@ class S3:
         scores = {name: evaluate(self.task, exs, out[name]) if exs else None for name, exs in parts[1:]}
         return out, scores
 
+    def _print_cleaning(self, where: str, c: dict) -> None:
+        if c.get("skipped"):
+            info(f"{where}: --clean-labels: {c['skipped']}")
+        else:
+            verb = "dropped" if c["mode"] == "drop" else "down-weighted"
+            info(f"{where}: --clean-labels {verb} {c['flagged']} of {c['examples']} synthetic examples "
+                 f"({c['share']:.1%}) as likely mislabelled")
+
     def _print_round(self, res: dict) -> None:
         hm = headline_metric(self.task)
         parts = [f"round {res['round']}: train {res['train_size']}"]
@@ -509,3 +682,13 @@ class S3:
             parts.append(f"test {hm} {res['test'][hm]:.3f}")
         parts.append(f"errors {res['errors']}")
         info(" | ".join(parts))
+
+
+def _takes_weights(learner) -> bool:
+    """True when the learner's fit accepts per-example loss weights (`weights=`)."""
+    import inspect
+
+    try:
+        return "weights" in inspect.signature(learner.fit).parameters
+    except (TypeError, ValueError):
+        return False

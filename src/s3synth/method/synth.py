@@ -177,7 +177,7 @@ class Synthesizer:
             f = self.builder.fields(stage, text=src.text, context=src.context or "", answer=src.answer,
                                     label=src.label, shorten=shorten)
             meta = {"stage": stage, "round": round_no, "source_id": src.id}
-            meta.update({k: v for k, v in src.meta.items() if k == "balance"})
+            meta.update({k: v for k, v in src.meta.items() if k in ("balance", "mined")})
             make = lambda t, src=src, meta=meta: Example(  # noqa: E731
                 text=t, label=src.label, context=src.context, answer=src.answer, meta=dict(meta))
             items.append(_Item(j, f, make, {"context": src.context, "shown": src.text,

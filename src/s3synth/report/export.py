@@ -1,6 +1,7 @@
 """`s3synth export DIR`: the final synthetic set with provenance columns, as JSON Lines, Parquet or a
 Hugging Face `datasets` dataset on disk.
 
+Beside the data: a dataset card (README.md with the Hugging Face metadata header, `cards.dataset_card`).
 Columns: id, text, then label (classification), context (pair/QA), answer + answer_start (QA), and the
 provenance: stage (seed | extrapolate), round (null for the seed), source_id (the gold-eval example an
 added row was extrapolated from; null for the seed).
@@ -15,8 +16,9 @@ from pathlib import Path
 
 from ..config import EXPORT_FORMATS as FORMATS
 from ..errors import S3Error
-from ..io import atomic_write_bytes, read_jsonl, write_jsonl
+from ..io import atomic_write_bytes, atomic_write_text, read_jsonl, write_jsonl
 from ..rundir import LAYOUT
+from .cards import CARD, dataset_card
 from .runview import RunView, load_run
 
 PROVENANCE = ("stage", "round", "source_id")
@@ -48,7 +50,8 @@ def _schema(cols: list[str]):
 
 
 def export_run(path: str | Path, fmt: str, out: str | Path | None = None) -> tuple[Path, int]:
-    """Write the export; returns (where, rows). Default `out`: DIR/export/train.jsonl|.parquet or DIR/export/hf."""
+    """Write the export and its dataset card (see card_path); returns (where, rows). Default `out`:
+    DIR/export/train.jsonl|.parquet or DIR/export/hf."""
     if fmt not in FORMATS:
         raise S3Error(f"--format {fmt!r}: must be one of {', '.join(FORMATS)}")
     run = load_run(path)
@@ -62,17 +65,39 @@ def export_run(path: str | Path, fmt: str, out: str | Path | None = None) -> tup
     if fmt == "jsonl":
         write_jsonl(out, rows)
     elif fmt == "parquet":
-        import io
-
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        buf = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(rows, schema=_schema(cols)), buf)
-        atomic_write_bytes(out, buf.getvalue())
+        atomic_write_bytes(out, parquet_bytes(rows, cols))
     else:
         _save_hf(rows, cols, out)
+    card = card_path(run, fmt, out)
+    atomic_write_text(card, dataset_card(run, None if fmt == "hf" else out.name))
     return out, len(rows)
+
+
+def card_path(run: RunView, fmt: str, out: Path) -> Path:
+    """Where the dataset card of an export goes: README.md inside an hf folder or beside a file in the run's
+    export folder; `<name>.README.md` beside a file elsewhere (a README.md there may be the user's own).
+
+    Example: card_path(run, "parquet", Path("demo.parquet")) -> Path("demo.README.md")"""
+    out = Path(out)
+    if fmt == "hf":
+        return out / CARD
+    if out.parent.resolve() == (run.path / LAYOUT.export_dir).resolve():
+        return out.parent / CARD
+    return out.with_name(f"{out.stem}.{CARD}")
+
+
+def parquet_bytes(rows: list[dict], cols: list[str]) -> bytes:
+    """The rows as one Parquet file (string columns; round and answer_start int64)."""
+    import io
+
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise S3Error("Parquet needs pyarrow: pip install 's3synth[data]'") from None
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=_schema(cols)), buf)
+    return buf.getvalue()
 
 
 def _save_hf(rows: list[dict], cols: list[str], out: Path) -> None:

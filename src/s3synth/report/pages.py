@@ -66,9 +66,9 @@ def _embedder(embed) -> Embedder | None:
 
 
 def write_report(path: str | Path, *, embed: Embedder | str | None = "minilm") -> dict[str, Path]:
-    """Write the report files of `path` (report.html, report.md, and dataset_card.md for a run directory);
-    returns their paths. `embed`: texts -> L2-normalised vectors, "minilm" (the packaged MiniLM) or None (no
-    cosine figures); a bench directory needs none."""
+    """Write the report files of `path` (report.html, report.md, and for a run directory dataset_card.md and the
+    model card final/model/README.md); returns their paths. `embed`: texts -> L2-normalised vectors, "minilm"
+    (the packaged MiniLM) or None (no cosine figures); a bench directory needs none."""
     path = Path(path)
     kind = detect_kind(path)
     ctx = BUILDERS[kind](path, _embedder(embed) if kind == "run" else None)
@@ -77,6 +77,12 @@ def write_report(path: str | Path, *, embed: Embedder | str | None = "minilm") -
     for name, template in FILES[kind].items():
         atomic_write_text(path / name, env.get_template(template).render(**ctx))
         out[name] = path / name
+    if kind == "run":               # the model card too, for runs made before cards were written
+        from .cards import write_model_card
+
+        card = write_model_card(path, ctx["run"])
+        if card is not None:
+            out[LAYOUT.final_model + "/" + card.name] = card
     return out
 
 
@@ -223,6 +229,25 @@ def _confident_wrong(path: Path, n: int = SAMPLES) -> tuple[list[dict], int]:
     return wrong[:n], len(wrong)
 
 
+def _cleaning(run: RunView, n: int = SAMPLES) -> list[dict]:
+    """--clean-labels per training stage: {stage, summary (flagged, share, mode ...), samples (the flagged
+    examples of lowest self-confidence, from the stage's cleaned.jsonl)}; [] for a run without cleaning."""
+    from ..io import read_jsonl
+
+    out = []
+    stages = [(f"round {r.q}", r.metrics or {}, LAYOUT.round(r.q, "cleaned")) for r in run.rounds]
+    stages.append(("final", run.final or {}, LAYOUT.final_cleaned))
+    for name, metrics, rel in stages:
+        summary = metrics.get("cleaning")
+        if not isinstance(summary, dict):
+            continue
+        f = run.path / rel
+        rows = [r for r in read_jsonl(f) if isinstance(r, dict)] if f.exists() else []
+        rows.sort(key=lambda r: r.get("self_confidence") or 0.0)
+        out.append({"stage": name, "summary": summary, "samples": rows[:n]})
+    return out
+
+
 def build_run(path: Path, embed: Embedder | None) -> dict:
     """The template context for a run directory."""
     from . import plots
@@ -270,7 +295,9 @@ def build_run(path: Path, embed: Embedder | None) -> dict:
         "points": points, "tokens": tokens, "tokens_note": tokens_note, "gold_note": gold_note,
         "table6": t6, "paper_table6": PAPER_TABLE6.get(m.get("task", "")), "screen": screen,
         "balance": list(zip(balance_names, balance)), "samples": samples, "figures": figures,
-        "wrong": wrong, "n_wrong": n_wrong,
+        "wrong": wrong, "n_wrong": n_wrong, "cleaning": _cleaning(run),
+        "final_parts": (run.final or {}).get("parts"),
+        "mining_rule": cfg.get("mine", "misclassified") if isinstance(cfg, dict) else "misclassified",
         "final_test": final_test, "final_size": (run.final or {}).get("train_size"),
         "added": sum(len(r.added) for r in run.rounds), "llm_tokens": spent.get("prompt_tokens", 0)
         + spent.get("completion_tokens", 0), "llm_answers": spent.get("answers"), "notes": run.notes,

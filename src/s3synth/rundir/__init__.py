@@ -31,7 +31,8 @@ from .layout import ATTEMPT_STRIDE, BAND_WIDTH, LAYOUT, SAMPLE_BANDS, Layout, ba
 
 def versions() -> dict:
     out = {"python": platform.python_version(), "platform": platform.platform()}
-    for name in ("s3synth", "torch", "transformers", "llama_cpp_python", "numpy", "scikit-learn", "httpx"):
+    for name in ("s3synth", "torch", "transformers", "huggingface_hub", "llama_cpp_python", "numpy", "scikit-learn",
+                 "httpx"):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -22,7 +22,7 @@ MANIFEST_FORMAT = 1
 # Known manifest keys and their JSON types; a manifest with one of another type is treated as damaged.
 MANIFEST_TYPES = {"stages": dict, "invocations": list, "synthesis": dict, "llm": dict, "leakage": dict,
                   "dedup": dict, "files": dict, "split": dict, "inputs": dict, "versions": dict,
-                  "seed_label_counts": dict, "result": dict, "format": int}
+                  "seed_label_counts": dict, "result": dict, "format": int, "models": dict}
 _ROUND_RE = re.compile(r"^round-\d+$")
 
 

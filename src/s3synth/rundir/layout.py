@@ -30,12 +30,13 @@ class Layout:
     final_metrics = "final/metrics.json"
     final_train = "final/train.jsonl"
     final_predictions = "final/predictions.jsonl"     # the final model on the test set, one row per example
+    final_cleaned = "final/cleaned.jsonl"             # --clean-labels: what was dropped or down-weighted, and why
     final_model = "final/model"
     reports = ("report.html", "report.md", "dataset_card.md")
     export_dir = "export"                             # `s3synth export`'s default output folder
     ROUND_FILES = {"errors": "errors.jsonl", "sources": "sources.jsonl", "added": "added.jsonl",
                    "metrics": "metrics.json", "dropped": "dropped.jsonl",
-                   "predictions": "predictions.jsonl"}
+                   "predictions": "predictions.jsonl", "cleaned": "cleaned.jsonl"}
 
     @staticmethod
     def round_dir(q: int) -> str:
@@ -57,7 +58,8 @@ class Layout:
         """The base names of the files s3synth writes (atomically, through a temp file) in a run directory."""
         return {self.config, self.manifest, self.rationales, self.seed, self.seed_dropped, *self.reports,
                 *self.ROUND_FILES.values(),
-                *(Path(f).name for f in (self.final_metrics, self.final_train, self.final_predictions))}
+                *(Path(f).name for f in (self.final_metrics, self.final_train, self.final_predictions,
+                                                self.final_cleaned))}
 
     def rounds_present(self, path: Path) -> list[int]:
         """Round numbers with a folder in `path`, 1, 2, ... up to the first gap."""
