@@ -28,6 +28,7 @@ import pytest
 from conftest import cache_rows, plugin_env
 from openai_stub import OpenAIStub
 
+from s3synth.errors import S3Error
 from s3synth.io import read_jsonl
 from s3synth.llm import GenParams, Request, make_llm
 from s3synth.llm.cache import LLMCache
@@ -271,7 +272,7 @@ def test_bad_executor_settings_are_one_line(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-def test_vllm_processor_config_from_our_options(local_ray):
+def test_vllm_processor_config_from_our_options(local_ray, tmp_path):
     """The Ray Data LLM processor of `vllm:MODEL` under --executor ray: replicas, tensor/pipeline sizes and
     the seed from our options, failed rows kept; a request row carries its sampling parameters and seed.
     Built only (vLLM itself is not needed for that)."""
@@ -296,6 +297,14 @@ def test_vllm_processor_config_from_our_options(local_ray):
     assert row["messages"] == [{"role": "user", "content": "hi"}] and row["index"] == 4
     assert row["sampling_params"] == {"n": 1, "seed": 1234, "temperature": 0.5, "top_p": 0.95, "max_tokens": 9,
                                       "stop": ["\n"], "repetition_penalty": 1.15}
+    # the driver of a Ray run needs no GPU or vLLM itself: the engines run on the actors
+    (tmp_path / "config.json").write_text("{}")
+    local = make_llm(f"vllm:{tmp_path}")
+    with pytest.raises(S3Error, match="needs vLLM|CUDA GPU"):
+        local.identity()
+    on_ray = make_llm(f"vllm:{tmp_path}")
+    on_ray.executor = make_executor("ray", actors=2)
+    assert on_ray.identity() == {"backend": "vllm", "model": str(tmp_path)}
 
 
 def test_vllm_on_ray_data_llm_gpu(local_ray, tmp_path):

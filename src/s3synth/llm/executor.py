@@ -55,6 +55,7 @@ class Executor(ABC):
     `run`; `wave_size` says how many requests `generate` hands over at once (before the budget cuts)."""
 
     name = "base"
+    local_engine = True     # the backend's engine runs in this process (False: on workers elsewhere)
 
     @dataclass
     class Options:

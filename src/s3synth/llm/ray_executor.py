@@ -149,6 +149,7 @@ class RayExecutor(Executor):
     """`--executor ray [--ray-address auto|HOST:PORT|ray://HOST:PORT] [--executor-option actors=N ...]`."""
 
     name = "ray"
+    local_engine = False    # engines run on the actors: this process needs no GPU for `vllm:`
 
     @dataclass
     class Options:

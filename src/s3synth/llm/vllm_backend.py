@@ -58,7 +58,8 @@ class VLLMBackend(LLM):
     def fetch(self) -> None:
         if self._source is None:
             from ..hub import resolve
-            self.check_runtime()        # before a download of many GB that could not be used here
+            if getattr(self.executor, "local_engine", True):   # not under --executor ray: GPUs are on the actors
+                self.check_runtime()    # before a download of many GB that could not be used here
             self._source = resolve(self.model, revision=self.options.revision, what="generator",
                                    folder_hint="--llm vllm:DIR")
 
