@@ -264,3 +264,21 @@ def test_workers_do_not_change_the_learner_fingerprint(tmp_path):
         s3.prepare()
         keys.append(s3._learner_key())
     assert keys[0] == keys[1] and keys[0] != keys[2]
+
+
+def test_executor_ray_trains_workers_on_ray_train(tmp_path):
+    """--executor ray: a learner with workers > 1 launches them on Ray Train unless a launcher is named."""
+    from conftest import QueuedLLM
+    from test_pipeline import tiny_data
+
+    from s3synth.config import RunConfig
+    from s3synth.method import S3
+
+    gold, _ = tiny_data(tmp_path, "imdb")
+    got = {}
+    for executor, opts in (("ray", {"workers": 2}), ("local", {"workers": 2}), ("ray", {"workers": 2, "launcher": "spawn"})):
+        s3 = S3(RunConfig(task="imdb", gold_eval=str(gold), learner="minilm", executor=executor, learner_options=opts),
+                llm=QueuedLLM(lambda r: "x"))
+        s3.prepare()
+        got[(executor, opts.get("launcher"))] = s3.train_config.launcher
+    assert got == {("ray", None): "ray", ("local", None): "auto", ("ray", "spawn"): "spawn"}

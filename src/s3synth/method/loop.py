@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Sequence
 
 from ..config import RunConfig, to_toml
-from ..data import Example, file_sha256, load_contexts, load_examples, stratified_split, subsample
+from ..data import (
+    Example,
+    file_sha256,
+    load_contexts,
+    load_examples,
+    stratified_split,
+    subsample,
+)
 from ..errors import S3Error
 from ..io import atomic_write_text, read_json, read_jsonl, write_json, write_jsonl
 from ..metrics import evaluate, headline_metric, is_error, selection_metric
@@ -118,6 +125,7 @@ class S3:
         from ..hub import offline_mode
         from ..learners import DEFAULT_LEARNER, learner_class, learner_options
         from ..llm import Budget, make_llm
+        from ..plugins import option_names
 
         cfg = self.cfg
         self.task = self._task_obj or load_task(cfg.task)
@@ -131,7 +139,10 @@ class S3:
         if self.task.kind != "single":
             self.contexts = load_contexts(cfg.contexts, self.task) if cfg.contexts else self._gold_contexts()
         kind = (cfg.learner or DEFAULT_LEARNER).partition(":")[0]
-        self.train_config = learner_options(learner_class(kind), cfg.learner_options, cfg.seed)
+        lopts = dict(cfg.learner_options)
+        if cfg.executor == "ray" and "launcher" in option_names(learner_class(kind).Options):
+            lopts.setdefault("launcher", "ray")     # --executor ray: workers > 1 train on Ray Train too
+        self.train_config = learner_options(learner_class(kind), lopts, cfg.seed)
         with offline_mode(cfg.offline):      # a Hub encoder: downloaded once, or found in the cache, here
             learner = self._new_learner()
         learner.check()
