@@ -17,14 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..config import RunConfig, to_toml
-from ..data import (
-    Example,
-    file_sha256,
-    load_contexts,
-    load_examples,
-    stratified_split,
-    subsample,
-)
+from ..data import Example, file_sha256, load_contexts, load_examples, stratified_split, subsample
 from ..errors import S3Error
 from ..io import atomic_write_text, read_json, read_jsonl, write_json, write_jsonl
 from ..metrics import evaluate, headline_metric, is_error, selection_metric
