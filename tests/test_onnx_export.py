@@ -33,7 +33,7 @@ from s3synth.serve.onnx_export import export_onnx
 from s3synth.serve.onnx_predict import OnnxModel
 from s3synth.tasks import load_task
 
-CFG = dict(epochs=1, max_length=48, doc_stride=8, batch_size=4, precision="fp32", device="cpu")
+CFG = {"epochs": 1, "max_length": 48, "doc_stride": 8, "batch_size": 4, "precision": "fp32", "device": "cpu"}
 
 SINGLE = [Example("a wonderful film, I loved it", "positive"), Example("great acting and a lovely story", "positive"),
           Example("brilliant and moving", "positive"), Example("a terrible film, I hated it", "negative"),
@@ -95,7 +95,7 @@ def single_export(single_run):
 
 
 def test_classification_export_matches_pytorch_and_int8_predicts_label_names(single_run, single_export):
-    run, lrn = single_run
+    _run, lrn = single_run
     out, output = single_export
     assert "fp32 vs PyTorch" in output and str(out) in output
     for name in ("model.onnx", "model.int8.onnx", "tokenizer.json", "config.json", "predict.py", "README.md",
@@ -125,13 +125,13 @@ def test_predict_py_runs_without_torch(single_export):
     code = ("import sys, runpy; sys.modules['torch'] = None; sys.modules['transformers'] = None; "
             f"sys.argv = ['predict.py', 'a wonderful film', 'a dull film', '--threads', '1']; "
             f"runpy.run_path({str(out / 'predict.py')!r}, run_name='__main__')")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=out)
+    p = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120, cwd=out)
     assert p.returncode == 0, p.stderr
     rows = [json.loads(line) for line in p.stdout.splitlines()]
     assert [r["text"] for r in rows] == ["a wonderful film", "a dull film"]
     assert all(r["label"] in ("negative", "positive") and set(r["probs"]) == {"negative", "positive"} for r in rows)
     direct = subprocess.run([sys.executable, str(out / "predict.py"), "--model", "fp32", "a wonderful film"],
-                            capture_output=True, text=True, timeout=120)
+                            check=False, capture_output=True, text=True, timeout=120)
     assert direct.returncode == 0, direct.stderr
     assert json.loads(direct.stdout)["label"] in ("negative", "positive")
 
@@ -181,10 +181,10 @@ def test_qa_export_matches_learner_over_windows(tmp_path, tiny_encoder):
     int8 = OnnxModel(out).answer([e.text for e in QA], [e.context for e in QA])
     assert all(isinstance(a["answer"], str) and a["answer"] in e.context for a, e in zip(int8, QA))
     p = subprocess.run([sys.executable, str(out / "predict.py"), QA[2].text, "--context", QA[2].context],
-                       capture_output=True, text=True, timeout=120)
+                       check=False, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["answer"] in QA[2].context
-    no_ctx = subprocess.run([sys.executable, str(out / "predict.py"), "who?"], capture_output=True, text=True,
+    no_ctx = subprocess.run([sys.executable, str(out / "predict.py"), "who?"], check=False, capture_output=True, text=True,
                             timeout=120)
     assert no_ctx.returncode == 2 and "--context" in no_ctx.stderr
 

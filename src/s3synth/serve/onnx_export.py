@@ -51,8 +51,8 @@ RUN_PROBES = 6              # examples of final/train.jsonl added to the built-i
 EXTERNAL_DATA_BYTES = 1_500_000_000   # above this the weights go into model.onnx.data (protobuf's 2 GB limit)
 INSTALL = "pip install 's3synth[onnx]'"
 
-_LONG = " ".join(["The film follows a family over three summers by the sea, and every scene is shot in"
-                  " natural light with long takes and very little music."] * 40)
+_LONG = " ".join([("The film follows a family over three summers by the sea, and every scene is shot in"
+                  " natural light with long takes and very little music.")] * 40)
 PROBES = {
     "single": [("A wonderful film: the cast is superb and the story moved me to tears.", None),
                ("Dull, far too long, and the jokes never land.", None),
@@ -162,7 +162,11 @@ def probe_pairs(kind: str, run_dir: Path | None) -> list[tuple[str, str | None]]
 
 def load_model(model_dir: Path, kind: str):
     """(tokenizer, fp32 model in eval mode on the CPU) of a saved hf learner folder."""
-    from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import (
+        AutoModelForQuestionAnswering,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
 
     from ..learners.hf import quiet_transformers
 
@@ -355,8 +359,8 @@ def readme(info: dict) -> str:
     files = info["files"]
     sizes = info["sizes_mb"]
     lines = [f"# {info['task']}: {what[kind]} (ONNX)", "",
-             f"Exported by s3synth {info['s3synth_version']} from `{info['source']}` (learner `{info['learner']}`, "
-             f"base model `{info['base_model']}`) on {info['exported']}.", ""]
+             (f"Exported by s3synth {info['s3synth_version']} from `{info['source']}` (learner `{info['learner']}`, "
+             f"base model `{info['base_model']}`) on {info['exported']}."), ""]
     if kind != "qa":
         lines += ["Labels (output index: name): " + ", ".join(f"{i}: {n}" for i, n in enumerate(info["labels"])), ""]
     lines += ["| file | what |", "| --- | --- |",
@@ -377,16 +381,16 @@ def readme(info: dict) -> str:
         lines.append('    python predict.py "the hypothesis or question" --context "the premise or sentence"')
     else:
         lines.append('    python predict.py "the question?" --context "the passage holding the answer"')
-    lines += ["", "One JSON line per text. `--model fp32` picks the fp32 graph (default: int8 when present); "
-              "`--threads N` sets ONNX Runtime's threads. From Python, in this folder:", "",
+    lines += ["", ("One JSON line per text. `--model fp32` picks the fp32 graph (default: int8 when present); "
+              "`--threads N` sets ONNX Runtime's threads. From Python, in this folder:"), "",
               "```python", "from predict import OnnxModel", "m = OnnxModel()"]
     lines.append('m.answer(["the question?"], ["the passage"])' if kind == "qa" else
                  ('m.classify(["the hypothesis"], ["the premise"])' if kind == "pair" else 'm.classify(["some text"])'))
     chk = info["check"]
     lines += ["```", "", "## Checked at export", "",
-              f"- fp32 outputs against PyTorch fp32 on {chk['fp32']['probes']} probe inputs (one padded batch and each "
+              (f"- fp32 outputs against PyTorch fp32 on {chk['fp32']['probes']} probe inputs (one padded batch and each "
               f"alone): largest difference {chk['fp32']['max_abs_diff']:.2e} (tolerance {chk['fp32']['tolerance']['abs']}"
-              f" + {chk['fp32']['tolerance']['rel']} x |PyTorch's output|).",
+              f" + {chk['fp32']['tolerance']['rel']} x |PyTorch's output|)."),
               "- `predict.py`'s tokenisation gives the model's token ids on every probe."]
     if "int8" in chk:
         c = chk["int8"]
