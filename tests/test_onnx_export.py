@@ -103,6 +103,7 @@ def test_classification_export_matches_pytorch_and_int8_predicts_label_names(sin
         assert (out / name).is_file(), name
     meta = json.loads((out / "s3synth_onnx.json").read_text())
     assert meta["labels"] == ["negative", "positive"] and meta["kind"] == "single"
+    assert meta["per_channel"] is True                                          # the int8 default
     assert meta["check"]["fp32"]["max_abs_diff"] <= 1e-4
     assert meta["check"]["fp32"]["probes"] > len(onnx_export.PROBES["single"])   # the run's examples were added
     texts = [e.text for e in SINGLE] + ["fine", "an utterly forgettable evening " * 30]   # the last is truncated
