@@ -19,10 +19,10 @@ if ! "$V/python" -c 'import torch, sys; sys.exit(0 if torch.__version__.startswi
   say "installing torch 2.13.0 (CPU build)"
   pipi torch==2.13.0
 fi
-if ! "$V/python" -c 'import s3synth, transformers, sklearn, cleanlab, pyarrow, pytest, rapidfuzz, matplotlib, jinja2, datasets, openai, anthropic, ray.train.torch, ray.data, aiohttp' 2>/dev/null \
+if ! "$V/python" -c 'import s3synth, transformers, sklearn, cleanlab, pyarrow, pytest, rapidfuzz, matplotlib, jinja2, datasets, openai, anthropic, ray.train.torch, ray.data, aiohttp, onnxruntime, onnxscript' 2>/dev/null \
    || [ pyproject.toml -nt .venv/.s3synth-installed ]; then
   say "installing s3synth and its dependencies"
-  pipi -c "$C" -e ".[learn,data,report,export,dev,openai,anthropic,ray]"
+  pipi -c "$C" -e ".[learn,data,report,export,dev,openai,anthropic,ray,onnx]"
   touch .venv/.s3synth-installed
 fi
 if ! "$V/python" -c 'import llama_cpp, uvicorn, fastapi, sse_starlette, starlette_context' 2>/dev/null; then

@@ -542,6 +542,42 @@ def push(run_dir, repo_id, dataset_repo_id, what, private, message, dry_run, ver
     _guard(go, verbose)
 
 
+@cli.command("export-model", context_settings=CONTEXT)
+@click.argument("run_dir", type=click.Path())
+@click.option("--format", "fmt", default="onnx", show_default=True, type=click.Choice(["onnx"]),
+              help="onnx: an ONNX graph for ONNX Runtime, with the tokenizer, label names and predict.py.")
+@click.option("--quantize", default="none", show_default=True, type=click.Choice(["none", "int8"]),
+              help="int8: also write model.int8.onnx (int8 weights, ONNX Runtime dynamic quantization).")
+@click.option("--per-channel/--per-tensor", default=True, show_default=True,
+              help="With --quantize int8: one weight scale per output channel (kept accuracy on the imdb benchmark; "
+                   "per-tensor lost 1 point), or one per weight matrix.")
+@click.option("--out", type=click.Path(), help="Output folder; default RUN_DIR/export/onnx.")
+@click.option("--force", is_flag=True, help="Replace an earlier export at --out.")
+@click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
+def export_model(run_dir, fmt, quantize, per_channel, out, force, verbose):
+    """Export a finished run's final model (RUN_DIR/final/model; or the --out of `s3synth train`, or a saved
+    model folder) for serving on a CPU without torch: model.onnx (+ model.int8.onnx), the tokenizer, the
+    label names, predict.py and a README. The fp32 graph is checked against PyTorch before anything is written.
+
+    \b
+    Example:
+      s3synth export-model runs/demo --format onnx --quantize int8
+      python runs/demo/export/onnx/predict.py "A moving, beautifully acted film."
+    """
+    def go():
+        from .serve.onnx_export import export_onnx
+
+        info = export_onnx(run_dir, out, quantize=quantize, force=force, per_channel=per_channel)
+        chk = info["check"]
+        click.echo(f"fp32 vs PyTorch: max |diff| {chk['fp32']['max_abs_diff']:.1e} on {chk['fp32']['probes']} probes")
+        if "int8" in chk:
+            click.echo(f"int8 vs fp32: same prediction on {chk['int8']['same_prediction']} of {chk['int8']['probes']} probes")
+        sizes = ", ".join(f"{info['files'][k]} {v} MB" for k, v in info["sizes_mb"].items())
+        click.echo(f"{sizes} -> {info['out']}")
+
+    _guard(go, verbose)
+
+
 class Terminated(BaseException):
     """SIGTERM arrived (a scheduler, `kill`, a container stopping): unwinds like Ctrl-C."""
 
