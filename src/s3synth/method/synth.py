@@ -189,9 +189,10 @@ class Synthesizer:
             kept.update(got)
         return [kept[i] for i in sorted(kept)][:n]
 
-    def _plan(self, stage: str, index: int, rng: random.Random, rationales, contexts) -> _Item:
+    def _plan(self, stage: str, index: int, rng: random.Random, rationales, contexts, label=None) -> _Item:
         task = self.task
-        label = rng.choice(task.label_names) if task.kind != "qa" else None
+        if label is None:
+            label = rng.choice(task.label_names) if task.kind != "qa" else None
         if task.kind == "single":
             rs: list[str] = []
             if rationales and rationales.get(label):
@@ -236,7 +237,11 @@ class Synthesizer:
 
     def _plan_group(self, stage: str, index: int, rng: random.Random, rationales, contexts) -> _Group:
         if self.per_call > 1:        # one plan, asked for per_call times
-            it = self._plan(stage, index, rng, rationales, contexts)
+            # labels in turn, not drawn: N examples share a request's label, and a draw per request would
+            # leave a small seed N times as unbalanced as a draw per example
+            labels = self.task.label_names
+            label = labels[(self._label_start(stage) + index) % len(labels)] if self.task.kind != "qa" else None
+            it = self._plan(stage, index, rng, rationales, contexts, label=label)
             return _Group(index, [it] * self.per_call)
         task, k = self.task, self.per_context
         c = rng.choice(contexts)
@@ -248,6 +253,9 @@ class Synthesizer:
         labels = task.label_names
         start = rng.randrange(len(labels))
         return _Group(index, [self._item(stage, index, labels[(start + j) % len(labels)], c=c) for j in range(k)])
+
+    def _label_start(self, stage: str) -> int:
+        return self._rng(stage, "label-start").randrange(len(self.task.label_names))
 
     def _run_lists(self, stage: str, groups: list[_Group], desc: str) -> dict[tuple, Example]:
         """Ask every group in one request (completion prompts with one target per label: one request per
