@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections import Counter
 
 import pytest
 from click.testing import CliRunner
@@ -294,3 +295,11 @@ def test_estimate_counts_list_requests(tmp_path):
     assert one["calls"] == 9 and five["calls"] == math.ceil(9 / 5) == 2 and five["requests"] == 2
     assert five["completion_tokens"] == 2 * 5 * RTE.stage("seed").max_tokens
     assert five["prompt_tokens"] < one["prompt_tokens"]
+
+
+def test_per_call_labels_take_turns_so_a_small_seed_stays_balanced():
+    llm = QueuedLLM(lambda r: "\n".join(f"{k + 1}. {REVIEW} {r.sample_index} {k}" for k in range(5)))
+    s = Synthesizer(IMDB, llm, PromptBuilder(IMDB, "paper"), seed=4, per_call=5)
+    out = s.seed_examples(20)
+    assert len(llm.seen) == 4
+    assert sorted(Counter(e.label for e in out).values()) == [10, 10]
