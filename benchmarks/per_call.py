@@ -5,6 +5,7 @@ requests of different shapes never share a cache key).
 
     .venv/bin/python benchmarks/per_call.py                        # embedded model and stub, imdb and QNLI
     .venv/bin/python benchmarks/per_call.py --backends stub --seed-size 40 --max-test 300
+    .venv/bin/python benchmarks/per_call.py --rationale-calls 4     # imdb's shared rationale stage shorter
 
 Columns, per kept seed example: prompt tokens (as a provider bills them: every request's whole prompt),
 computed prompt tokens (embedded engine only: what llama.cpp evaluated after reusing cached prefixes),
@@ -48,6 +49,12 @@ def run_variant(backend: str, tname: str, pc: int, pk: int, out: Path, args, stu
     from s3synth.method.loop import S3
 
     t = TASKS[tname]
+    task_obj = None
+    if tname == "imdb" and args.rationale_calls:      # the task with fewer rationale prompts per label
+        import dataclasses
+
+        from s3synth.tasks import load_task
+        task_obj = dataclasses.replace(load_task("imdb"), rationale_calls=args.rationale_calls)
     run_dir = out / f"{backend}-{tname}-pc{pc}-pk{pk}"
     llm_name = "embedded" if backend == "embedded" else "openai:stub-model"
     opts = {} if backend == "embedded" else {"base_url": stub.url, "concurrency": 4}
@@ -69,7 +76,7 @@ def run_variant(backend: str, tname: str, pc: int, pk: int, out: Path, args, stu
 
     llm.generate = counted
     t0 = time.time()
-    S3(cfg, llm=llm).run(run_dir)
+    S3(cfg, llm=llm, **({"task": task_obj} if task_obj else {})).run(run_dir)
     wall = time.time() - t0
     llm.close()
     m = read_json(run_dir / "manifest.json")
@@ -117,7 +124,10 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backends", default="embedded,stub")
-    ap.add_argument("--tasks", default="imdb,qnli")
+    ap.add_argument("--tasks", default="qnli,imdb")
+    ap.add_argument("--rationale-calls", type=int, default=None,
+                    help="imdb: rationale prompts per label (default: the task's 12); the rationales are "
+                         "shared by every variant, so fewer only shortens the run")
     ap.add_argument("--seed-size", type=int, default=40)
     ap.add_argument("--max-test", type=int, default=300)
     ap.add_argument("--max-gold-eval", type=int, default=200)
