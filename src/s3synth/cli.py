@@ -215,6 +215,9 @@ def run(**o):
     on an interrupted one it resumes, taking every LLM answer it already has from the cache.
     Budgets (--max-tokens, --max-cost) stop the run with exit code 3, everything saved; the same
     command with a larger budget goes on from there.
+    Fewer prompt tokens per seed example: --per-call 5 (five examples per request), or for pair/QA
+    tasks --per-context 2 (one per label for one premise), e.g.
+      s3synth run --task qnli --gold-eval eval.jsonl --llm openai:gpt-4o-mini --per-context 2 --out runs/q
     """
     from .progress import set_quiet
 
