@@ -134,7 +134,19 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "runs" / "per-call"))
     ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--results", default="per_call", help="name of the results files in benchmarks/results")
+    ap.add_argument("--combine", nargs="+", metavar="NAME",
+                    help="only print (and save under --results) the table of these saved results, run nothing")
     args = ap.parse_args()
+    res = ROOT / "benchmarks" / "results"
+    if args.combine:
+        rows = [r for name in args.combine for r in json.loads((res / f"{name}.json").read_text())]
+        text = table(rows)
+        print(text)
+        if not args.no_save:
+            (res / f"{args.results}.json").write_text(json.dumps(rows, indent=1))
+            (res / f"{args.results}.md").write_text(_header(args) + text + "\n")
+        return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("OPENAI_API_KEY", "sk-stub")
@@ -156,12 +168,14 @@ def main() -> None:
     text = table(rows)
     print(text)
     if not args.no_save:
-        res = ROOT / "benchmarks" / "results"
         res.mkdir(exist_ok=True)
-        (res / "per_call.json").write_text(json.dumps(rows, indent=1))
-        (res / "per_call.md").write_text(
-            f"seed size {args.seed_size}, test {args.max_test}, gold eval {args.max_gold_eval}, seed {args.seed}; "
-            "noisy (shared CPU)\n\n" + text + "\n")
+        (res / f"{args.results}.json").write_text(json.dumps(rows, indent=1))
+        (res / f"{args.results}.md").write_text(_header(args) + text + "\n")
+
+
+def _header(args) -> str:
+    return (f"seed size {args.seed_size}, test {args.max_test}, gold eval {args.max_gold_eval}, seed {args.seed}, "
+            f"rationale calls per label {args.rationale_calls or 'as the task'}; noisy (shared CPU)\n\n")
 
 
 if __name__ == "__main__":
