@@ -295,6 +295,10 @@ def test_estimate_counts_list_requests(tmp_path):
     assert one["calls"] == 9 and five["calls"] == math.ceil(9 / 5) == 2 and five["requests"] == 2
     assert five["completion_tokens"] == 2 * 5 * RTE.stage("seed").max_tokens
     assert five["prompt_tokens"] < one["prompt_tokens"]
+    pk = est("--per-context", "2")                         # chat: one request per context
+    assert pk["calls"] == math.ceil(9 / 2) == 5 and pk["requests"] == 4
+    pkc = est("--per-context", "2", "--prompt-style", "fewshot")    # completions: one per target, shared prefix
+    assert pkc["calls"] == 10 and pkc["requests"] == 8
 
 
 def test_per_call_labels_take_turns_so_a_small_seed_stays_balanced():

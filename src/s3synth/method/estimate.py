@@ -260,7 +260,7 @@ def _estimate(s3, error_rate: float) -> Estimate:
             reqs = _planned(rec, lambda: s3.synthesize(replace(step, n=wanted), synth, rationales))
             calls = len(reqs)      # --per-call N: ceil(wanted / N) list requests (--per-context: per context)
             a.update(seed_size=step.n, seed_requests=calls, per_request=synth.per_request)
-            add(step, reqs, math.ceil(step.n / synth.per_request), calls)
+            add(step, reqs, synth.first_pass_requests(step.n, step.kind), calls)
         else:   # extrapolation: prompts averaged over every mining example (the errors are not known yet)
             reqs = _planned(rec, lambda: s3.synthesize(step, synth, sources=s3.mining))
             n = len(s3.mining) if step.kind == "extrapolate_all" else sources

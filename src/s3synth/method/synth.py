@@ -254,6 +254,13 @@ class Synthesizer:
         start = rng.randrange(len(labels))
         return _Group(index, [self._item(stage, index, labels[(start + j) % len(labels)], c=c) for j in range(k)])
 
+    def first_pass_requests(self, n: int, stage: str) -> int:
+        """Requests the first pass of `seed_examples(n)` sends (what the plan sends when nothing is rejected)."""
+        m = self.per_request
+        if m > 1 and self.per_context > 1 and self.builder.completes(stage):
+            return math.ceil(n / m) * m       # one request per target, sharing the context's prefix
+        return math.ceil(n / m)
+
     def _label_start(self, stage: str) -> int:
         return self._rng(stage, "label-start").randrange(len(self.task.label_names))
 
