@@ -128,6 +128,7 @@ def main() -> None:
     ap.add_argument("--rationale-calls", type=int, default=None,
                     help="imdb: rationale prompts per label (default: the task's 12); the rationales are "
                          "shared by every variant, so fewer only shortens the run")
+    ap.add_argument("--variants", default=None, help='only these, e.g. "1x1,5x1" (per-call x per-context)')
     ap.add_argument("--seed-size", type=int, default=40)
     ap.add_argument("--max-test", type=int, default=300)
     ap.add_argument("--max-gold-eval", type=int, default=200)
@@ -159,7 +160,10 @@ def main() -> None:
             stub = OpenAIStub().__enter__()
         try:
             for tname in args.tasks.split(","):
+                wanted = [tuple(int(x) for x in v.split("x")) for v in args.variants.split(",")] if args.variants else None
                 for pc, pk in TASKS[tname]["variants"]:
+                    if wanted and (pc, pk) not in wanted:
+                        continue
                     print(f"== {backend} {tname} {variant_name(pc, pk)}", flush=True)
                     rows.append(run_variant(backend, tname, pc, pk, out, args, stub))
         finally:
