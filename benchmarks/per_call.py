@@ -141,7 +141,12 @@ def main() -> None:
     args = ap.parse_args()
     res = ROOT / "benchmarks" / "results"
     if args.combine:
-        rows = [r for name in args.combine for r in json.loads((res / f"{name}.json").read_text())]
+        latest = {}       # a later file's row replaces an earlier one of the same backend, task and variant
+        for name in args.combine:
+            for r in json.loads((res / f"{name}.json").read_text()):
+                latest.pop((r["backend"], r["task"], r["variant"]), None)
+                latest[(r["backend"], r["task"], r["variant"])] = r
+        rows = sorted(latest.values(), key=lambda r: (r["backend"], r["task"], r["per_context"], r["per_call"]))
         text = table(rows)
         print(text)
         if not args.no_save:
