@@ -12,7 +12,11 @@ request it receives, and injects faults on demand:
 
 Fault kinds: 429 (with Retry-After: `retry_after`), 500, 503, 400_context (prompt too long),
 hang (sleeps `hang_s` before answering), truncated (cut JSON), not_json, empty_choices,
-empty_content, 401, 404.
+empty_content, 401, 404, cut_content (the answer's content cut off by max_tokens mid-way: a
+structured output that is not valid JSON, finish_reason "length", as OpenAI documents).
+
+A chat request with `response_format` {"type": "json_schema"} is answered with content that follows
+the schema (objects with every property, arrays of `array_len` items, strings as above plus " item K").
 
 It also serves OpenAI's Batch API as documented: POST /v1/files (multipart, purpose=batch), GET
 /v1/files/{id}/content, POST /v1/batches, GET /v1/batches (newest first), GET /v1/batches/{id}, POST
@@ -42,7 +46,21 @@ from http.server import BaseHTTPRequestHandler
 from local_server import LocalServer
 
 FAULTS = ("429", "500", "503", "400_context", "hang", "truncated", "not_json", "empty_choices",
-          "empty_content", "401", "404")
+          "empty_content", "401", "404", "cut_content")
+
+
+def schema_instance(schema: dict, text: str, array_len: int):
+    """A value following `schema` (object, array, string, number, boolean), strings built from `text`."""
+    t = schema.get("type")
+    if t == "object":
+        return {k: schema_instance(v, text, array_len) for k, v in schema.get("properties", {}).items()}
+    if t == "array":
+        return [schema_instance(schema.get("items", {}), f"{text} item {k + 1}", array_len) for k in range(array_len)]
+    if t in ("number", "integer"):
+        return 1
+    if t == "boolean":
+        return True
+    return text
 
 
 class OpenAIStub(LocalServer):
@@ -74,6 +92,7 @@ class OpenAIStub(LocalServer):
         self.hold_batches = False
         self.line_errors: dict[int, int] = {}     # for the next created batch: line index -> HTTP status
         self.expire_next: int | None = None
+        self.array_len = 5                   # items of each array in a structured (json_schema) answer
 
     # -- knobs ---------------------------------------------------------------------------------
     def fail_next(self, kind: str, n: int = 1) -> None:
@@ -109,6 +128,9 @@ class OpenAIStub(LocalServer):
         chat = path.endswith("/chat/completions")
         prompt = body["messages"][-1]["content"] if chat else body["prompt"]
         text = f"answer to: {prompt[-30:]} #{body.get('seed')}"
+        fmt = body.get("response_format") or {}
+        if chat and fmt.get("type") == "json_schema":
+            text = json.dumps(schema_instance(fmt["json_schema"]["schema"], text, self.array_len))
         choice = {"index": 0, "finish_reason": "stop"}
         choice.update({"message": {"role": "assistant", "content": text}} if chat else {"text": text})
         if chat and self.reasoning == "think":
@@ -365,6 +387,16 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, json.dumps(answer).encode()[:40])
         if fault == "not_json":
             return self._send(200, b"<html>Bad gateway</html>")
+        if fault == "cut_content":
+            choice = answer["choices"][0]
+            key = "message" in choice
+            full = choice["message"]["content"] if key else choice["text"]
+            cut = full[:len(full) * 2 // 3]
+            if key:
+                choice["message"]["content"] = cut
+            else:
+                choice["text"] = cut
+            choice["finish_reason"] = "length"
         if fault == "empty_choices":
             answer["choices"] = []
         if fault == "empty_content":

@@ -240,6 +240,11 @@ def run(**o):
       s3synth run --task rte --gold-eval gold.jsonl --llm openai:gpt-4o-mini --batch --out runs/rte
       ANTHROPIC_API_KEY=... s3synth run --task rte --gold-eval gold.jsonl --llm anthropic:claude-haiku-4-5 \\
                   --batch --batch-fallback online --max-cost 5 --price-in 1 --price-out 5 --out runs/rte-claude
+
+    \b
+    Fewer prompt tokens per seed example: --per-call 5 (five examples per request), or for pair/QA
+    tasks --per-context 2 (one per label for one premise), e.g.
+      s3synth run --task qnli --gold-eval eval.jsonl --llm openai:gpt-4o-mini --per-context 2 --out runs/q
     """
     from .progress import set_quiet
 

@@ -128,6 +128,11 @@ class RunConfig:
                                     "model, the paper's templates otherwise).", choices=PROMPT_STYLES)
     temperature: float = opt(0.8, "Sampling temperature.")
     top_p: float = opt(0.95, "Nucleus sampling mass.")
+    per_call: int = opt(1, "Seed and ZeroGen stages: examples asked for in one LLM request (the paper: 1), as a "
+                           "numbered list, or JSON under a response schema where the backend supports one "
+                           "(OpenAI chat, vLLM).")
+    per_context: int = opt(1, "Pair and QA tasks, seed and ZeroGen stages: examples for one premise/context in one "
+                              "request (labels in turn; QA: the context's answers), so the context is paid once.")
     extrapolate_attempts: int = opt(2, "LLM calls per error at most (a rejected answer is asked again).")
     contexts: str | None = opt(None, "Pair/QA tasks: premises/contexts to write for (default: the gold eval's).",
                                path=True)
@@ -200,6 +205,11 @@ class RunConfig:
             bad("temperature", "must be in [0, 2]")
         if not (0 < self.top_p <= 1):
             bad("top_p", "must be in (0, 1]")
+        for name in ("per_call", "per_context"):
+            if not 1 <= getattr(self, name) <= 49:
+                bad(name, "must be in 1..49")
+        if self.per_call > 1 and self.per_context > 1:
+            raise S3Error("--per-call and --per-context: use one of them (both ask for several examples per request)")
         if self.extrapolate_attempts < 1:
             bad("extrapolate_attempts", "must be >= 1")
         if self.max_tokens is not None and self.max_tokens < 1:

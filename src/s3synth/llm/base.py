@@ -28,6 +28,11 @@ class GenParams:
     top_p: float = 0.95
     repeat_penalty: float = 1.15   # local backends (llama.cpp, transformers); >= 1.1 keeps small models from looping
     stop: tuple = ()
+    # a JSON schema (as JSON text) the answer should follow, for backends with `supports_schema`
+    # (OpenAI response_format, vLLM structured outputs); others ignore it and the prompt's own format
+    # instruction (a numbered list) applies. Left out of the cache key when None, so keys of requests
+    # without one are those of earlier versions.
+    response_schema: str | None = None
 
 
 @dataclass(frozen=True)
@@ -48,8 +53,11 @@ class Request:
         return self.messages is not None
 
     def payload(self) -> dict:
+        params = asdict(self.params)
+        if params.get("response_schema") is None:   # unset: the key of a request of earlier versions
+            params.pop("response_schema", None)
         return {"prompt": self.prompt, "messages": [list(m) for m in self.messages] if self.messages else None,
-                "params": asdict(self.params), "sample_index": self.sample_index}
+                "params": params, "sample_index": self.sample_index}
 
     @classmethod
     def from_payload(cls, d: dict) -> Request:
@@ -149,6 +157,7 @@ class LLM(ABC):
     backend = "base"
     batch_size = 8          # requests handed to `_generate_batch` at once (and cached together)
     default_prompt_style = "paper"   # `--prompt-style auto`: "paper" (chat templates) or "fewshot" (small models)
+    supports_schema = False          # honours GenParams.response_schema (JSON under a schema) on chat requests
 
     @dataclass
     class Options:

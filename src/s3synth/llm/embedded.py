@@ -18,6 +18,11 @@ within 1/254 of its block's largest magnitude, well below Q4_1's own step (1/15 
 range); answers differ from the Q4_1 file's, so the format is part of the cache identity.
 `weights="original"` keeps the packaged file (then answers may depend on the batch).
 Not handled: GPU offload, grammars; a prompt longer than `n_ctx` tokens is answered with an error.
+`--per-call N` therefore asks this backend for a numbered list (`supports_schema` is False): llama.cpp
+applies a grammar inside its own sampler chain (`llama_sampler_init_grammar`), while this engine draws
+each token with the numpy sampler above from the raw logits, per sequence; constraining it would need
+the grammar sampler's candidate filtering and token acceptance called per sequence and token through
+ctypes, beside the numpy draw, and its answers would no longer be those of the same request unconstrained.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ off by max_tokens, or only `reasoning_content` is a failed request with a reason
 only" (a reject, never an empty example). A model that refuses `max_tokens` (a 400 naming
 max_completion_tokens) is asked again with `max_completion_tokens`, and so is every later request.
 
+A request whose GenParams carry a `response_schema` is sent with `response_format` (json_schema, strict)
+in chat mode; the completions endpoint has no such parameter, so there the prompt's own list format applies.
+
 Not handled: streaming, n > 1, tools/function calls, logprobs, array-valued message content,
 HTTP-date Retry-After values, Azure auth (`api-key` header), x-ratelimit-* headers. Token counts
 are estimated as ceil(chars / 4) when the server sends no `usage`. One instance serialises its calls.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import math
 import os
 import random
@@ -68,6 +72,15 @@ def strip_think(text: str) -> tuple[str, str | None]:
 
 
 _CONTEXT_TOO_LONG = re.compile(r"context[ _]length|maximum context|too many tokens|prompt is too long", re.I)
+
+
+def response_format(schema_json: str) -> dict:
+    """OpenAI's `response_format` for Structured Outputs: the schema (JSON text) under strict adherence.
+
+    Example: response_format('{"type": "object", ...}') -> {"type": "json_schema", "json_schema":
+    {"name": "answers", "strict": True, "schema": {"type": "object", ...}}}"""
+    return {"type": "json_schema", "json_schema": {"name": "answers", "strict": True,
+                                                   "schema": json.loads(schema_json)}}
 
 
 def estimate_tokens(text: str) -> int:
@@ -191,6 +204,7 @@ class OpenAICompatLLM(LLM):
         self._answered = False      # has the server answered over HTTP yet (see the probe in _run)
         self._max_completion_tokens = False     # the model refused max_tokens: send max_completion_tokens
         self._batches = None        # the Batch API client (`--batch`), made on first use
+        self.supports_schema = mode == "chat"   # response_format json_schema is a chat completions parameter
 
     def shard(self, actors: int, cpus_per_actor: float | None) -> Shard:
         """One request per call, `ceil(concurrency / actors)` clients per worker (threads), each with one
@@ -235,6 +249,8 @@ class OpenAICompatLLM(LLM):
         body.update(max_tokens=p.max_tokens, temperature=p.temperature, top_p=p.top_p, seed=seed, n=1)
         if p.stop:
             body["stop"] = list(p.stop)
+        if p.response_schema is not None and self.mode == "chat":
+            body["response_format"] = response_format(p.response_schema)
         for k, v in self.extra_body.items():
             if v is None:
                 body.pop(k, None)

@@ -13,11 +13,15 @@ prompt and answer, not llama.cpp's last 64 tokens). vLLM schedules the whole bat
 (continuous batching), so `batch_size` is large; answers are cached as each call returns.
 Under `--executor ray` a stage runs on Ray Data LLM instead (s3synth.llm.ray_executor): `actors`
 replicas of this engine, each on tensor x pipeline parallel size GPUs.
-Not handled: LoRA adapters, guided decoding, CPU-only vLLM builds.
+A request with a `response_schema` (`--per-call N`) is decoded under vLLM's structured outputs:
+`SamplingParams(structured_outputs=StructuredOutputsParams(json=schema))` (vLLM >= 0.10.2; the only
+form from 0.12), or `guided_decoding=GuidedDecodingParams(json=schema)` on older versions.
+Not handled: LoRA adapters, regex/grammar/choice constraints, CPU-only vLLM builds.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -30,6 +34,7 @@ class VLLMBackend(LLM):
 
     backend = "vllm"
     batch_size = 256
+    supports_schema = True
 
     @dataclass
     class Options:
@@ -106,12 +111,16 @@ class VLLMBackend(LLM):
             first = str(e).splitlines()[0] if str(e) else ""
             raise LLMError(f"vLLM could not load '{self.model}': {type(e).__name__}: {first}") from None
         self._sp = vllm.SamplingParams
+        self._structured = structured_outputs_kind(vllm)
         return self._llm
 
     def sampling_params(self, req: Request, seed: int):
         p = req.params
+        kw = {}
+        if p.response_schema is not None:
+            kw = structured_kwargs(self._structured, p.response_schema)
         return self._sp(n=1, seed=seed, temperature=p.temperature, top_p=p.top_p, max_tokens=p.max_tokens,
-                        stop=list(p.stop) or None, repetition_penalty=max(p.repeat_penalty, 1.0))
+                        stop=list(p.stop) or None, repetition_penalty=max(p.repeat_penalty, 1.0), **kw)
 
     def _generate_batch(self, requests: Sequence[Request], seeds: Sequence[int]) -> list[Completion]:
         llm = self._load()
@@ -142,3 +151,26 @@ class VLLMBackend(LLM):
 
     def close(self) -> None:
         self._llm = None
+
+
+def structured_outputs_kind(vllm_module) -> tuple[str, type] | None:
+    """("structured_outputs", StructuredOutputsParams) on vLLM >= 0.10.2, ("guided_decoding",
+    GuidedDecodingParams) before, None when neither exists (then schemas are not enforced)."""
+    sp_mod = getattr(vllm_module, "sampling_params", None)
+    for field, cls_name in (("structured_outputs", "StructuredOutputsParams"),
+                            ("guided_decoding", "GuidedDecodingParams")):
+        cls = getattr(sp_mod, cls_name, None) or getattr(vllm_module, cls_name, None)
+        if cls is not None:
+            return field, cls
+    return None
+
+
+def structured_kwargs(kind: tuple[str, type] | None, schema_json: str) -> dict:
+    """SamplingParams keyword arguments that constrain the answer to the JSON schema `schema_json`.
+
+    Example: structured_kwargs(("structured_outputs", StructuredOutputsParams), '{"type": "object"}')
+    -> {"structured_outputs": StructuredOutputsParams(json={"type": "object"})}"""
+    if kind is None:
+        return {}
+    field, cls = kind
+    return {field: cls(json=json.loads(schema_json))}

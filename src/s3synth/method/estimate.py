@@ -5,7 +5,8 @@ sample plans and contexts) with a stand-in LLM that records each stage's request
 none: nothing is called and nothing is written. Per stage:
 
 - calls: rationales = labels x the task's `rationale_calls`; seed = ceil(seed size x 1.1) (about
-  one answer in ten is rejected and replaced); each extrapolation round = ceil(sources x 1.1) when
+  one answer in ten is rejected and replaced), divided by `--per-call`/`--per-context` (rounded up;
+  completion prompts with `--per-context` send one request per target, sharing the context's prefix); each extrapolation round = ceil(sources x 1.1) when
   `extrapolate_attempts` > 1 (rejected answers are asked again), with sources = errors =
   ceil(error rate x mining examples), times the number of labels for `--balance fill` (its worst
   case: every error in one label, the other labels filled up to it).
@@ -129,7 +130,10 @@ class Estimate:
         lines += ["", f"prompt tokens: {self.token_counter} of the real prompts"
                   + (" (extrapolation: averaged over the mining examples)" if a.get("rounds") else ""),
                   "completion tokens: every call at the stage's max_tokens - an upper bound"]
-        if a.get("seed_requests"):
+        if a.get("seed_requests") and a.get("per_request", 1) > 1:
+            lines.append(f"seed: {a['seed_size']} examples x {SEED_FACTOR} in {a['seed_requests']} calls of "
+                         f"{a['per_request']} examples each (rejected answers are replaced)")
+        elif a.get("seed_requests"):
             lines.append(f"seed: {a['seed_size']} examples x {SEED_FACTOR} = {a['seed_requests']} calls "
                          "(rejected answers are replaced)")
         if a.get("rounds"):
@@ -232,7 +236,8 @@ def _estimate(s3, error_rate: float) -> Estimate:
     cfg, task = s3.cfg, s3.task
     counter_name, count = token_counter(s3.llm)
     rec = _Recorder()
-    synth = Synthesizer(task, rec, s3.builder, cfg.seed)
+    synth = Synthesizer(task, rec, s3.builder, cfg.seed, per_call=cfg.per_call, per_context=cfg.per_context,
+                        schema=s3.synth.schema)
     retry = RETRY_FACTOR if cfg.extrapolate_attempts > 1 else 1.0
     errors = scaled(len(s3.mining), error_rate)
     sources = errors * (len(task.labels) if cfg.balance == "fill" and task.kind != "qa" else 1)
@@ -258,10 +263,11 @@ def _estimate(s3, error_rate: float) -> Estimate:
             add(step, reqs, len(reqs), len(reqs))
             rationales = {lab: [PLACEHOLDER_RATIONALE] * task.rationale_keep for lab in task.label_names}
         elif step.kind in ("seed", "zerogen"):
-            calls = scaled(step.n, SEED_FACTOR)
-            a.update(seed_size=step.n, seed_requests=calls)
-            reqs = _planned(rec, lambda: s3.synthesize(replace(step, n=calls), synth, rationales))
-            add(step, reqs, step.n, calls)
+            wanted = scaled(step.n, SEED_FACTOR)      # examples asked for, with the allowance for rejects
+            reqs = _planned(rec, lambda: s3.synthesize(replace(step, n=wanted), synth, rationales))
+            calls = len(reqs)      # --per-call N: ceil(wanted / N) list requests (--per-context: per context)
+            a.update(seed_size=step.n, seed_requests=calls, per_request=synth.per_request)
+            add(step, reqs, synth.first_pass_requests(step.n, step.kind), calls)
         else:   # extrapolation: prompts averaged over every mining example (the errors are not known yet)
             reqs = _planned(rec, lambda: s3.synthesize(step, synth, sources=s3.mining))
             n = len(s3.mining) if step.kind == "extrapolate_all" else sources

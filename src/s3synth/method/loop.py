@@ -164,7 +164,11 @@ class S3:
             raise S3Error(f"{cfg.gold_eval}: too few gold eval examples ({len(self.gold)}) to mine errors from; "
                           "give more or lower --holdout-frac")
         self.builder = PromptBuilder(self.task, style=self.style, temperature=cfg.temperature, top_p=cfg.top_p)
-        self.synth = Synthesizer(self.task, self.llm, self.builder, cfg.seed)
+        if cfg.per_context > 1 and self.task.kind == "single":
+            raise S3Error(f"--per-context {cfg.per_context}: task {self.task.name} is a single-text task without "
+                          "contexts; use --per-call")
+        self.synth = Synthesizer(self.task, self.llm, self.builder, cfg.seed, per_call=cfg.per_call,
+                                 per_context=cfg.per_context)
         self.plan = stage_plan(cfg, self.task)
         for step in self.plan:
             if step.kind in ("seed", "zerogen") and self.task.stage(step.kind) is None:
@@ -465,6 +469,8 @@ class S3:
             return [ex for ex in self.gold if ex.id not in held], fingerprint(base_fp, "gold")
         seed_fp = (fingerprint(base_fp, "zerogen", step.n) if step.kind == "zerogen"
                    else fingerprint(base_fp, step.n, rationales))
+        if self.synth.per_request > 1:     # list requests (the default of one leaves older runs' fingerprints)
+            seed_fp = fingerprint(seed_fp, "per-request", self.cfg.per_call, self.cfg.per_context)
         key = self._screen_key()
         st = rd.stage("seed", fingerprint(seed_fp, *key) if key else seed_fp, LAYOUT.seed, usage=self._usage)
         if st.done:

@@ -7,8 +7,9 @@ backend reports them as failed requests (counted as rejects).
 from __future__ import annotations
 
 import difflib
+import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 from ..analysis import normalize_words
@@ -120,6 +121,138 @@ class PromptBuilder:
         parts = [fs.demo.format_map(d) for d in self.demos.get(stage, [])]
         parts.append(fs.query.format_map(fields))
         return Request(prompt=fs.separator.join(parts), params=self.params(sp, False), sample_index=sample_index)
+
+
+    # ---------------------------------------------------------------- several examples per request
+    def completes(self, stage: str) -> bool:
+        """True when the stage's prompts are plain completions (ZeroGen, few-shot completion forms)."""
+        if stage == "zerogen":
+            return True
+        return self.stage_style(stage) == "fewshot" and not self.task.stage(stage).fewshot.is_chat
+
+    def build_list(self, stage: str, targets: Sequence[dict], sample_index: int, *, schema: bool = False) -> Request:
+        """One request for len(targets) examples (`--per-call`, `--per-context`): `targets` are the field
+        dicts of each example, sharing everything but the label word or answer.
+
+        Chat prompts (the paper's templates, few-shot chat forms) are the one-example prompt of the first
+        target plus an instruction to answer with a numbered list (or, with `schema`, JSON under
+        `list_schema()`); for targets that differ (one per label), the instruction names the label word
+        or answer of each in turn, so the context is shown once. Completion prompts (ZeroGen, few-shot
+        completions) end with an open "1." to continue as a list, after demonstrations grouped into
+        lists by label (single-text tasks); they take targets of one label only.
+        Example (imdb, paper, 3 targets): "Now imagine ... write a negative review about this movie.\n\n
+        Write 3 different ones, ... as a numbered list (1. to 3.), one per line, and nothing else."
+        """
+        sp = self.task.stage(stage)
+        n = len(targets)
+        first = targets[0]
+        per_target = [t for t in ("label_word", "answer") if len({str(x.get(t, "")) for x in targets}) > 1]
+        if self.completes(stage):
+            if per_target:
+                raise ValueError("completion prompts take targets of one label; send one request per target")
+            base = self.build(stage, first, sample_index)
+            head = base.prompt.rstrip().rstrip("\"“'").rstrip()
+            if stage != "zerogen" and self.demos.get(stage) and self.task.kind == "single":
+                head = self._list_demos(stage, first)
+            params = replace(base.params, max_tokens=sp.max_tokens * n, stop=("\n\n",))
+            return Request(prompt=head + "\n1.", params=params, sample_index=sample_index)
+        base = self.build(stage, first, sample_index)
+        role, text = base.messages[-1]
+        fmt = (f"as JSON: {{\"{LIST_KEY}\": [...]}} with {n} strings, and nothing else" if schema else
+               f"as a numbered list (1. to {n}.), one per line, and nothing else")
+        if per_target:
+            what = "answer" if "answer" in per_target else "label_word"
+            shown = first.get(what, "")
+            text += (f"\n\nDo this {n} times, once for each of the following in place of \"{shown}\", in this "
+                     f"order, and answer {fmt}:\n" + numbered([str(t.get(what, "")) for t in targets]))
+        else:
+            text += f"\n\nWrite {n} different ones, each unlike the others, and answer {fmt}."
+        params = replace(base.params, max_tokens=sp.max_tokens * n,
+                         response_schema=list_schema() if schema else None)
+        return Request(messages=base.messages[:-1] + ((role, text),), params=params, sample_index=sample_index)
+
+    def _list_demos(self, stage: str, query_fields: dict) -> str:
+        """A few-shot completion prompt whose demonstrations of one label are shown as one numbered list,
+        ending with the query (its open "1." is added by the caller)."""
+        fs = self.task.stage(stage).fewshot
+        by_label: dict = {}
+        for d in self.demos.get(stage, []):
+            by_label.setdefault(d.get("label"), []).append(d)
+        parts = []
+        for group in by_label.values():
+            d = _Blank(group[0])
+            d["text"] = "\n" + numbered([g.get("text", "") for g in group])
+            parts.append(re.sub(r"[ \t]+\n", "\n", fs.demo.format_map(d)))
+        parts.append(fs.query.format_map(query_fields).rstrip())
+        return fs.separator.join(parts)
+
+
+LIST_KEY = "answers"
+
+
+def list_schema() -> str:
+    """The JSON schema (as JSON text) of a list answer: {"answers": [string, ...]} (OpenAI strict mode wants
+    an object at the top, every property required and no others)."""
+    return json.dumps({"type": "object", "properties": {LIST_KEY: {"type": "array", "items": {"type": "string"}}},
+                       "required": [LIST_KEY], "additionalProperties": False}, sort_keys=True)
+
+
+_NUM_ITEM = re.compile(r"^\s*(?:\*\*)?(\d{1,2})[.):](?:\*\*)?\s*(.*?)\s*$")
+
+
+def _salvage_json_strings(text: str) -> list[str]:
+    """The complete strings of a JSON array cut short: '{"answers": ["a", "b", "c' -> ["a", "b"]."""
+    start = text.find("[")
+    if start < 0:
+        return []
+    dec, pos, out = json.JSONDecoder(), start + 1, []
+    while True:
+        while pos < len(text) and text[pos] in " \t\r\n,":
+            pos += 1
+        try:
+            val, pos = dec.raw_decode(text, pos)
+        except ValueError:
+            return out
+        if isinstance(val, str):
+            out.append(val)
+
+
+def parse_list(raw: str, n: int, first_is_item: bool = False) -> tuple[list[str], str | None]:
+    """Up to n items of a list answer, and what was wrong with it (None when it held n items).
+
+    JSON ({"answers": [...]} or a bare array, also inside a ``` fence) is read first; a JSON answer cut
+    short keeps its complete strings ("truncated_json"); otherwise a numbered list, whose first line is an
+    item when the prompt ended with an open "1." (`first_is_item`). Returns (items, problem), problem one
+    of None, "truncated_json", "fewer_items", "no_list".
+    Example: ('{"answers": ["a b", "c d"', 3) -> (["a b"], "truncated_json")
+    """
+    text = raw.replace("\r", "").strip()
+    fenced = re.match(r"^```(?:json)?\s*(.*?)(?:```\s*)?$", text, re.DOTALL)
+    if fenced:
+        text = fenced.group(1).strip()
+    if text[:1] in "{[":
+        try:
+            val = json.loads(text)
+        except ValueError:
+            items = _salvage_json_strings(text)
+            return items[:n], "truncated_json"
+        if isinstance(val, dict):
+            val = val.get(LIST_KEY, next((v for v in val.values() if isinstance(v, list)), None))
+        if isinstance(val, list):
+            items = [str(v) for v in val if isinstance(v, (str, int, float)) and str(v).strip()]
+            return items[:n], None if len(items) >= n else "fewer_items"
+        return [], "no_list"
+    items: list[str] = []
+    for i, line in enumerate(text.split("\n")):
+        m = _NUM_ITEM.match(line)
+        if m:
+            items.append(m.group(2))
+        elif i == 0 and first_is_item and line.strip():
+            items.append(line.strip())
+    items = [it for it in items if it.strip()]
+    if not items:
+        return [], "no_list"
+    return items[:n], None if len(items) >= n else "fewer_items"
 
 
 # ------------------------------------------------------------------ cleaning

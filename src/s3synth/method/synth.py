@@ -14,10 +14,14 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from ..data import Example
+from ..errors import S3Error
 from ..llm.base import LLM, REASONING_ONLY
-from ..rundir import ATTEMPT_STRIDE, SAMPLE_BANDS
+from ..rundir import ATTEMPT_STRIDE, SAMPLE_BANDS, list_sample_index
 from ..tasks import Task
-from .prompts import PromptBuilder, clean_answer, numbered, parse_rationales
+from .prompts import PromptBuilder, clean_answer, numbered, parse_list, parse_rationales
+
+REJECT_LOG_MAX = 50          # malformed list answers kept (raw text) per stage in manifest.json
+REJECT_RAW_MAX = 2000        # characters of each
 
 
 def reject_reason(error: str) -> str:
@@ -33,10 +37,20 @@ class StageReport:
     requested: int = 0
     kept: int = 0
     rejects: Counter = field(default_factory=Counter)
+    calls: int = 0               # requests sent, when one request asks for several examples (--per-call)
+    per_request: int = 1
+    reject_log: list = field(default_factory=list)   # malformed list answers: reason, counts, raw text
 
     def to_dict(self) -> dict:
-        return {"requested": self.requested, "kept": self.kept, "rejects": dict(self.rejects),
-                "kept_share": round(self.kept / self.requested, 4) if self.requested else None}
+        d = {"requested": self.requested, "kept": self.kept, "rejects": dict(self.rejects),
+             "kept_share": round(self.kept / self.requested, 4) if self.requested else None}
+        if self.calls:           # only for list requests: a one-example stage's record is as before
+            d.update(calls=self.calls, per_request=self.per_request, reject_log=list(self.reject_log))
+        return d
+
+    def log_reject(self, entry: dict) -> None:
+        if len(self.reject_log) < REJECT_LOG_MAX:
+            self.reject_log.append({**entry, "raw": entry.get("raw", "")[:REJECT_RAW_MAX]})
 
 
 @dataclass
@@ -49,10 +63,38 @@ class _Item:
     check: dict  # keyword arguments for clean_answer (context, shown, answer)
 
 
+@dataclass
+class _Group:
+    """One list request's plan (`--per-call`, `--per-context`): its index and the examples it asks for."""
+
+    index: int
+    targets: list   # of _Item
+
+
 class Synthesizer:
-    def __init__(self, task: Task, llm: LLM, builder: PromptBuilder, seed: int):
+    """`per_call` N: seed and ZeroGen requests ask for N examples each (one label, the same rationales or
+    context); `per_context` K (pair and QA tasks): K examples for one context in one request, one per
+    label in turn (pair) or one per answer of that context (QA). `schema`: ask for JSON under a response
+    schema (default: when the backend supports one), else a numbered list."""
+
+    def __init__(self, task: Task, llm: LLM, builder: PromptBuilder, seed: int, *, per_call: int = 1,
+                 per_context: int = 1, schema: bool | None = None):
         self.task, self.llm, self.builder, self.seed = task, llm, builder, seed
         self.reports: dict[str, StageReport] = {}
+        if per_call < 1 or per_context < 1:
+            raise S3Error("--per-call and --per-context must be >= 1")
+        if per_call > 1 and per_context > 1:
+            raise S3Error("--per-call and --per-context: use one of them (both ask for several examples per request)")
+        if per_context > 1 and task.kind == "single":
+            raise S3Error(f"--per-context: task {task.name} has no contexts (it is a single-text task); "
+                          "use --per-call")
+        self.per_call, self.per_context = per_call, per_context
+        self.schema = bool(getattr(llm, "supports_schema", False)) if schema is None else schema
+
+    @property
+    def per_request(self) -> int:
+        """Examples one seed/ZeroGen request asks for."""
+        return max(self.per_call, self.per_context)
 
     def _rng(self, *parts) -> random.Random:
         return random.Random(":".join(map(str, (self.seed, *parts))))
@@ -131,6 +173,8 @@ class Synthesizer:
     def seed_examples(self, n: int, *, rationales: dict | None = None, contexts: Sequence[dict] | None = None,
                       stage: str = "seed", max_passes: int = 3) -> list[Example]:
         """n kept examples; labels uniform; rejected answers are replaced by new plans (up to max_passes)."""
+        if self.per_request > 1:
+            return self._seed_lists(n, rationales=rationales, contexts=contexts, stage=stage, max_passes=max_passes)
         kept: dict[int, Example] = {}
         next_index = 0
         for p in range(max_passes):
@@ -145,25 +189,128 @@ class Synthesizer:
             kept.update(got)
         return [kept[i] for i in sorted(kept)][:n]
 
-    def _plan(self, stage: str, index: int, rng: random.Random, rationales, contexts) -> _Item:
+    def _plan(self, stage: str, index: int, rng: random.Random, rationales, contexts, label=None) -> _Item:
         task = self.task
-        label = rng.choice(task.label_names) if task.kind != "qa" else None
-        meta = {"stage": stage}
+        if label is None:
+            label = rng.choice(task.label_names) if task.kind != "qa" else None
         if task.kind == "single":
             rs: list[str] = []
             if rationales and rationales.get(label):
                 pool = rationales[label]
                 rs = rng.sample(pool, min(task.rationale_k, len(pool)))
+            return self._item(stage, index, label, rs=rs)
+        return self._item(stage, index, label, c=rng.choice(contexts))
+
+    def _item(self, stage: str, index: int, label, *, rs=None, c=None) -> _Item:
+        """The plan of one example: a label and rationales (single-text tasks) or a context (and answer)."""
+        meta = {"stage": stage}
+        if c is None:
+            rs = rs or []
             f = self.builder.fields(stage, label=label, rationales=rs)
             meta["rationales"] = rs
             make = lambda t, label=label, meta=meta: Example(text=t, label=label, meta=dict(meta))  # noqa: E731
             return _Item(index, f, make, {})
-        c = rng.choice(contexts)
         f = self.builder.fields(stage, label=label, context=c["context"], answer=c.get("answer"))
         make = lambda t, c=c, label=label, meta=meta: Example(  # noqa: E731
             text=t, label=label, context=c["context"], answer=c.get("answer"), meta=dict(meta))
         return _Item(index, f, make, {"context": c["context"],
                                       "answer": c["answer"]["text"] if c.get("answer") else None})
+
+    # ---------------------------------------------------------------- several examples per request
+    def _seed_lists(self, n: int, *, rationales, contexts, stage: str, max_passes: int) -> list[Example]:
+        """seed_examples with list requests: n kept examples still, from ceil(missing / per_request) requests
+        per pass; every parsed item is one example with its request's sample index and its position."""
+        m = self.per_request
+        kept: dict[tuple, Example] = {}
+        next_index = 0
+        for p in range(max_passes):
+            missing = n - len(kept)
+            if missing <= 0:
+                break
+            count = missing if p == 0 else math.ceil(missing * 1.25)
+            calls = math.ceil(count / m)
+            rng = self._rng(stage, "plan", p)
+            groups = [self._plan_group(stage, next_index + j, rng, rationales, contexts) for j in range(calls)]
+            next_index += calls
+            kept.update(self._run_lists(stage, groups, f"{stage} (pass {p + 1})" if p else stage))
+        return [kept[k] for k in sorted(kept)][:n]
+
+    def _plan_group(self, stage: str, index: int, rng: random.Random, rationales, contexts) -> _Group:
+        if self.per_call > 1:        # one plan, asked for per_call times
+            # labels in turn, not drawn: N examples share a request's label, and a draw per request would
+            # leave a small seed N times as unbalanced as a draw per example
+            labels = self.task.label_names
+            label = labels[(self._label_start(stage) + index) % len(labels)] if self.task.kind != "qa" else None
+            it = self._plan(stage, index, rng, rationales, contexts, label=label)
+            return _Group(index, [it] * self.per_call)
+        task, k = self.task, self.per_context
+        c = rng.choice(contexts)
+        if task.kind == "qa":        # the context's answers in turn (repeated when it has fewer than k)
+            same = [x for x in contexts if x["context"] == c["context"] and x.get("answer")]
+            others = [x for x in same if x["answer"]["text"] != c["answer"]["text"]]
+            picked = [c] + rng.sample(others, min(k - 1, len(others)))
+            return _Group(index, [self._item(stage, index, None, c=picked[j % len(picked)]) for j in range(k)])
+        labels = task.label_names
+        start = rng.randrange(len(labels))
+        return _Group(index, [self._item(stage, index, labels[(start + j) % len(labels)], c=c) for j in range(k)])
+
+    def first_pass_requests(self, n: int, stage: str) -> int:
+        """Requests the first pass of `seed_examples(n)` sends (what the plan sends when nothing is rejected)."""
+        m = self.per_request
+        if m > 1 and self.per_context > 1 and self.builder.completes(stage):
+            return math.ceil(n / m) * m       # one request per target, sharing the context's prefix
+        return math.ceil(n / m)
+
+    def _label_start(self, stage: str) -> int:
+        return self._rng(stage, "label-start").randrange(len(self.task.label_names))
+
+    def _run_lists(self, stage: str, groups: list[_Group], desc: str) -> dict[tuple, Example]:
+        """Ask every group in one request (completion prompts with one target per label: one request per
+        target, sharing the context's prefix); keep each parsed item that cleans, count the rest."""
+        sp = self.task.stage(stage)
+        rep = self._report(stage)
+        rep.per_request = self.per_request
+        singles = self.per_context > 1 and self.builder.completes(stage)
+        jobs = []        # (request, group, [positions])
+        for g in groups:
+            if singles:
+                for j, t in enumerate(g.targets):
+                    si = list_sample_index(stage, self.per_call, self.per_context, g.index * len(g.targets) + j)
+                    jobs.append((self.builder.build(stage, t.fields, si), g, [j]))
+            else:
+                si = list_sample_index(stage, self.per_call, self.per_context, g.index)
+                jobs.append((self.builder.build_list(stage, [t.fields for t in g.targets], si, schema=self.schema),
+                             g, list(range(len(g.targets)))))
+        order = sorted(range(len(jobs)), key=lambda i: (jobs[i][0].prompt or str(jobs[i][0].messages)))
+        answers = self.llm.generate([jobs[i][0] for i in order], desc=desc)
+        kept: dict[tuple, Example] = {}
+        for i, ans in zip(order, answers):
+            req, g, positions = jobs[i]
+            rep.calls += 1
+            rep.requested += len(positions)
+            if ans.error is not None:
+                rep.rejects[reject_reason(ans.error)] += len(positions)
+                continue
+            if singles:
+                texts, problem = [ans.text], None
+            else:
+                texts, problem = parse_list(ans.text, len(positions), first_is_item=self.builder.completes(stage))
+            if problem:
+                rep.rejects[problem] += len(positions) - len(texts)
+                rep.log_reject({"sample_index": req.sample_index, "reason": problem, "asked": len(positions),
+                                "parsed": len(texts), "raw": ans.text})
+            for j, text in zip(positions, texts):
+                it = g.targets[j]
+                clean, why = clean_answer(text, kind=self._kind(), min_words=sp.min_words,
+                                          single_line=True, **it.check)
+                if clean is None:
+                    rep.rejects[why] += 1
+                    continue
+                rep.kept += 1
+                ex = it.make(clean)
+                ex.meta.update(sample_index=req.sample_index, item=j, per_request=len(g.targets))
+                kept[(g.index, j)] = ex
+        return kept
 
     # ---------------------------------------------------------------- error extrapolation (Alg. 2/3)
     def extrapolate(self, sources: Sequence[Example], round_no: int, attempts: int = 2,

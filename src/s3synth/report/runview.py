@@ -186,7 +186,7 @@ def stage_tokens(run: RunView) -> tuple[dict[str, int], str]:
         con.close()
     out = {}
     extra = []
-    names = {"rationale": "rationales", "seed": "seed", "zerogen": "seed"}
+    names = {"rationale": "rationales", "seed": "seed", "zerogen": "seed", "seed_list": "seed", "zerogen_list": "seed"}
     for req, tok, created in rows:
         band = band_of(json.loads(req).get("sample_index", 0))
         if band == "extrapolate":

@@ -26,7 +26,8 @@ from ..errors import S3Error
 from ..io import TEMP_RE, DamagedFile, add_write_hook, file_mode, read_json, remove_write_hook, write_error, write_json
 from .checks import (MANIFEST_FORMAT, MANIFEST_TYPES, _file_problem, _is_layout_name, _record, _say,  # noqa: F401
                      _stamp, in_use, manifest_problem, recorded_problem)
-from .layout import ATTEMPT_STRIDE, BAND_WIDTH, LAYOUT, SAMPLE_BANDS, Layout, band_of, fingerprint  # noqa: F401
+from .layout import (ATTEMPT_STRIDE, BAND_WIDTH, LAYOUT, MAX_PER_REQUEST, SAMPLE_BANDS, Layout, band_of,  # noqa: F401
+                     fingerprint, list_sample_index)
 
 
 def versions() -> dict:

@@ -74,9 +74,26 @@ LAYOUT = Layout()
 # Sample indices of LLM requests (part of each cache key): a band per prompt family, an offset per
 # attempt, so that every request of a run is distinct. Example: the 2nd attempt at error 7 of a round
 # is SAMPLE_BANDS["extrapolate"] + 1 * ATTEMPT_STRIDE + 7.
-SAMPLE_BANDS = {"rationale": 0, "seed": 10_000_000, "extrapolate": 20_000_000, "zerogen": 30_000_000}
+SAMPLE_BANDS = {"rationale": 0, "seed": 10_000_000, "extrapolate": 20_000_000, "zerogen": 30_000_000,
+                "seed_list": 40_000_000, "zerogen_list": 50_000_000}
 BAND_WIDTH = 10_000_000
 ATTEMPT_STRIDE = 1_000_000
+# list requests (--per-call N, --per-context K) have bands of their own, and a slot of LIST_STRIDE per
+# shape (N, or 50 + K), so that answers of different shapes never share a cache key
+LIST_STRIDE = 100_000
+MAX_PER_REQUEST = 49
+
+
+def list_sample_index(stage: str, per_call: int, per_context: int, index: int) -> int:
+    """Example: list_sample_index("seed", 5, 1, 7) -> 40_500_007; ("seed", 1, 2, 7) -> 45_200_007."""
+    if not (1 <= per_call <= MAX_PER_REQUEST and 1 <= per_context <= MAX_PER_REQUEST):
+        raise ValueError(f"per_call and per_context must be in 1..{MAX_PER_REQUEST}")
+    if not 0 <= index < LIST_STRIDE:
+        from ..errors import S3Error
+        raise S3Error(f"--per-call/--per-context: at most {LIST_STRIDE - 1:,} list requests per stage; "
+                      "ask for a smaller seed size")
+    shape = per_call if per_context == 1 else 50 + per_context
+    return SAMPLE_BANDS[f"{stage}_list"] + shape * LIST_STRIDE + index
 
 
 def band_of(sample_index: int) -> str:
