@@ -314,9 +314,15 @@ def test_transformers_backend_generates_with_seeds_and_stops(smollm2_safetensors
 @pytest.mark.slow
 def test_transformers_backend_refuses_non_local_or_missing_models(tmp_path):
     pytest.importorskip("transformers")
-    llm = make_llm(f"transformers:{tmp_path / 'nothing'}")
+    from s3synth.errors import S3Error
+
+    # a path that is no folder: one line naming it and the two ways out (a folder, or a Hub name)
+    with pytest.raises(S3Error, match="folder .*nothing.* not found.*Hub name"):
+        make_llm(f"transformers:{tmp_path / 'nothing'}").generate([Request(prompt="x")])
+    # a folder without a loadable model: refused, naming the folder
+    (tmp_path / "empty").mkdir()
     with pytest.raises(LLMError, match="local safetensors"):
-        llm.generate([Request(prompt="x")])
+        make_llm(f"transformers:{tmp_path / 'empty'}").generate([Request(prompt="x")])
 
 
 

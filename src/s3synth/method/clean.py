@@ -78,7 +78,7 @@ def label_issues(labels: Sequence[int], probs: np.ndarray) -> np.ndarray:
     from cleanlab.filter import find_label_issues
 
     return np.asarray(find_label_issues(labels=np.asarray(labels), pred_probs=probs,
-                                        filter_by="prune_by_noise_rate"), dtype=bool)
+                                        filter_by="prune_by_noise_rate", n_jobs=1), dtype=bool)
 
 
 def clean_labels(examples: Sequence[Example], label_names: Sequence[str], mode: str, new_learner: Callable,
