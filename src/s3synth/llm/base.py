@@ -215,16 +215,31 @@ class LLM(ABC):
         every worker together. Default: the same options, `batch_size` requests per call, one engine."""
         return Shard(options=asdict(self.options), rows=self.batch_size, engines=1)
 
+    # a backend that loads weights by folder or Hub name (transformers, vllm) names its folder option here,
+    # e.g. "--llm vllm:DIR", and has a `revision` option; None: no weights to fetch
+    weights_hint: str | None = None
+    _source = None
+
     def fetch(self) -> None:
-        """Make the model's files local before a run writes anything: a backend that loads weights by name
-        (transformers, vllm) downloads a Hub model once into the Hugging Face cache here, or finds it
-        there, and raises S3Error when it can do neither. Others have nothing to fetch."""
+        """Make the model's files local before a run writes anything: a backend with `weights_hint` downloads
+        a Hub model once into the Hugging Face cache here, or finds it there, and raises S3Error when it can
+        do neither. Others have nothing to fetch."""
+        if self.weights_hint and self._source is None:
+            from ..hub import resolve
+            self._source = resolve(self.model, revision=self.options.revision, what="generator",
+                                   folder_hint=self.weights_hint)
 
     @property
     def model_source(self):
         """The `s3synth.hub.ModelSource` of the weights (after `fetch`), or None for a backend without
         local weights; the run records it in manifest.json."""
-        return None
+        return self._source
+
+    def source_identity(self) -> dict:
+        """The part of `identity` for fetched weights: {"sha": commit} for a Hub model (its answers are
+        keyed by the commit they came from), {} for a folder or a backend without weights."""
+        self.fetch()
+        return {"sha": self._source.sha} if self._source is not None and self._source.from_hub else {}
 
     # -- shared machinery ----------------------------------------------------------------------
     def generate(self, requests: Sequence[Request], desc: str = "generate") -> list[Completion]:

@@ -36,6 +36,7 @@ class TransformersLLM(LLM):
     """`--llm transformers:/path/to/model` or `transformers:ORG/NAME` (a Hub name, downloaded once)."""
 
     backend = "transformers"
+    weights_hint = "--llm transformers:DIR"
     batch_size = 32
 
     @dataclass
@@ -51,22 +52,9 @@ class TransformersLLM(LLM):
         self.device_name = self.options.device
         self.n_parallel = max(1, int(self.options.n_parallel))
         self._model = self._tok = self._device = None
-        self._source = None
-
-    def fetch(self) -> None:
-        if self._source is None:
-            from ..hub import resolve
-            self._source = resolve(self.model, revision=self.options.revision, what="generator",
-                                   folder_hint="--llm transformers:DIR")
-
-    @property
-    def model_source(self):
-        return self._source
 
     def identity(self) -> dict:
-        self.fetch()        # a Hub model's answers are keyed by the commit they came from
-        sha = {"sha": self._source.sha} if self._source.from_hub else {}
-        return {"backend": self.backend, "model": self.model, "sampler": SAMPLER, **sha}
+        return {"backend": self.backend, "model": self.model, "sampler": SAMPLER, **self.source_identity()}
 
     def _load(self):
         if self._model is not None:

@@ -33,6 +33,7 @@ class VLLMBackend(LLM):
     """`--llm vllm:/path/to/model` or `vllm:ORG/NAME` (a Hub name, downloaded once by s3synth)."""
 
     backend = "vllm"
+    weights_hint = "--llm vllm:DIR"
     batch_size = 256
     supports_schema = True
 
@@ -58,15 +59,11 @@ class VLLMBackend(LLM):
             self.engine_kwargs["max_model_len"] = max_model_len
         self._llm = None
         self._sp = None
-        self._source = None
 
     def fetch(self) -> None:
-        if self._source is None:
-            from ..hub import resolve
-            if getattr(self.executor, "local_engine", True):   # not under --executor ray: GPUs are on the actors
-                self.check_runtime()    # before a download of many GB that could not be used here
-            self._source = resolve(self.model, revision=self.options.revision, what="generator",
-                                   folder_hint="--llm vllm:DIR")
+        if self._source is None and getattr(self.executor, "local_engine", True):
+            self.check_runtime()    # before a download of many GB that could not be used here
+        super().fetch()             # (under --executor ray the GPUs are on the actors: nothing to check here)
 
     @staticmethod
     def check_runtime() -> None:
@@ -85,14 +82,8 @@ class VLLMBackend(LLM):
             raise LLMError("the vllm backend needs a CUDA GPU and none is visible; use --llm embedded or "
                            "--llm transformers:DIR_OR_HUB_NAME on this machine")
 
-    @property
-    def model_source(self):
-        return self._source
-
     def identity(self) -> dict:
-        self.fetch()        # a Hub model's answers are keyed by the commit they came from
-        sha = {"sha": self._source.sha} if self._source.from_hub else {}
-        return {"backend": self.backend, "model": self.model, **sha}
+        return {"backend": self.backend, "model": self.model, **self.source_identity()}
 
     def _load(self):
         if self._llm is not None:
