@@ -172,10 +172,11 @@ class Synthesizer:
     # ---------------------------------------------------------------- seed
     def seed_examples(self, n: int, *, rationales: dict | None = None, contexts: Sequence[dict] | None = None,
                       stage: str = "seed", max_passes: int = 3) -> list[Example]:
-        """n kept examples; labels uniform; rejected answers are replaced by new plans (up to max_passes)."""
-        if self.per_request > 1:
-            return self._seed_lists(n, rationales=rationales, contexts=contexts, stage=stage, max_passes=max_passes)
-        kept: dict[int, Example] = {}
+        """n kept examples; labels uniform; rejected answers are replaced by new plans (up to max_passes).
+        With list requests (`per_request` > 1) each pass sends ceil(missing / per_request) requests, and every
+        parsed item is one example with its request's sample index and its position."""
+        m = self.per_request
+        kept: dict = {}
         next_index = 0
         for p in range(max_passes):
             missing = n - len(kept)
@@ -183,11 +184,17 @@ class Synthesizer:
                 break
             count = missing if p == 0 else math.ceil(missing * 1.25)
             rng = self._rng(stage, "plan", p)
-            items = [self._plan(stage, next_index + j, rng, rationales, contexts) for j in range(count)]
-            next_index += count
-            got, _ = self._run(stage, items, 0, f"{stage} (pass {p + 1})" if p else stage)
-            kept.update(got)
-        return [kept[i] for i in sorted(kept)][:n]
+            desc = f"{stage} (pass {p + 1})" if p else stage
+            if m > 1:
+                calls = math.ceil(count / m)
+                groups = [self._plan_group(stage, next_index + j, rng, rationales, contexts) for j in range(calls)]
+                next_index += calls
+                kept.update(self._run_lists(stage, groups, desc))
+            else:
+                items = [self._plan(stage, next_index + j, rng, rationales, contexts) for j in range(count)]
+                next_index += count
+                kept.update(self._run(stage, items, 0, desc)[0])
+        return [kept[k] for k in sorted(kept)][:n]
 
     def _plan(self, stage: str, index: int, rng: random.Random, rationales, contexts, label=None) -> _Item:
         task = self.task
@@ -217,24 +224,6 @@ class Synthesizer:
                                       "answer": c["answer"]["text"] if c.get("answer") else None})
 
     # ---------------------------------------------------------------- several examples per request
-    def _seed_lists(self, n: int, *, rationales, contexts, stage: str, max_passes: int) -> list[Example]:
-        """seed_examples with list requests: n kept examples still, from ceil(missing / per_request) requests
-        per pass; every parsed item is one example with its request's sample index and its position."""
-        m = self.per_request
-        kept: dict[tuple, Example] = {}
-        next_index = 0
-        for p in range(max_passes):
-            missing = n - len(kept)
-            if missing <= 0:
-                break
-            count = missing if p == 0 else math.ceil(missing * 1.25)
-            calls = math.ceil(count / m)
-            rng = self._rng(stage, "plan", p)
-            groups = [self._plan_group(stage, next_index + j, rng, rationales, contexts) for j in range(calls)]
-            next_index += calls
-            kept.update(self._run_lists(stage, groups, f"{stage} (pass {p + 1})" if p else stage))
-        return [kept[k] for k in sorted(kept)][:n]
-
     def _plan_group(self, stage: str, index: int, rng: random.Random, rationales, contexts) -> _Group:
         if self.per_call > 1:        # one plan, asked for per_call times
             # labels in turn, not drawn: N examples share a request's label, and a draw per request would
