@@ -136,3 +136,19 @@ def small_bench(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("bench")
     return tmp / "bench", make_bench(tmp)
+
+
+@pytest.fixture(scope="module")
+def quiet_single_thread():
+    """No progress bars and one torch thread for a module of tiny-model tests (two threads slow down many-fold
+    when other processes share the cores); both restored afterwards."""
+    import torch
+
+    from s3synth import progress
+
+    was, threads = progress.is_quiet(), torch.get_num_threads()
+    progress.set_quiet(True)
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    progress.set_quiet(was)

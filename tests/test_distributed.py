@@ -19,13 +19,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import pytest
 from click.testing import CliRunner
 
-from s3synth import progress
 from s3synth.cli import cli
 from s3synth.data import Example
 from s3synth.errors import S3Error
 from s3synth.learners import TrainConfig, load_learner, make_learner
 from s3synth.learners.distributed import env_world, merge_shares, split_batch
 from s3synth.tasks import load_task
+
+pytestmark = pytest.mark.usefixtures("quiet_single_thread")   # conftest.py
 
 POS_WORDS = ["sunny", "bright", "golden", "cheerful", "warm", "happy", "glowing", "radiant"]
 NEG_WORDS = ["rainy", "gloomy", "grey", "cold", "dark", "stormy", "bleak", "dreary"]
@@ -72,18 +73,6 @@ def tiny_bert(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def imdb():
     return load_task("imdb")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _quiet_single_thread():
-    import torch
-
-    was, threads = progress.is_quiet(), torch.get_num_threads()
-    progress.set_quiet(True)
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    progress.set_quiet(was)
 
 
 @pytest.fixture(scope="module")

@@ -24,12 +24,13 @@ from pathlib import Path
 
 import pytest
 
-from s3synth import progress
 from s3synth.data import Example
 from s3synth.learners import TrainConfig, load_learner, make_learner, minilm_path
 from s3synth.learners.qa_windows import null_index
 from s3synth.metrics import evaluate
 from s3synth.tasks import load_task
+
+pytestmark = pytest.mark.usefixtures("quiet_single_thread")   # conftest.py
 
 FAMILIES = ("bert", "electra", "roberta", "deberta-v3", "modernbert")
 CFG = {"epochs": 1, "lr": 1e-3, "batch_size": 4, "eval_batch_size": 8, "max_length": 48, "doc_stride": 12,
@@ -227,18 +228,6 @@ def build_encoder(family: str, folder: Path) -> Path:
     torch.manual_seed(0)
     tf.AutoModelForMaskedLM.from_config(cfg).save_pretrained(folder, safe_serialization=True)
     return folder
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _quiet_single_thread():
-    import torch
-
-    was, threads = progress.is_quiet(), torch.get_num_threads()
-    progress.set_quiet(True)
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    progress.set_quiet(was)
 
 
 @pytest.fixture(scope="module")

@@ -26,13 +26,15 @@ from conftest import plugin_env
 from test_encoder_families import build_encoder
 from test_plugins import GOLD
 
-from s3synth import hub, progress
+from s3synth import hub
 from s3synth.cli import cli
 from s3synth.errors import S3Error
 from s3synth.io import read_json
 from s3synth.learners import TrainConfig, load_learner, make_learner
 from s3synth.llm import make_llm
 from s3synth.tasks import load_task
+
+pytestmark = pytest.mark.usefixtures("quiet_single_thread")   # conftest.py
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 SHA_V1 = "89abcdef0123456789abcdef0123456789abcdef"
@@ -48,19 +50,6 @@ def put_in_cache(cache: Path, repo_id: str, folder: Path, sha: str, refs=("main"
     for ref in refs:
         (repo / "refs" / ref).write_text(sha)
     return snap
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _quiet_single_thread():
-    """No progress bars; one torch thread (two slow down many-fold when other processes share the cores)."""
-    import torch
-
-    was, threads = progress.is_quiet(), torch.get_num_threads()
-    progress.set_quiet(True)
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    progress.set_quiet(was)
 
 
 @pytest.fixture(scope="module")
