@@ -98,6 +98,17 @@ def _cpu_flags() -> set:
     return set()
 
 
+def fused_adamw(device: str) -> dict:
+    """AdamW's `fused` implementation where torch has it for `device` (one kernel per step instead of a
+    dozen passes over every parameter: on a CPU the step of MiniLM-L6 went from a third of the training
+    time to a tenth; benchmarks/learner_throughput.py). Same update rule, equal within float rounding."""
+    import torch
+
+    if device == "cuda" or (device == "cpu" and tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 4)):
+        return {"fused": True}
+    return {}
+
+
 def resolve_precision(precision: str, device: str) -> str:
     """"bf16" or "fp32" for `precision` (auto | bf16 | fp32) on `device` (cpu | cuda).
 
@@ -421,7 +432,7 @@ class HFLearner(Learner):
             if p.requires_grad:
                 (no_decay if p.ndim < 2 or "bias" in name or "norm" in name.lower() else decay).append(p)
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, **fused_adamw(self.device))
         sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
         rows: list[dict] = []
         best_state, best = None, None

@@ -156,11 +156,12 @@ class EmbeddedLLM(LLM):
         return ident
 
     def shard(self, actors: int, cpus_per_actor: float | None) -> Shard:
-        """One engine per worker with its share of the cores (`n_threads`), fed 2 x `n_parallel` requests
-        per call (answers do not depend on the batch with Q8_0 weights, so any split gives the same)."""
+        """One engine per worker with its share of the cores (`n_threads`); answers stream back as each
+        sequence ends, so a call carries the worker's whole share of a wave and the slots never drain
+        between calls (answers do not depend on the batch with Q8_0 weights, so any split gives the same)."""
         o = dataclasses.asdict(self.options)
         o["n_threads"] = max(1, int(cpus_per_actor)) if cpus_per_actor else None
-        return Shard(options=o, rows=2 * self.n_parallel, engines=1)
+        return Shard(options=o, rows=2 * self.n_parallel, engines=1, stream=True)
 
     def weights_path(self) -> Path:
         """The GGUF file the model runs from: the packaged one, or its conversion to `weights`."""

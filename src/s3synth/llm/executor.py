@@ -43,11 +43,14 @@ class Job:
 @dataclass(frozen=True)
 class Shard:
     """One worker's share of a backend (`LLM.shard`): `options` build one engine, each call takes up to
-    `rows` requests, and a worker runs `engines` engines side by side (one per thread)."""
+    `rows` requests, and a worker runs `engines` engines side by side (one per thread). `stream`: the
+    engine hands over each answer as it is ready (`LLM.emit`), so a call can carry a worker's whole share
+    of a wave (`rows` is then ignored) and still lose only the requests in flight when it dies."""
 
     options: dict
     rows: int
     engines: int = 1
+    stream: bool = False
 
 
 class Executor(ABC):

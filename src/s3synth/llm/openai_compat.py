@@ -207,18 +207,17 @@ class OpenAICompatLLM(LLM):
         self.supports_schema = mode == "chat"   # response_format json_schema is a chat completions parameter
 
     def shard(self, actors: int, cpus_per_actor: float | None) -> Shard:
-        """One request per call, `ceil(concurrency / actors)` clients per worker (threads), each with one
-        request in flight and its share of rpm and tpm: at most `concurrency` requests in flight and the
-        rate limits hold over all workers together. An answer goes back to the driver as soon as it
-        arrives, so a worker that dies loses only its requests in flight."""
-        per = max(1, math.ceil(self.options.concurrency / max(1, actors)))
-        clients = per * max(1, actors)
+        """One client per worker with `concurrency // actors` requests in flight (at least 1) and its share
+        of rpm and tpm, so the concurrency and the rate limits hold over all workers together (more actors
+        than `concurrency`: one request each). Answers stream back as they arrive (`emit`): a worker that
+        dies loses only its requests in flight."""
+        per = max(1, self.options.concurrency // max(1, actors))
         o = dataclasses.asdict(self.options)
-        o["concurrency"] = 1
+        o["concurrency"] = per
         for name in ("rpm", "tpm"):
             if o[name]:
-                o[name] = o[name] / clients
-        return Shard(options=o, rows=1, engines=per)
+                o[name] = o[name] / max(1, actors)
+        return Shard(options=o, rows=self.batch_size, engines=1, stream=True)
 
     # -- identity ------------------------------------------------------------------------------
     def identity(self) -> dict:

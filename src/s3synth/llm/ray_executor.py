@@ -5,8 +5,14 @@ CPU backends (`embedded`, `openai:`, any backend through the seam): `ray.data.fr
 Ray actor (`LLM.shard` says each engine's options, requests per call and engines per actor: the embedded
 model gets the actor's share of the cores; an OpenAI-compatible client its share of the concurrency and
 of the rate limits, so that they hold over the whole cluster), a fixed pool of `actors` actors, and the
-answers streamed back with `iter_rows` - never a whole stage collected first. The driver commits each
-answer to the run's cache as it arrives; actors never touch the cache.
+answers streamed back - never a whole stage collected first. The driver commits each answer to the run's
+cache as it arrives; actors never touch the cache.
+
+Streamed calls: a backend that hands over each answer as it is ready (`Shard.stream`: embedded, openai)
+gets one call per actor with its even share of the wave, and the call is a generator that yields the
+answers finished so far while the engine works on (Ray streams each yielded block to the driver before
+the call ends). So a stage costs a handful of Ray calls instead of one per request or per small batch,
+and the engine's slots never drain between calls. Other backends get calls of `Shard.rows` requests.
 
 `vllm:MODEL` runs on Ray Data LLM instead (`ray.data.llm.build_processor` with a
 `vLLMEngineProcessorConfig`: `actors` vLLM replicas, tensor/pipeline parallel sizes from `-o`, sampling
@@ -14,9 +20,12 @@ parameters and the per-request seed in every row; needs GPUs and `pip install 'r
 
 Failures: a request that fails inside an actor comes back as a reject (Completion(error=...)), as with the
 local executor; a configuration error of the backend (bad key, model or URL) stops the run with its one
-line. A dead actor is restarted and its unfinished calls retried there (Ray Data's defaults: always;
-`max_restarts` and `max_task_retries` bound them): answers already streamed back are never asked
-again, the requests in flight on it are. When Ray gives up, the run stops with every answer so far saved; the same command resumes.
+line. A dead actor fails its job: Ray's own retry would replay the whole call and so ask again for answers
+the driver already holds, hence retries are off (`max_task_retries=0`) and the driver submits a new job
+with the requests still unanswered (`resubmit`, default 3: the tries in a row that bring no new answer
+before the run stops). Answers already streamed back are never asked again; the requests in flight on
+the dead actor (and on the others of its job) are. When it gives up, the run stops with every answer so
+far saved; the same command resumes.
 
 Ray: `address` (`--ray-address`) `auto` or `HOST:PORT` joins a running cluster (`ray start --head`),
 `ray://HOST:PORT` connects through Ray Client; none starts a private local Ray on 127.0.0.1 (no
@@ -32,6 +41,7 @@ import json
 import logging
 import math
 import os
+import queue
 import sys
 import threading
 import warnings
@@ -46,6 +56,7 @@ from .executor import Commit, Executor, Job
 if TYPE_CHECKING:
     from .base import LLM
 
+STREAM_BLOCK_BYTES = 1        # Ray Data's target block size while a stage runs: a block per yield (see RayExecutor.run)
 LOCALHOST_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"   # "0": a local Ray binds and advertises 127.0.0.1 only
 
 
@@ -62,44 +73,108 @@ def _import_ray(local: bool = False):
     return ray
 
 
+class _Registry:
+    """A Ray actor (one per executor) holding the handles of each job's actors: a job that fails leaves
+    its other actors running their calls (Ray Data releases them without killing them), and their
+    answers would never reach the driver, so the driver kills them before it resubmits."""
+
+    def __init__(self):
+        self.actors: dict[int, list] = {}
+
+    def add(self, job: int, handle) -> None:
+        self.actors.setdefault(job, []).append(handle)
+
+    def take(self, job: int) -> list:
+        return self.actors.pop(job, [])
+
+
+class _JobFailed(Exception):
+    """A Ray Data job stopped before its last answer (an actor died, the cluster went away)."""
+
+
 def _result(c) -> str:
     return json.dumps({"text": c.text, "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
                        "finish_reason": c.finish_reason, "error": c.error})
 
 
 class _Worker:
-    """The Ray Data callable class: one engine of the backend per thread of the actor, built on first use."""
+    """The Ray Data callable class: one engine of the backend per thread of the actor, built on first use.
+    A call is a generator: the engine answers the call's requests in a thread and every answer it hands
+    over (`LLM.emit`) is yielded with the others finished by then, so it reaches the driver before the
+    call ends; answers not handed over early come with the call's end."""
 
-    def __init__(self, cls, model: str, options: dict, seed: int):
+    def __init__(self, cls, model: str, options: dict, seed: int, registry=None, job: int = 0):
         self.cls, self.model, self.options, self.seed = cls, model, options, seed
         self.local = threading.local()
         self.pid = os.getpid()
+        if registry is not None:    # so that the driver can stop this actor when its job fails
+            import ray
+            registry.add.remote(job, ray.get_runtime_context().current_actor)
 
-    def __call__(self, batch: dict) -> dict:
+    def _out(self, batch: dict, rows: list, fatal: str = "") -> dict:
         import numpy as np
 
+        return {"index": np.asarray([batch["index"][j] for j, _ in rows], dtype=np.int64),
+                "result": np.array([_result(c) for _, c in rows], dtype=object),
+                "fatal": np.array([fatal] * len(rows), dtype=object),
+                "worker": np.full(len(rows), self.pid, dtype=np.int64)}
+
+    def __call__(self, batch: dict):
         from .base import Completion, Request
 
         n = len(batch["index"])
-        fatal = ""
         try:
             eng = getattr(self.local, "engine", None)
             if eng is None:
                 eng = self.local.engine = self.cls(self.model, seed=self.seed, cache=None, cache_mode="off",
                                                    **self.options)
             reqs = [Request.from_payload(json.loads(p)) for p in batch["payload"]]
-            res = eng._generate_batch(reqs, [int(s) for s in batch["seed"]])
-            if len(res) != n:
-                raise RuntimeError(f"backend returned {len(res)} answers for {n} requests")
         except S3Error as e:        # a configuration error: the driver stops the run with this line
-            fatal = str(e)
+            yield self._out(batch, [(j, Completion(text="", error=str(e))) for j in range(n)], str(e))
+            return
+        ready: queue.Queue = queue.Queue()
+        box: dict = {}
+
+        def work():
+            try:
+                box["res"] = eng._generate_batch(reqs, [int(s) for s in batch["seed"]])
+            except BaseException as e:  # noqa: BLE001 - reported below, in this call's rows
+                box["exc"] = e
+            finally:
+                ready.put(None)
+
+        eng._emit = lambda j, c: ready.put((j, c))
+        th = threading.Thread(target=work, name="s3synth-ray-call", daemon=True)
+        th.start()
+        sent: set[int] = set()
+        finished = False
+        try:
+            while not finished:
+                got = [ready.get()]
+                while True:         # everything finished by now goes in one block
+                    try:
+                        got.append(ready.get_nowait())
+                    except queue.Empty:
+                        break
+                finished = None in got
+                rows = [x for x in got if x is not None and x[0] not in sent]
+                if rows:
+                    sent.update(j for j, _ in rows)
+                    yield self._out(batch, rows)
+        finally:
+            eng._emit = None
+        th.join()
+        exc, res, fatal = box.get("exc"), box.get("res"), ""
+        if exc is None and len(res) != n:
+            exc = RuntimeError(f"backend returned {len(res)} answers for {n} requests")
+        if isinstance(exc, S3Error):
+            fatal = str(exc)
             res = [Completion(text="", error=fatal)] * n
-        except Exception as e:  # noqa: BLE001 - anything else fails these requests only: rejects, as the local path does
-            res = [Completion(text="", error=f"ray worker: {type(e).__name__}: {e}")] * n
-        return {"index": np.asarray(batch["index"], dtype=np.int64),
-                "result": np.array([_result(c) for c in res], dtype=object),
-                "fatal": np.array([fatal] * n, dtype=object),
-                "worker": np.full(n, self.pid, dtype=np.int64)}
+        elif exc is not None:   # anything else fails the unanswered requests only: rejects, as the local path does
+            res = [Completion(text="", error=f"ray worker: {type(exc).__name__}: {exc}")] * n
+        rest = [(j, res[j]) for j in range(n) if j not in sent]
+        if rest:
+            yield self._out(batch, rest, fatal)
 
 
 def _rows(ds):
@@ -163,8 +238,8 @@ class RayExecutor(Executor):
         object_store_mb: int | None = None  # object store of the private local Ray (default: Ray's)
         wave: int = 4096                # requests per Ray Data job (bounds the driver's and object store's memory)
         batch_size: int = 64            # vLLM only: rows per engine call
-        max_restarts: int | None = None     # a dead actor is restarted up to this often (default: Ray Data's, -1 = always)
-        max_task_retries: int | None = None  # and its unfinished calls retried on it (default: Ray Data's, -1 = always)
+        resubmit: int = 3               # a failed job's unanswered requests go in a new job; the run stops after
+                                        # this many tries in a row that bring no new answer (-1: never)
 
         def __post_init__(self):
             if self.actors is not None and self.actors < 1:
@@ -173,8 +248,8 @@ class RayExecutor(Executor):
                 raise S3Error("--executor-option: cpus_per_actor must be > 0, wave and batch_size >= 1")
             if self.num_cpus is not None and self.num_cpus < 1:
                 raise S3Error(f"--executor-option num_cpus={self.num_cpus}: must be >= 1")
-            if any(v is not None and v < -1 for v in (self.max_restarts, self.max_task_retries)):
-                raise S3Error("--executor-option max_restarts and max_task_retries: -1 (no limit) or >= 0")
+            if self.resubmit < -1:
+                raise S3Error(f"--executor-option resubmit={self.resubmit}: -1 (no limit) or >= 0")
             a = self.address
             if a is not None and a != "auto" and not a.startswith("ray://") and ":" not in a:
                 raise S3Error(f"--ray-address {a!r}: write auto, HOST:PORT or ray://HOST:PORT")
@@ -184,6 +259,9 @@ class RayExecutor(Executor):
         self._started = False       # this executor started the local Ray (and shuts it down)
         self._ray = None
         self.answers_by_worker: Counter = Counter()    # worker pid -> answers received from it (this process)
+        self.resubmitted = 0    # requests sent again in a new job after a failed one (this process)
+        self._jobs = 0
+        self._registry_actor = None
 
     # -- Ray ---------------------------------------------------------------------------------------
     def ray(self):
@@ -212,6 +290,12 @@ class RayExecutor(Executor):
         self._ray = ray
         return ray
 
+    @property
+    def _registry(self):
+        if self._registry_actor is None:
+            self._registry_actor = self.ray().remote(num_cpus=0)(_Registry).remote()
+        return self._registry_actor
+
     def actors(self) -> int:
         o = self.options
         if o.actors:
@@ -236,27 +320,69 @@ class RayExecutor(Executor):
                  for j in jobs]
         if llm.backend == "vllm":
             return self._run_vllm(ray, llm, items, commit)
+        ctx = ray.data.DataContext.get_current()
+        block_bytes = ctx.target_max_block_size
+        # Ray Data gathers what a call yields into blocks of this size before it sends one: small blocks
+        # make every answer travel to the driver as soon as it is yielded
+        ctx.target_max_block_size = STREAM_BLOCK_BYTES
+        try:
+            self._tries(ray, llm, items, commit)
+        finally:
+            ctx.target_max_block_size = block_bytes
+
+    def _tries(self, ray, llm: LLM, items: list[dict], commit: Commit) -> None:
+        o = self.options
+        done: set[int] = set()
+
+        def keep(i: int, c) -> None:
+            done.add(i)
+            commit(i, c)
+
+        idle = 0
+        while True:
+            left = [it for it in items if it["index"] not in done]
+            if not left:
+                return
+            before = len(done)
+            self._jobs += 1
+            try:
+                self._stream(self._job(ray, llm, left, self._jobs), keep)
+                ray.get(self._registry.take.remote(self._jobs))     # drop the handles: Ray Data ends the actors
+                return
+            except _JobFailed as e:
+                for actor in ray.get(self._registry.take.remote(self._jobs)):
+                    ray.kill(actor, no_restart=True)     # its calls would send requests nobody reads
+                if len(done) == len(items):
+                    return
+                idle = 0 if len(done) > before else idle + 1
+                if 0 <= o.resubmit < idle:
+                    raise LLMError(f"the Ray job failed ({e}); every answer received so far is saved - run the "
+                                   "same command again to resume") from None
+                self.resubmitted += len(items) - len(done)
+
+    def _job(self, ray, llm: LLM, items: list[dict], job: int):
+        """The Ray Data job answering `items` on a fresh pool of actors."""
         o = self.options
         n_actors = self.actors()
         shard = llm.shard(n_actors, o.cpus_per_actor)
-        rows = max(1, min(shard.rows, math.ceil(len(items) / n_actors)))     # every actor gets work
-        # one block per call: a call's answers travel back to the driver as soon as the call returns
+        even = math.ceil(len(items) / n_actors)            # every actor gets work
+        rows = even if shard.stream else max(1, min(shard.rows, even))
+        # one block per call; a call streams its answers back as they are ready (see _Worker)
         ds = ray.data.from_items(items, override_num_blocks=math.ceil(len(items) / rows))
-        retry = {k: v for k, v in (("max_restarts", o.max_restarts), ("max_task_retries", o.max_task_retries))
-                 if v is not None}
         with warnings.catch_warnings():     # Ray 2.60 takes these two only as (deprecated) ray_remote_args
             warnings.simplefilter("ignore", DeprecationWarning)
-            ds = ds.map_batches(
+            return ds.map_batches(
                 _Worker, batch_size=rows, batch_format="numpy",
                 fn_constructor_kwargs={"cls": type(llm), "model": llm.model, "options": shard.options,
-                                       "seed": llm.seed},
+                                       "seed": llm.seed, "registry": self._registry, "job": job},
                 # at most `engines` calls at an actor at once (Ray Data would queue 2x that, and run them
                 # all): the backend's concurrency and rate limits hold over the whole pool
                 compute=ray.data.ActorPoolStrategy(size=n_actors, max_concurrent_calls_per_actor=shard.engines,
                                                    max_tasks_in_flight_per_actor=shard.engines,
                                                    enable_true_multi_threading=shard.engines > 1),
-                num_cpus=o.cpus_per_actor, **retry)
-        self._stream(ds, commit)
+                # no replay of a failed call (it would ask again for answers already streamed back): the
+                # driver resubmits what is unanswered
+                num_cpus=o.cpus_per_actor, max_restarts=0, max_task_retries=0)
 
     def _stream(self, ds, commit: Commit) -> None:
         from .base import Completion
@@ -270,10 +396,9 @@ class RayExecutor(Executor):
                 commit(int(row["index"]), Completion(**d))
         except S3Error:
             raise
-        except Exception as e:  # noqa: BLE001 - Ray gave up (restarts or retries spent, cluster gone)
+        except Exception as e:  # noqa: BLE001 - an actor died, Ray gave up or the cluster went away
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            raise LLMError(f"the Ray job failed ({type(e).__name__}: {first[:300]}); every answer received so far "
-                           "is saved - run the same command again to resume") from None
+            raise _JobFailed(f"{type(e).__name__}: {first[:300]}") from None
 
     def _run_vllm(self, ray, llm: LLM, items: list[dict], commit: Commit) -> None:
         """Ray Data LLM: `actors` vLLM replicas; chat and plain prompts in separate processors."""
@@ -312,6 +437,9 @@ class RayExecutor(Executor):
                                "received so far is saved - run the same command again to resume") from None
 
     def close(self) -> None:
+        if self._registry_actor is not None and self._ray is not None and self._ray.is_initialized():
+            self._ray.kill(self._registry_actor)
+        self._registry_actor = None
         if self._started and self._ray is not None:
             self._ray.shutdown()
         self._started, self._ray = False, None
