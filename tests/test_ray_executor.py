@@ -280,6 +280,7 @@ def test_bad_executor_settings_are_one_line(tmp_path):
     for extra, words in ((["--ray-address", "auto"], "needs --executor ray"),
                          (["--executor", "ray", "--executor-option", "actors=0"], "actors=0: must be >= 1"),
                          (["--executor", "ray", "--executor-option", "nodes=2"], "unknown option nodes"),
+                         (["--executor", "ray", "--executor-option", "resubmit=-2"], "resubmit=-2: -1 (no limit) or >= 0"),
                          (["--executor", "ray", "--ray-address", "somewhere"], "write auto, HOST:PORT"),
                          (["--llm", "openai:m", "--batch", "--executor", "ray"], "exclude each other"),
                          (["--executor", "spark"], "unknown executor 'spark'; available: ")):

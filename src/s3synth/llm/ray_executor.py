@@ -109,7 +109,7 @@ class _Worker:
         self.pid = os.getpid()
         if registry is not None:    # so that the driver can stop this actor when its job fails
             import ray
-            registry.add.remote(job, ray.get_runtime_context().current_actor)
+            ray.get(registry.add.remote(job, ray.get_runtime_context().current_actor))
 
     def _out(self, batch: dict, rows: list, fatal: str = "") -> dict:
         import numpy as np
@@ -345,13 +345,12 @@ class RayExecutor(Executor):
                 return
             before = len(done)
             self._jobs += 1
+            finished = False
             try:
                 self._stream(self._job(ray, llm, left, self._jobs), keep)
-                ray.get(self._registry.take.remote(self._jobs))     # drop the handles: Ray Data ends the actors
+                finished = True
                 return
             except _JobFailed as e:
-                for actor in ray.get(self._registry.take.remote(self._jobs)):
-                    ray.kill(actor, no_restart=True)     # its calls would send requests nobody reads
                 if len(done) == len(items):
                     return
                 idle = 0 if len(done) > before else idle + 1
@@ -359,6 +358,15 @@ class RayExecutor(Executor):
                     raise LLMError(f"the Ray job failed ({e}); every answer received so far is saved - run the "
                                    "same command again to resume") from None
                 self.resubmitted += len(items) - len(done)
+            finally:
+                # a job that did not finish leaves its actors running their calls (Ray Data releases them
+                # without killing them): they would send requests whose answers nobody reads
+                try:
+                    for actor in ray.get(self._registry.take.remote(self._jobs)):
+                        if not finished:
+                            ray.kill(actor, no_restart=True)
+                except Exception:  # noqa: BLE001 - Ray itself is gone: so are the actors
+                    pass
 
     def _job(self, ray, llm: LLM, items: list[dict], job: int):
         """The Ray Data job answering `items` on a fresh pool of actors."""
