@@ -3,6 +3,7 @@ margin mining help? 5 seeds, paired by seed on one fixed test subsample (--test-
 
     .venv/bin/python benchmarks/quality_grid.py            # runs (resumable) and prints the tables
     .venv/bin/python benchmarks/quality_grid.py --report   # only the tables, from the finished runs
+                                                           # (while the grid runs: the runs done so far)
 
 Methods (the `fast` learner for all; `minilm` too for the headline three on QNLI):
 gold, s3, s3+gold, zerogen+gold (as many ZeroGen examples as S3's, plus the same gold: does any synthetic
@@ -68,10 +69,33 @@ def _ms(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.1f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:.1f}"
 
 
+def finished_runs(task: str, out: Path) -> dict:
+    """bench.json's shape from the run folders finished so far (the bench writes bench.json only at its
+    end): every METHOD-seedN folder with a final/metrics.json, methods in the grid's order."""
+    from s3synth.method.bench import variant_dir
+
+    _, methods = TASKS[task]
+    runs, seeds = [], set()
+    for m in methods:
+        for d in sorted(out.glob(f"{variant_dir(m)}-seed*")):
+            seed = d.name.rsplit("-seed", 1)[1]
+            f = d / "final" / "metrics.json"
+            if not seed.isdigit() or not f.exists():
+                continue
+            final = json.loads(f.read_text())
+            runs.append({"method": m, "seed": int(seed), "dir": str(d), "size": final.get("train_size"),
+                         "test": final.get("test") or {}})
+            seeds.add(int(seed))
+    return {"seeds": sorted(seeds), "methods": [m for m in methods if any(r["method"] == m for r in runs)],
+            "runs": runs, "partial": True}
+
+
 def tables(task: str, out: Path) -> str:
-    bench = json.loads((out / "bench.json").read_text())
+    f = out / "bench.json"
+    bench = json.loads(f.read_text()) if f.exists() else finished_runs(task, out)
     test, held = _by_seed(bench, "accuracy"), _by_seed(bench, "macro_f1", "holdout")
-    lines = [f"### {task} ({len(bench['seeds'])} seeds; test accuracy on one fixed test subsample)", "",
+    partial = " - PARTIAL: the runs finished so far" if bench.get("partial") else ""
+    lines = [f"### {task} ({len(bench['seeds'])} seeds; test accuracy on one fixed test subsample){partial}", "",
              "| method | test accuracy | held-out macro-F1 | final train size |", "| --- | ---: | ---: | ---: |"]
     sizes = {}
     for r in bench["runs"]:
@@ -86,6 +110,8 @@ def tables(task: str, out: Path) -> str:
         if a not in test or b not in test:
             continue
         seeds = sorted(set(test[a]) & set(test[b]))
+        if len(seeds) < 2:
+            continue
         d = [test[a][s] - test[b][s] for s in seeds]
         spread = max(statistics.stdev(list(test[a].values())), statistics.stdev(list(test[b].values())))
         mean = statistics.mean(d)
@@ -111,9 +137,12 @@ def main() -> int:
         out = ROOT / f"{a.out}-{task}"
         if not a.report:
             run(task, a.seeds, a.seed_size, out, a.max_test, a.methods)
-        parts.append(tables(task, out))
+        if out.exists():
+            parts.append(tables(task, out))
     text = "\n".join(parts)
     print(text)
+    if "PARTIAL" in text:       # the results file holds finished grids only
+        return 0
     res = ROOT / "benchmarks" / "results" / "quality_grid.md"
     res.parent.mkdir(parents=True, exist_ok=True)
     res.write_text(text)
