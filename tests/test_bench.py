@@ -160,3 +160,29 @@ def test_bench_with_gold_variants_sizes_the_control_like_s3(tmp_path, monkeypatc
            for d in (tmp_path / "bench").iterdir() if (d / "final" / "predictions.jsonl").exists()}
     assert len(ids) == 1
     assert "s3+gold[mine=margin,mine_margin=0.5]" in (tmp_path / "bench" / "bench.md").read_text()
+
+
+def test_quality_grid_reports_the_runs_finished_so_far(tmp_path, capsys):
+    """benchmarks/quality_grid.py --report while the bench runs: the finished run folders make the table
+    (marked partial), paired differences need two seeds, and unfinished runs are left out."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "quality_grid", Path(__file__).resolve().parent.parent / "benchmarks" / "quality_grid.py")
+    qg = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(qg)
+    out = tmp_path / "quality-imdb"
+    acc = {("gold", 0): 0.87, ("s3", 0): 0.84, ("gold", 1): 0.89, ("s3", 1): 0.80}
+    for (m, seed), a in acc.items():
+        f = out / f"{m}-seed{seed}" / "final" / "metrics.json"
+        f.parent.mkdir(parents=True)
+        f.write_text(json.dumps({"train_size": 200, "test": {"accuracy": a}, "holdout": {"macro_f1": 0.9}}))
+    (out / "s3+gold-seed0" / "round-1").mkdir(parents=True)     # started, not finished
+    bench = qg.finished_runs("imdb", out)
+    assert bench["partial"] and bench["seeds"] == [0, 1] and bench["methods"] == ["gold", "s3"]
+    text = qg.tables("imdb", out)
+    assert "PARTIAL" in text and "| gold | 88.0 ± 1.4 | 90.0 ± 0.0 | 200 |" in text
+    assert "| s3 − gold | -6.0 ± 4.2 | 0 of 2 |" in text        # -3 and -9 points
+    assert "s3+gold |" not in text
