@@ -29,6 +29,7 @@ from s3synth.learners import TrainConfig, load_learner, make_learner, minilm_pat
 from s3synth.learners.qa_windows import null_index
 from s3synth.metrics import evaluate
 from s3synth.tasks import load_task
+from test_learners import HYPS, PREMISES
 
 pytestmark = pytest.mark.usefixtures("quiet_single_thread")   # conftest.py
 
@@ -36,18 +37,6 @@ FAMILIES = ("bert", "electra", "roberta", "deberta-v3", "modernbert")
 CFG = {"epochs": 1, "lr": 1e-3, "batch_size": 4, "eval_batch_size": 8, "max_length": 48, "doc_stride": 12,
        "patience": 1, "precision": "fp32"}
 
-PREMISES = ["The company hired forty new engineers in Berlin last spring.",
-            "Anna bought a red bicycle from a shop near the river.",
-            "The museum will be closed for repairs until October.",
-            "Heavy rain flooded several roads in the north of the city.",
-            "The team won the final after extra time.",
-            "Tom has lived in Madrid since he was a child."]
-HYPS = [("The company hired engineers.", "The company fired forty engineers."),
-        ("Anna bought a bicycle.", "Anna sold a car."),
-        ("The museum is closed for repairs.", "The museum is open every day."),
-        ("Some roads were flooded.", "The weather was dry."),
-        ("The team won the final.", "The team lost the final."),
-        ("Tom lives in Madrid.", "Tom has never been to Spain.")]
 QA_FACTS = [("The bridge was opened in 1932 by the mayor of the town.", "When was the bridge opened?", "1932"),
             ("Marie Curie was born in Warsaw and later moved to Paris.", "Where was Marie Curie born?", "Warsaw"),
             ("The festival takes place every August in a small harbour town.", "When is the festival?",

@@ -16,7 +16,6 @@ import pytest
 
 import s3synth.learners as registry
 import s3synth.learners.weights as weights
-from s3synth import progress
 from s3synth.data import Example
 from s3synth.errors import S3Error
 from s3synth.learners import TrainConfig, make_learner, minilm_path
@@ -58,18 +57,7 @@ QA_FACTS = [("The bridge was opened in 1932 by the mayor of the town.", "When wa
              "three hundred")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _quiet_single_thread():
-    """No progress bars; one torch thread: these tiny models gain little from two, and two threads
-    slow down ten-fold when another process competes for the cores (OpenMP spin-waiting)."""
-    import torch
-
-    was, threads = progress.is_quiet(), torch.get_num_threads()
-    progress.set_quiet(True)
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    progress.set_quiet(was)
+pytestmark = pytest.mark.usefixtures("quiet_single_thread")   # conftest.py
 
 
 def sentiment():
