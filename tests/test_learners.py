@@ -361,6 +361,19 @@ def test_fast_learners_share_embeddings_of_the_same_encoder_setting(imdb):
     assert other._cache is not first._cache                              # another setting, another cache
 
 
+def test_fast_features_stay_fp32_unless_bf16_is_asked_for(imdb):
+    """auto keeps the features (the fast learner's model) fp32 on every machine; bf16 is an explicit
+    choice (the report's embedder), with its own cache and cosines within ~1e-2 of fp32's."""
+    texts = ["a cat sat on the mat", "stock prices fell sharply", "the film was a joy from start to end"]
+    auto = make_learner("fast", imdb, TrainConfig(**CFG))
+    assert auto.precision == "fp32"
+    low = make_learner("fast", imdb, TrainConfig(**{**CFG, "precision": "bf16"}))
+    assert low.precision == "bf16" and low._cache is not auto._cache
+    a, b = auto.embed(texts), low.embed(texts)
+    assert b.dtype == np.float32 and not np.array_equal(a, b)              # computed in bf16, not copied
+    assert np.allclose((a * b).sum(axis=1), 1.0, atol=1e-2)
+
+
 def test_fast_single_embeddings_cache_and_predictions(imdb):
     data = sentiment()
     learner = make_learner("fast", imdb, TrainConfig(**CFG))

@@ -81,9 +81,11 @@ def _normed(x: np.ndarray) -> np.ndarray:
     return x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
 
 
-def minilm_embedder(threads: int | None = None) -> Embedder:
+def minilm_embedder(threads: int | None = None, precision: str = "auto") -> Embedder:
     """Mean-pooled, L2-normalised all-MiniLM-L6-v2 embeddings, as the fast learner computes them.
-    The host task (imdb) only picks the tokenizer length; any text embeds the same way."""
+    The host task (imdb) only picks the tokenizer length; any text embeds the same way. `precision`
+    auto: bf16 autocast where the CPU or GPU computes bf16 natively (cosines move by ~1e-3), else fp32."""
+    from .learners.hf import resolve_device, resolve_precision
     from .learners.base import TrainConfig
     from .learners.fast import FastLearner
     from .tasks import load_task
@@ -91,7 +93,8 @@ def minilm_embedder(threads: int | None = None) -> Embedder:
     if threads:
         import torch
         torch.set_num_threads(threads)
-    return FastLearner(load_task("imdb"), TrainConfig.from_dict({"max_length": 256})).embed
+    precision = resolve_precision(precision, resolve_device("auto"))
+    return FastLearner(load_task("imdb"), TrainConfig.from_dict({"max_length": 256, "precision": precision})).embed
 
 
 # ------------------------------------------------------------------ Table 6

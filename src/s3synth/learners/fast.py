@@ -12,6 +12,7 @@ Hub encoder also its name and commit, from which `load` finds it again).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -75,8 +76,12 @@ class FastLearner(Learner):
         self.model_path = self.source.path
         self.max_length = min(self.config.max_length or task.max_length, 512)
         self.device = resolve_device(self.config.device)
+        # The frozen features are this learner's model: `auto` keeps them fp32 so that a classifier trained
+        # on one machine sees the same features on another; `bf16` (autocast) is for throwaway embeddings
+        # such as the report's (analysis.minilm_embedder), about twice as fast on CPUs with AVX512-BF16.
+        self.precision = "bf16" if self.config.precision == "bf16" else "fp32"
         self._encoder = None
-        self._cache = shared_cache((str(self.model_path), self.max_length, str(self.device)))
+        self._cache = shared_cache((str(self.model_path), self.max_length, str(self.device), self.precision))
         self.classes: list[str] | None = None
         self.coef: np.ndarray | None = None
         self.intercept: np.ndarray | None = None
@@ -115,7 +120,9 @@ class FastLearner(Learner):
         if missing:
             enc_model = self._load_encoder()
             bs = self.config.eval_batch_size
-            with torch.inference_mode(), bar(len(missing), "embed", "text") as b:
+            cast = torch.autocast(self.device, dtype=torch.bfloat16) if self.precision == "bf16" \
+                else contextlib.nullcontext()
+            with torch.inference_mode(), cast, bar(len(missing), "embed", "text") as b:
                 for k in range(0, len(missing), bs):
                     chunk = missing[k:k + bs]
                     enc = self.tokenizer(chunk, truncation=True, max_length=self.max_length, padding=True,
