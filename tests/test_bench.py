@@ -174,15 +174,17 @@ def test_quality_grid_reports_the_runs_finished_so_far(tmp_path, capsys):
     qg = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(qg)
     out = tmp_path / "quality-imdb"
-    acc = {("gold", 0): 0.87, ("s3", 0): 0.84, ("gold", 1): 0.89, ("s3", 1): 0.80}
-    for (m, seed), a in acc.items():
+    acc = {("gold", 0): (0.87, 0.90), ("s3", 0): (0.84, 0.95), ("gold", 1): (0.89, 0.92), ("s3", 1): (0.80, 0.90)}
+    for (m, seed), (a, h) in acc.items():
         f = out / f"{m}-seed{seed}" / "final" / "metrics.json"
         f.parent.mkdir(parents=True)
-        f.write_text(json.dumps({"train_size": 200, "test": {"accuracy": a}, "holdout": {"macro_f1": 0.9}}))
+        f.write_text(json.dumps({"train_size": 200, "test": {"accuracy": a}, "holdout": {"macro_f1": h}}))
     (out / "s3+gold-seed0" / "round-1").mkdir(parents=True)     # started, not finished
     bench = qg.finished_runs("imdb", out)
     assert bench["partial"] and bench["seeds"] == [0, 1] and bench["methods"] == ["gold", "s3"]
     text = qg.tables("imdb", out)
-    assert "PARTIAL" in text and "| gold | 88.0 ± 1.4 | 90.0 ± 0.0 | 200 |" in text
-    assert "| s3 − gold | -6.0 ± 4.2 | 0 of 2 |" in text        # -3 and -9 points
+    assert "PARTIAL" in text and "| gold | 88.0 ± 1.4 | 91.0 ± 1.4 | 200 |" in text
+    test_part, held_part = text.split("Held-out macro-F1")
+    assert "| s3 − gold | -6.0 ± 4.2 | 0 of 2 |" in test_part     # test: -3 and -9 points
+    assert "| s3 − gold | 1.5 ± 4.9 | 1 of 2 |" in held_part      # held-out: +5 and -2 points
     assert "s3+gold |" not in text
