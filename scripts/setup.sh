@@ -15,17 +15,22 @@ fi
 V=.venv/bin
 pipi() { "$V/python" -m pip install --disable-pip-version-check -q "$@"; }
 
-if ! "$V/python" -c 'import torch, sys; sys.exit(0 if torch.__version__.startswith("2.13.0") else 1)' 2>/dev/null; then
+# The checks look modules up without importing them (importing torch, ray and the rest took ~15 s, paid
+# by every demo run); a broken install that still has its files is mended with a rerun after
+# `rm .venv/.s3synth-installed`.
+has() { "$V/python" -c 'import importlib.util as u, sys; sys.exit(0 if all(u.find_spec(m) for m in sys.argv[1:]) else 1)' "$@" 2>/dev/null; }
+if ! "$V/python" -c 'import importlib.metadata as m, sys; sys.exit(0 if m.version("torch").startswith("2.13.0") else 1)' 2>/dev/null; then
   say "installing torch 2.13.0 (CPU build)"
   pipi torch==2.13.0
 fi
-if ! "$V/python" -c 'import s3synth, transformers, sklearn, cleanlab, pyarrow, pytest, rapidfuzz, matplotlib, jinja2, datasets, openai, anthropic, ray.train.torch, ray.data, aiohttp, onnxruntime, onnxscript' 2>/dev/null \
+if ! has s3synth transformers sklearn cleanlab pyarrow pytest rapidfuzz matplotlib jinja2 datasets openai anthropic \
+       ray pandas fsspec aiohttp onnxruntime onnxscript \
    || [ pyproject.toml -nt .venv/.s3synth-installed ]; then
   say "installing s3synth and its dependencies"
   pipi -c "$C" -e ".[learn,data,report,export,dev,openai,anthropic,ray,onnx]"
   touch .venv/.s3synth-installed
 fi
-if ! "$V/python" -c 'import llama_cpp, uvicorn, fastapi, sse_starlette, starlette_context' 2>/dev/null; then
+if ! has llama_cpp uvicorn fastapi sse_starlette starlette_context; then
   say "installing llama-cpp-python with its OpenAI-compatible server (compiles once; about 5 minutes on 2 cores)"
   CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" pipi -c "$C" "llama-cpp-python[server]"
 fi
