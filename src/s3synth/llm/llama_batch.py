@@ -423,7 +423,8 @@ AMX_VARIANTS = ("sapphirerapids",)
 
 
 def load_cpu_backend(L) -> str | None:
-    """With a llama.cpp built with dynamic backends (scripts/setup.sh builds every x86-64 CPU variant),
+    """With a llama.cpp built with dynamic backends (GGML_BACKEND_DL=ON GGML_CPU_ALL_VARIANTS=ON; not what
+    scripts/setup.sh builds: measured no faster here, and its zen4 variant not batch-invariant - README),
     load the best variant this CPU runs: the highest `ggml_backend_score` (0 = an instruction it lacks)
     among libggml-cpu-*.so, AMX variants left out unless S3SYNTH_GGML_AMX=1. A build with the CPU backend
     linked in has it registered already and nothing is done. Returns the variant's file, if one was loaded."""
