@@ -12,7 +12,6 @@ Hub encoder also its name and commit, from which `load` finds it again).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from ..data import Example
 from ..errors import S3Error
 from ..progress import bar
 from .base import Learner, Prediction, TrainConfig, subsample_weighted
-from .hf import best_epoch, open_encoder, quiet_transformers, resolve_device
+from .hf import autocast, best_epoch, open_encoder, quiet_transformers, resolve_device
 
 META_FILE = "s3synth_learner.json"
 WEIGHTS_FILE = "classifier.safetensors"
@@ -120,9 +119,8 @@ class FastLearner(Learner):
         if missing:
             enc_model = self._load_encoder()
             bs = self.config.eval_batch_size
-            cast = torch.autocast(self.device, dtype=torch.bfloat16) if self.precision == "bf16" \
-                else contextlib.nullcontext()
-            with torch.inference_mode(), cast, bar(len(missing), "embed", "text") as b:
+            with torch.inference_mode(), autocast(self.precision, self.device), \
+                    bar(len(missing), "embed", "text") as b:
                 for k in range(0, len(missing), bs):
                     chunk = missing[k:k + bs]
                     enc = self.tokenizer(chunk, truncation=True, max_length=self.max_length, padding=True,

@@ -121,6 +121,15 @@ def resolve_precision(precision: str, device: str) -> str:
     return "bf16" if cpu_has_bf16() else "fp32"
 
 
+def autocast(precision: str, device: str):
+    """bf16 autocast on `device` when `precision` (resolved: bf16 | fp32) is bf16, else a no-op context."""
+    import torch
+
+    if precision == "bf16":
+        return torch.autocast(device, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def resolve_device(device: str) -> str:
     import torch
 
@@ -282,11 +291,7 @@ class HFLearner(Learner):
         return model.to(self.device)
 
     def _autocast(self):
-        import torch
-
-        if self.precision == "bf16":
-            return torch.autocast(self.device, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.precision, self.device)
 
     # ------------------------------------------------------------ features
 
