@@ -151,6 +151,7 @@ def test_bench_with_gold_variants_sizes_the_control_like_s3(tmp_path, monkeypatc
         ctrl = read_json(tmp_path / "bench" / f"zerogen+gold-seed{seed}" / "final" / "metrics.json")
         g = read_json(tmp_path / "bench" / f"gold-seed{seed}" / "final" / "metrics.json")
         assert plus["parts"]["synthetic"] == ctrl["parts"]["synthetic"] == s3["train_size"]
+        assert "parts" not in s3 and "parts" not in g    # the paper's rows train as named under --final-train auto
         assert plus["parts"]["gold"] == ctrl["parts"]["gold"] == g["train_size"]
         assert s3["test"]["n"] == plus["test"]["n"] == 6
         margin_dir = tmp_path / "bench" / f"s3+gold_mine-margin_mine_margin-0.5-seed{seed}"

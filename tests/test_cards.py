@@ -13,7 +13,7 @@ from test_pipeline import fake_answer, tiny_data
 
 from s3synth.config import RunConfig
 from s3synth.data import load_examples
-from s3synth.io import read_json
+from s3synth.io import read_json, read_jsonl
 from s3synth.method import S3
 from s3synth.progress import set_quiet
 from s3synth.report.cards import dataset_card, hub_id, read_header, size_category
@@ -90,11 +90,15 @@ def test_run_writes_a_model_card_with_its_provenance(tmp_path, fake_embedder):
     assert head["s3synth"] == {
         "task": "rte", "task_kind": "pair", "labels": ["entailment", "not_entailment"], "llm": "fake:queued",
         "method": "s3", "prompt_style": "fewshot", "rounds": 1, "seed_size": 16,
-        "added_per_round": [res["added"]], "synthetic_train_size": final["train_size"],
+        "added_per_round": [res["added"]], "synthetic_train_size": final["parts"]["synthetic"],
         "gold_eval_size": m["split"]["gold_eval"], "test_size": 8,
+        "real_examples_in_final_model": final["parts"]["gold"],
         "test_metrics": {"accuracy": round(final["test"]["accuracy"], 4), "macro_f1": round(final["test"]["macro_f1"], 4)},
         "learner": "fake"}
     assert "`transformers.pipeline()` does not apply" in card and "`fake:queued`" in card
+    assert final["train_size"] == final["parts"]["synthetic"] + final["parts"]["gold"] and final["parts"]["gold"] > 0
+    assert f"**{final['parts']['synthetic']} synthetic examples**" in card and \
+        f"**{final['parts']['gold']} real examples**" in card
     assert f"| test | {100 * final['test']['accuracy']:.1f} |" in card
     [snippet] = code_blocks(card)
     assert run_snippet(snippet, out / "final/model") in ("entailment", "not_entailment")
@@ -127,9 +131,17 @@ def test_export_writes_a_dataset_card(tmp_path):
     assert (out / "export" / head["configs"][0]["data_files"][0]["path"]).is_file()
     assert head["task_categories"] == ["text-classification"] and head["size_categories"] == ["n<1K"]
     assert head["s3synth"]["synthetic_train_size"] == 16 + res["added"]
-    counts = read_json(out / "final/metrics.json")["train_label_counts"]
+    # the default final training (auto, method s3) adds the real mining examples: counted, never exported
+    final = read_json(out / "final/metrics.json")
+    assert head["s3synth"]["real_examples_in_final_model"] == final["parts"]["gold"] > 0
+    r2 = CliRunner().invoke(cli, ["export", str(out), "--format", "jsonl"])
+    rows = read_jsonl(out / "export/train.jsonl")
+    assert r2.exit_code == 0 and len(rows) == 16 + res["added"] and all(r["stage"] for r in rows)
+    synthetic_rows = read_jsonl(out / "final/train.jsonl")[:16 + res["added"]]
+    counts = {lab: sum(d["label"] == lab for d in synthetic_rows) for lab in final["train_label_counts"]}
     for lab, n in counts.items():
         assert f"| {lab} | {n} |" in card
+    assert f"{final['parts']['gold']} (the gold eval's mining part" in card
     # an --out file elsewhere gets NAME.README.md beside it (a README.md there may be the user's)
     (tmp_path / "README.md").write_text("mine")
     r = CliRunner().invoke(cli, ["export", str(out), "--out", str(tmp_path / "demo.jsonl")])

@@ -165,7 +165,9 @@ def test_small_round_through_the_cli(cli_run):
     assert m["llm"]["name"] == f"openai:{MODEL}" and m["prompt_style"] == "fewshot"
     seed, added = read_jsonl(out / "seed.jsonl"), read_jsonl(out / "round-1/added.jsonl")
     assert 1 <= len(seed) <= 8 and all(ex["text"].strip() and ex["context"] for ex in seed)
-    assert read_jsonl(out / "final/train.jsonl") == seed + added
+    final_train = read_jsonl(out / "final/train.jsonl")     # the default final training: + the mining gold
+    assert final_train[:len(seed) + len(added)] == seed + added
+    assert len(final_train) == len(seed) + len(added) + m["split"]["gold_eval"] - m["split"]["holdout"]
     assert {e["path"] for e in sent} == {"/v1/chat/completions"} and all(e["ok"] for e in sent)
     assert len(cache_texts(out)) == len(sent) == m["llm"]["spent_total"]["answers"]
     assert "run directory:" in r.stdout
@@ -186,7 +188,8 @@ def test_fault_proxy_at_20_percent(server, gold, tmp_path, capsys):
             llm = OpenAICompatLLM(MODEL, base_url=proxy.url, mode="completions", concurrency=2, timeout=12.0,
                                   backoff_base=0.2, backoff_cap=2.0, extra_body={"repeat_penalty": True})
             cfg = RunConfig(task="rte", gold_eval=str(gold), llm=f"openai:{MODEL}", learner="fake", seed_size=8,
-                            rounds=1, prompt_style="fewshot", llm_options={"concurrency": 2})
+                            rounds=1, prompt_style="fewshot", llm_options={"concurrency": 2},
+                            final_train="synthetic")     # final/train.jsonl: the LLM's examples only
             result = S3(cfg, llm=llm).run(out)
             figs, entries, attempts = proxy.figures(), proxy.entries(), llm.http_stats
     finally:

@@ -131,7 +131,12 @@ def test_each_builtin_task_runs_the_loop(tmp_path, task):
         src = by_id[a["meta"]["source_id"]]
         assert a.get("label") == src.get("label") and a.get("context") == src.get("context")
     final = read_json(out / "final/metrics.json")
-    assert final["train_size"] == 16 + res["added"] == len(read_jsonl(out / "final/train.jsonl"))
+    # the default final training (auto, method s3): the synthetic data, then every gold example not held out
+    n_gold = m["split"]["gold_eval"] - m["split"]["holdout"]
+    assert final["parts"] == {"synthetic": 16 + res["added"], "gold": n_gold, "gold_weight": 1.0}
+    train_ids = [d["id"] for d in read_jsonl(out / "final/train.jsonl")]
+    assert final["train_size"] == 16 + res["added"] + n_gold == len(train_ids)
+    assert set(train_ids[-n_gold:]) == {ex.id for ex in s3.gold} - {ex.id for ex in s3.holdout}
     assert final["test"]["n"] == 8
     # the saved model reloads and reproduces the recorded test metrics
     model = load_learner(out / "final/model", s3.task)
@@ -154,7 +159,8 @@ def test_loop_with_real_learners(tmp_path, task, learner):
     assert r1["errors"] == len(read_jsonl(out / "round-1/errors.jsonl"))
     assert r1["history"]["epochs"] and r1["history"]["best_epoch"] >= 1
     final = read_json(out / "final/metrics.json")
-    assert final["train_size"] == 16 + res["added"] == len(read_jsonl(out / "final/train.jsonl"))
+    assert final["parts"]["synthetic"] == 16 + res["added"] and final["parts"]["gold"] > 0
+    assert final["train_size"] == 16 + res["added"] + final["parts"]["gold"] == len(read_jsonl(out / "final/train.jsonl"))
     assert final["test"]["n"] == 8
     # the saved model reloads and reproduces the recorded test metrics
     from s3synth.learners import load_learner
@@ -220,7 +226,9 @@ def test_interrupted_run_resumes_without_paying_twice(tmp_path):
 
 
 def test_min_gain_stops_and_records_why(tmp_path):
-    cfg = _imdb_cfg(tmp_path, min_gain=1.5)    # no round can gain 1.5: stop after round 2's training
+    # no round can gain 1.5: stop after round 2's training; with the paper's final training (synthetic only)
+    # the final model is round 2's, reused
+    cfg = _imdb_cfg(tmp_path, min_gain=1.5, final_train="synthetic")
     res = S3(cfg, llm=QueuedLLM(fake_answer("imdb"))).run(tmp_path / "run")
     m = read_json(tmp_path / "run" / "manifest.json")
     assert m["stop_reason"].startswith("stopped after training round 2") and res["stop_reason"] == m["stop_reason"]

@@ -12,7 +12,7 @@ from test_pipeline import fake_answer, tiny_data
 
 from s3synth.cli import cli
 from s3synth.config import RunConfig
-from s3synth.io import read_jsonl
+from s3synth.io import read_json, read_jsonl
 from s3synth.method import S3
 from s3synth.progress import set_quiet
 from s3synth.report.cards import read_header
@@ -76,7 +76,9 @@ def test_push_uploads_model_and_dataset_with_their_cards(run_dir, hub):
     assert data["commits"][0]["summary"] == "s3synth: rte synthetic training set from run run (s3, LLM fake:queued)"
     # the data file is the export, row for row; the cards link each other and declare the data file
     rows = pq.read_table(io.BytesIO(data["files"]["data/train.parquet"])).to_pylist()
-    assert rows == export_rows(load_run(run_dir)) and len(rows) == len(read_jsonl(run_dir / "final/train.jsonl"))
+    parts = read_json(run_dir / "final/metrics.json")["parts"]          # the synthetic rows only
+    assert rows == export_rows(load_run(run_dir)) and len(rows) == parts["synthetic"] == \
+        len(read_jsonl(run_dir / "final/train.jsonl")) - parts["gold"]
     mhead = read_header(model["files"]["README.md"].decode())
     dhead = read_header(data["files"]["README.md"].decode())
     assert mhead["datasets"] == ["alice/rte-s3"] and mhead["s3synth"]["labels"] == ["entailment", "not_entailment"]

@@ -148,10 +148,26 @@ def test_final_train_with_gold_is_exactly_seed_added_and_mining_gold(tmp_path):
     final = read_json(out / "final/metrics.json")
     assert final["parts"] == {"synthetic": len(seed) + len(added), "gold": len(mining_gold), "gold_weight": 3.0}
     assert final["reused_model_of"] is None and final["train_size"] == len(train)
-    # the same seed and rounds as plain S3 (shared fingerprints up to the final stage)
-    _, plain, _ = _run(tmp_path, "plain")
+    # the same seed and rounds as the paper's S3 (shared fingerprints up to the final stage)
+    _, plain, _ = _run(tmp_path, "plain", final_train="synthetic")
     assert read_jsonl(plain / "round-1/added.jsonl") == read_jsonl(out / "round-1/added.jsonl")
     assert [e["id"] for e in read_jsonl(plain / "final/train.jsonl")] == seed + added
+    # the default (auto) is synthetic+gold for a synthesizing method, chosen by the quality grid
+    cfg_auto, auto, _ = _run(tmp_path, "auto")
+    assert cfg_auto.final_train == "auto" and cfg_auto.final_with_gold
+    assert [e["id"] for e in read_jsonl(auto / "final/train.jsonl")] == seed + added + mining_gold
+
+
+def test_final_train_auto_resolves_per_method(tmp_path):
+    gold, test = tiny_data(tmp_path, "imdb")
+    def cfg(**kw):
+        return RunConfig(task="imdb", gold_eval=str(gold), **kw)
+    assert cfg(method="s3").final_with_gold                    # the lever the quality grid adopted
+    assert not cfg(method="zerogen").final_with_gold           # the paper's baselines train as the paper's table
+    assert cfg(method="zerogen", final_train="synthetic+gold").final_with_gold
+    assert not cfg(method="s3", final_train="synthetic").final_with_gold
+    assert not cfg(method="gold").final_with_gold              # gold trains on the gold already
+    assert cfg(method="s3+gold", final_train="synthetic").final_with_gold   # the method's name wins
 
 
 def test_gold_weight_reaches_the_learner(tmp_path, monkeypatch):
@@ -173,7 +189,8 @@ def test_gold_weight_reaches_the_learner(tmp_path, monkeypatch):
 
 
 def test_clean_labels_drop_in_the_loop(tmp_path):
-    cfg, out, res = _run(tmp_path, "clean", clean_labels="drop", clean_with="learner", clean_folds=3)
+    cfg, out, res = _run(tmp_path, "clean", clean_labels="drop", clean_with="learner", clean_folds=3,
+                         final_train="synthetic")
     r1 = read_json(out / "round-1/metrics.json")
     rows = read_jsonl(out / "round-1/cleaned.jsonl")
     assert r1["cleaning"]["flagged"] == len(rows) > 0 and r1["cleaning"]["mode"] == "drop"

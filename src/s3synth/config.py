@@ -58,7 +58,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 BALANCE_MODES = ("fill", "cap", "none")
 PROMPT_STYLES = ("auto", "paper", "fewshot")
 CACHE_MODES = ("use", "off", "only")
-FINAL_TRAIN = ("synthetic", "synthetic+gold")
+FINAL_TRAIN = ("auto", "synthetic", "synthetic+gold")
 CLEAN_MODES = ("none", "drop", "weight")
 CLEAN_WITH = ("fast", "learner")
 MINE_RULES = ("misclassified", "margin", "loss")
@@ -106,8 +106,10 @@ class RunConfig:
     holdout_frac: float = opt(0.3, "Share of gold eval kept out of error mining, used to pick epochs and to stop.")
     min_gain: float = opt(0.0, "Stop when the held-out metric gains less than this over the previous round.")
     balance: str = opt("fill", "Label balance of each round's added data (none = the paper).", choices=BALANCE_MODES)
-    final_train: str = opt("synthetic", "What the final model trains on: the synthetic data, or it plus the gold "
-                                        "eval's mining part (the held-out part still picks epochs).",
+    final_train: str = opt("auto", "What the final model trains on: the synthetic data (the paper), or it plus the "
+                                   "gold eval's mining part (the held-out part still picks epochs). auto: "
+                                   "synthetic+gold for method s3 (chosen by the quality grid), the paper's "
+                                   "training for its baselines and for every row of `s3synth bench`.",
                            choices=FINAL_TRAIN)
     gold_weight: float = opt(1.0, "--final-train synthetic+gold: the loss weight of each real example "
                                   "(synthetic ones weigh 1).")
@@ -196,7 +198,7 @@ class RunConfig:
             bad("mine_margin", "must be in (0, 1]")
         if not (0 < self.mine_share <= 1):
             bad("mine_share", "must be in (0, 1]")
-        if self.method == "gold" and self.final_train != "synthetic":
+        if self.method == "gold" and self.final_train == "synthetic+gold":
             bad("final_train", "method gold trains on the gold eval already; use --method s3 (or another "
                                "synthetic method) with --final-train synthetic+gold")
         if not (0 <= self.holdout_frac < 1):
@@ -234,8 +236,14 @@ class RunConfig:
 
     @property
     def final_with_gold(self) -> bool:
-        """The final model trains on synthetic + mining gold (`--final-train synthetic+gold` or a +gold method)."""
-        return self.final_train == "synthetic+gold" or self.method_spec.final_gold
+        """The final model trains on synthetic + mining gold: a +gold method, `--final-train synthetic+gold`,
+        or `auto` (the default) with method s3, the one lever the quality grid adopted. Under `auto` the
+        paper's baselines train as the paper's table has them (synthetic only; gold: the gold only)."""
+        if self.method_spec.final_gold:
+            return True
+        if self.final_train == "auto":
+            return self.method == "s3"
+        return self.final_train == "synthetic+gold"
 
     def to_dict(self) -> dict:
         """All settings, with credentials written into a URL masked (config.toml never holds a secret)."""

@@ -115,14 +115,16 @@ def run_bench(base: RunConfig, methods: list[str], seeds: list[int], out: str | 
     for seed in seeds:
         s3_dir = out / f"s3-seed{seed}"
         info(f"bench: seed {seed}: s3")
-        s3_res = S3(replace(base, method="s3", seed=seed, cache_path=cache), llm=llm).run(s3_dir)
+        s3_res = S3(replace(base, method="s3", seed=seed, cache_path=cache, final_train=_as_named(base, "s3", {})),
+                    llm=llm).run(s3_dir)
         _write_report(s3_dir, "minilm")
         runs.append(_summary("s3", seed, s3_dir, s3_res))
         for m in methods:
             if m == "s3":
                 continue
             name, settings = variants[m]
-            kw = {"method": name, "seed": seed, "cache_path": cache, **_typed(settings)}
+            kw = {"method": name, "seed": seed, "cache_path": cache, "final_train": _as_named(base, name, settings),
+                  **_typed(settings)}
             if METHODS[name].sized and "size" not in settings:
                 kw["size"] = base.size or (s3_res["seed_size"] + s3_res["added"])   # S3's synthetic examples
             info(f"bench: seed {seed}: {m}")
@@ -138,6 +140,14 @@ def run_bench(base: RunConfig, methods: list[str], seeds: list[int], out: str | 
     atomic_write_text(out / "bench.md", to_markdown(result))
     _write_report(out, None)
     return result
+
+
+def _as_named(base: RunConfig, method: str, settings: dict) -> str:
+    """The final training of a bench row: as the method's name says (`s3`, `zerogen`, … are the paper's rows,
+    synthetic only; `s3+gold`, `zerogen+gold` add the gold) unless --final-train or the variant sets it."""
+    if base.final_train != "auto" or "final_train" in settings:
+        return settings.get("final_train", base.final_train)
+    return "synthetic+gold" if METHODS[method].final_gold else "synthetic"   # s3 too: the paper's row
 
 
 def _write_report(out: Path, embed) -> None:

@@ -93,7 +93,7 @@ def facts(run: RunView) -> dict:
         "method": m.get("method") or "s3", "prompt_style": m.get("prompt_style"),
         "rounds": rounds, "stop_reason": m.get("stop_reason"),
         "seed_size": len(run.seed), "added": sum(r["added"] for r in rounds),
-        "train_size": final.get("train_size"), "train_label_counts": final.get("train_label_counts") or {},
+        **_final_parts(run, final),
         "gold_eval": split.get("gold_eval"), "mining": split.get("mining"), "holdout": split.get("holdout"),
         "test_size": split.get("test") or (final.get("test") or {}).get("n") or 0,
         "test_file": Path(((m.get("inputs") or {}).get("test") or {}).get("path") or "test").name,
@@ -118,6 +118,26 @@ def _metric_keys(kind: str) -> tuple[str, ...]:
     return ("exact_match", "f1") if kind == "qa" else ("accuracy", "macro_f1")
 
 
+def _final_parts(run: RunView, final: dict) -> dict:
+    """train_size and train_label_counts of the final model's *synthetic* part, and gold_in_final: the real
+    mining examples it also trained on (`--final-train synthetic+gold`, the default for method s3; they are
+    the last rows of final/train.jsonl and never part of the exported synthetic set)."""
+    parts = final.get("parts") or {}
+    n_gold = int(parts.get("gold") or 0)
+    counts = dict(final.get("train_label_counts") or {})
+    if n_gold and counts:
+        from collections import Counter
+
+        from ..io import read_jsonl
+        from ..rundir import LAYOUT
+
+        real = Counter(d.get("label") for d in read_jsonl(run.path / LAYOUT.final_train)[-n_gold:])
+        counts = {k: v - real.get(k, 0) for k, v in counts.items()}
+    size = parts.get("synthetic", final.get("train_size"))
+    return {"train_size": size, "train_label_counts": counts, "gold_in_final": n_gold,
+            "gold_weight": parts.get("gold_weight")}
+
+
 def _provenance(f: dict) -> dict:
     """The `s3synth` block of a card's header: where the data came from, in numbers."""
     out = {"task": f["task"], "task_kind": f["kind"]}
@@ -127,6 +147,8 @@ def _provenance(f: dict) -> dict:
                 "rounds": len(f["rounds"]), "seed_size": f["seed_size"],
                 "added_per_round": [r["added"] for r in f["rounds"]], "synthetic_train_size": f["train_size"],
                 "gold_eval_size": f["gold_eval"], "test_size": f["test_size"]})
+    if f["gold_in_final"]:
+        out["real_examples_in_final_model"] = f["gold_in_final"]
     if f["test"]:
         out["test_metrics"] = {k: round(float(f["test"][k]), 4) for k in _metric_keys(f["kind"]) if k in f["test"]}
     return {k: v for k, v in out.items() if v is not None}
@@ -148,6 +170,9 @@ def _data_lines(f: dict) -> list[str]:
             ("method", f"{f['method']} (prompt style {f['prompt_style'] or '?'})"),
             ("seed examples", f["seed_size"]), ("added by error extrapolation", f"{f['added']} ({per_round})"),
             ("synthetic training set", f["train_size"]),
+            *([("real examples the final model also trained on",
+                f"{f['gold_in_final']} (the gold eval's mining part, loss weight {f['gold_weight'] or 1}; not in "
+                "the synthetic set)")] if f["gold_in_final"] else []),
             ("real gold-eval examples", (f"{f['gold_eval']} ({f['mining']} mined for errors, {f['holdout']} held out "
                                         "for epoch selection and stopping)")),
             ("real test examples", f"{f['test_size']} ({f['test_file']})" if f["test_size"] else "none"),
@@ -157,8 +182,10 @@ def _data_lines(f: dict) -> list[str]:
 
 
 def _limits(f: dict, what: str) -> list[str]:
-    out = [(f"- **Synthetic data.** Every training example was written by the LLM `{f['llm']}`; only the gold-eval "
-           "and test examples are real. Labels are the labels the LLM was asked for, not checked by a person.")]
+    real = (f"the final model also trained on the {f['gold_in_final']} real examples of the gold eval's mining part"
+            if f["gold_in_final"] else "only the gold-eval and test examples are real")
+    out = [(f"- **Synthetic data.** Every synthetic example was written by the LLM `{f['llm']}`; {real}. Labels "
+           "are the labels the LLM was asked for, not checked by a person.")]
     if f["embedded_llm"]:
         size = " (135M parameters)" if "135m" in f"{f['llm']} {f['llm_model']}".lower() else ""
         out.append(f"- **Weak generator.** `{f['llm']}` is a small local model{size}: its texts are "
@@ -269,6 +296,8 @@ def model_card(run: RunView, *, repo_id: str | None = None, dataset_repo_id: str
              f"A small {_kind_words(f['kind'])} model for the task **{f['task']}**"
              + (f" ({f['description']})" if f["description"] else "") +
              f", trained on **{f['train_size']} synthetic examples** written by the LLM `{f['llm']}` with S3 "
+             + (f"and on **{f['gold_in_final']} real examples** (the gold eval's mining part) "
+                if f["gold_in_final"] else "") +
              "(*Let's Synthesize Step by Step*, Wang et al., Findings of EMNLP 2023): a seed set from the task "
              "description, then rounds in which a small model is trained, its errors on real gold-eval examples "
              "are collected, and the LLM writes new examples like each error.", ""]

@@ -30,10 +30,13 @@ def columns(kind: str | None) -> list[str]:
 
 
 def export_rows(run: RunView) -> list[dict]:
-    """One flat dict per row of final/train.jsonl, in its order."""
+    """One flat dict per synthetic row of final/train.jsonl, in its order: the real mining examples a final
+    model trained with (`--final-train synthetic+gold`) are its last rows and are left out."""
     cols = columns(getattr(run.task, "kind", None))
     out = []
-    for d in read_jsonl(run.path / LAYOUT.final_train):
+    rows = read_jsonl(run.path / LAYOUT.final_train)
+    n_gold = int(((run.final or {}).get("parts") or {}).get("gold") or 0)
+    for d in rows[:len(rows) - n_gold]:
         meta, ans = d.get("meta") or {}, d.get("answer") or {}
         row = {"id": d.get("id", ""), "text": d["text"], "label": d.get("label"), "context": d.get("context"),
                "answer": ans.get("text"), "answer_start": ans.get("start"), "stage": meta.get("stage"),
