@@ -308,4 +308,5 @@ def test_report_shows_cleaning_and_the_final_training_parts(tmp_path):
     assert all(f">{i} ·" in html or f"{i} ·" in html for i in flagged[:3])
     parts = read_json(out / "final/metrics.json")["parts"]
     assert f"{parts['synthetic']} synthetic + {parts['gold']} real gold-eval examples" in html
+    assert f"final set (with {parts['gold']} real)" in html       # the label-balance chart says so too
     assert "Synthetic labels cleaned" in md and f"trained on {parts['synthetic']} synthetic" in md

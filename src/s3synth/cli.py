@@ -219,12 +219,14 @@ def _write_report(out, embed="minilm") -> None:
 @cli.command(context_settings=CONTEXT)
 @run_options()
 def run(**o):
-    """Run S3: seed synthesis, then train -> mine errors -> extrapolate, then a final model.
+    """Run S3: seed synthesis, then train -> mine errors -> extrapolate, then a final model (by default
+    trained on the synthetic data plus the gold eval's mining part; --final-train synthetic: the paper's).
 
     \b
     Example (the README's demo, offline):
       s3synth run --task imdb --gold-eval ../shared/data/s3_release/imdb_round1.jsonl --max-gold-eval 300 \\
-                  --test ../shared/data/s3_release/imdb_round2.jsonl --max-test 1000 --out runs/demo
+                  --test ../shared/data/s3_release/imdb_round2.jsonl --max-test 500 --seed-size 100 \\
+                  --final-train synthetic --out runs/demo
     Your own encoder by its Hugging Face Hub name (downloaded once; the commit is recorded in manifest.json):
       s3synth run --task rte --gold-eval gold.jsonl --learner hf:microsoft/deberta-v3-small --revision main \\
                   --out runs/rte-deberta
