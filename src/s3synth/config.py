@@ -26,6 +26,7 @@ class Method:
     - sized: the seed grows to `--size` (a bench sets it to S3's final size)
     - final_gold: the final model trains on the synthetic data plus the gold eval's mining part
       (`--final-train synthetic+gold`); the held-out part still picks epochs
+    - auto_gold: it does so under `--final-train auto` (the default) too: the quality grid's choice for s3
     """
 
     name: str
@@ -36,11 +37,12 @@ class Method:
     extrapolate_all: bool = False
     sized: bool = False
     final_gold: bool = False
+    auto_gold: bool = False
     help: str = ""
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("s3", "S3", "seed", rationales=True, rounds=True, help="the paper's method"),
+    Method("s3", "S3", "seed", rationales=True, rounds=True, auto_gold=True, help="the paper's method"),
     Method("zerogen", "ZeroGen", "zerogen", rationales=False, rounds=False, sized=True,
            help="one fixed prompt per label, no rationales, no feedback"),
     Method("goldgen", "GoldGen", "seed", rationales=True, rounds=False, extrapolate_all=True,
@@ -242,7 +244,7 @@ class RunConfig:
         if self.method_spec.final_gold:
             return True
         if self.final_train == "auto":
-            return self.method == "s3"
+            return self.method_spec.auto_gold
         return self.final_train == "synthetic+gold"
 
     def to_dict(self) -> dict:

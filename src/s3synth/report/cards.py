@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import yaml
@@ -123,19 +124,12 @@ def _final_parts(run: RunView, final: dict) -> dict:
     mining examples it also trained on (`--final-train synthetic+gold`, the default for method s3; they are
     the last rows of final/train.jsonl and never part of the exported synthetic set)."""
     parts = final.get("parts") or {}
-    n_gold = int(parts.get("gold") or 0)
     counts = dict(final.get("train_label_counts") or {})
-    if n_gold and counts:
-        from collections import Counter
-
-        from ..io import read_jsonl
-        from ..rundir import LAYOUT
-
-        real = Counter(d.get("label") for d in read_jsonl(run.path / LAYOUT.final_train)[-n_gold:])
-        counts = {k: v - real.get(k, 0) for k, v in counts.items()}
-    size = parts.get("synthetic", final.get("train_size"))
-    return {"train_size": size, "train_label_counts": counts, "gold_in_final": n_gold,
-            "gold_weight": parts.get("gold_weight")}
+    if run.final_real and counts:
+        synthetic = Counter(d.get("label") for d in run.final_synthetic_rows())
+        counts = {k: synthetic.get(k, 0) for k in counts}
+    return {"train_size": parts.get("synthetic", final.get("train_size")), "train_label_counts": counts,
+            "gold_in_final": run.final_real, "gold_weight": parts.get("gold_weight")}
 
 
 def _provenance(f: dict) -> dict:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..config import EXPORT_FORMATS as FORMATS
 from ..errors import S3Error
-from ..io import atomic_write_bytes, atomic_write_text, read_jsonl, write_jsonl
+from ..io import atomic_write_bytes, atomic_write_text, write_jsonl
 from ..rundir import LAYOUT
 from .cards import CARD, dataset_card
 from .runview import RunView, load_run
@@ -34,9 +34,7 @@ def export_rows(run: RunView) -> list[dict]:
     model trained with (`--final-train synthetic+gold`) are its last rows and are left out."""
     cols = columns(getattr(run.task, "kind", None))
     out = []
-    rows = read_jsonl(run.path / LAYOUT.final_train)
-    n_gold = int(((run.final or {}).get("parts") or {}).get("gold") or 0)
-    for d in rows[:len(rows) - n_gold]:
+    for d in run.final_synthetic_rows():
         meta, ans = d.get("meta") or {}, d.get("answer") or {}
         row = {"id": d.get("id", ""), "text": d["text"], "label": d.get("label"), "context": d.get("context"),
                "answer": ans.get("text"), "answer_start": ans.get("start"), "stage": meta.get("stage"),

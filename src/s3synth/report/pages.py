@@ -266,9 +266,8 @@ def build_run(path: Path, embed: Embedder | None) -> dict:
     screen = _screen(run, gold, embed, stored)
     labels = run.labels
     stages = _stage_names(run)
-    n_real = int(((run.final or {}).get("parts") or {}).get("gold") or 0)
     balance_names = ["seed"] + [f"round {r.q} added" for r in run.rounds] + (
-        [f"final set (with {n_real} real)" if n_real else "final set"] if run.final else [])
+        [f"final set (with {run.final_real} real)" if run.final_real else "final set"] if run.final else [])
     balance = [Counter(str(ex.label) for ex in ex_list) for ex_list in
                [run.seed] + [r.added for r in run.rounds]]
     if run.final:

@@ -53,6 +53,17 @@ class RunView:
         seen = {ex.label for ex in self.seed + [a for r in self.rounds for a in r.added]}
         return sorted(str(x) for x in seen)
 
+    @property
+    def final_real(self) -> int:
+        """How many real gold-eval examples the final model also trained on (`--final-train synthetic+gold`):
+        the last rows of final/train.jsonl, counted in final/metrics.json `parts`."""
+        return int(((self.final or {}).get("parts") or {}).get("gold") or 0)
+
+    def final_synthetic_rows(self) -> list[dict]:
+        """The rows of final/train.jsonl that are synthetic, in order (the real ones, last, left out)."""
+        rows = read_jsonl(self.path / LAYOUT.final_train)
+        return rows[:len(rows) - self.final_real]
+
     def synthesis(self, stage: str) -> dict:
         return self.manifest.get("synthesis", {}).get(stage) or {}
 
