@@ -59,6 +59,15 @@ def plugin_env(**extra) -> dict:
     return {**os.environ, "PYTHONPATH": path, **extra}
 
 
+def user_env(home, **extra) -> dict:
+    """os.environ as a user's plain shell has it, for a subprocess: no Hugging Face, transformers or Ray variable
+    (the suite sets some for itself, see above), HOME at `home` (so ~/.cache is the test's own), the test plugins
+    importable; then `extra` (e.g. HF_ENDPOINT at a local stand-in of the Hub, or HF_HOME)."""
+    env = {k: v for k, v in plugin_env().items()
+           if not k.startswith(("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "RAY_")) and k != "XDG_CACHE_HOME"}
+    return {**env, "HOME": str(home), **extra}
+
+
 from s3synth.llm.base import LLM, Completion, Request  # noqa: E402
 
 

@@ -18,9 +18,11 @@ import hashlib
 import json
 import re
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler
 
 import httpx2
 import yaml
+from local_server import LocalServer
 
 ENDPOINT = "https://huggingface.co"
 LFS_SUFFIXES = (".safetensors", ".parquet", ".bin")
@@ -188,3 +190,112 @@ def installed(stub: HubStub):
     finally:
         set_client_factory(default_client_factory)
         constants.HF_HUB_DISABLE_XET = before
+
+
+# ---------------------------------------------------------------- the read API, for downloads
+
+class DownloadStub:
+    """The Hub's read API as huggingface_hub 2.x uses it for `snapshot_download` (repo info at a revision,
+    the recursive tree listing, HEAD/GET on /resolve/ with X-Repo-Commit, ETag and Content-Length). One commit
+    per repo (`add` more repos). Served in-process through huggingface_hub's documented `set_client_factory`
+    hook (`client`), or over real HTTP on loopback for another process (`serve`: point HF_ENDPOINT at it)."""
+
+    def __init__(self, repo_id: str, sha: str, files: dict[str, bytes]):
+        self.repos: dict[str, tuple[str, dict[str, bytes]]] = {}
+        self.requests: list[tuple[str, str]] = []
+        self.add(repo_id, sha, files)
+
+    def add(self, repo_id: str, sha: str, files: dict[str, bytes]) -> "DownloadStub":
+        self.repos[repo_id] = (sha, files)
+        return self
+
+    @staticmethod
+    def _lfs(path: str) -> bool:
+        return path.endswith((".safetensors", ".bin"))
+
+    def _etag(self, path: str, data: bytes) -> str:
+        if self._lfs(path):
+            return hashlib.sha256(data).hexdigest()
+        return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()    # a git blob id
+
+    def handler(self, request):
+        path = request.url.path
+        self.requests.append((request.method, path))
+        m = re.match(r"/(?:api/models/)?(?P<id>[^/]+/[^/]+)/", path)
+        if m is None or m.group("id") not in self.repos:
+            if path.startswith("/api/models/"):
+                return _error(404, "Repository not found", code="RepoNotFound")
+            return _error(404, f"stub: no route for {request.method} {path}")
+        repo_id = m.group("id")
+        sha, files = self.repos[repo_id]
+        rid = re.escape(repo_id)
+        if m := re.fullmatch(rf"/api/models/{rid}/revision/(?P<rev>[^/]+)", path):
+            if m.group("rev") not in ("main", sha):
+                return _error(404, "Invalid rev id", code="RevisionNotFound")
+            return _json(200, {"id": repo_id, "sha": sha, "siblings": [{"rfilename": f} for f in files]})
+        if re.fullmatch(rf"/api/models/{rid}/tree/{sha}(/.*)?", path):
+            tree = []
+            for f, data in files.items():
+                entry = {"type": "file", "path": f, "size": len(data), "oid": self._etag(f, data)}
+                if self._lfs(f):
+                    entry["lfs"] = {"oid": self._etag(f, data), "size": len(data), "pointerSize": 134}
+                tree.append(entry)
+            return _json(200, tree)
+        if m := re.fullmatch(rf"/{rid}/resolve/{sha}/(?P<file>.+)", path):
+            f = m.group("file")
+            if f not in files:
+                return httpx2.Response(404, headers={"X-Error-Code": "EntryNotFound"})
+            headers = {"X-Repo-Commit": sha, "ETag": f'"{self._etag(f, files[f])}"',
+                       "Content-Length": str(len(files[f]))}
+            if request.method == "HEAD":
+                return httpx2.Response(200, headers=headers)
+            return httpx2.Response(200, headers=headers, content=files[f])
+        return _error(404, f"stub: no route for {request.method} {path}")
+
+    def client(self):
+        from huggingface_hub.utils._http import hf_request_event_hook
+
+        return httpx2.Client(transport=httpx2.MockTransport(self.handler), follow_redirects=True,
+                             event_hooks={"request": [hf_request_event_hook]})
+
+    def serve(self) -> "HubServer":
+        """This stub on a loopback port (a context manager); its `endpoint` is the value for HF_ENDPOINT."""
+        return HubServer(self)
+
+
+class HubServer(LocalServer):
+    """A stub's `handler` behind a real HTTP server: each request is handed over as an httpx2.Request and the
+    httpx2.Response it returns is written back (status, headers, body; no body for HEAD)."""
+
+    def __init__(self, stub):
+        self.stub = stub
+
+    @property
+    def endpoint(self) -> str:
+        assert self._server is not None, "start() the HubServer first"
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    class handler(BaseHTTPRequestHandler):
+        owner: "HubServer"
+        protocol_version = "HTTP/1.1"
+
+        def _answer(self):
+            size = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(size) if size else b""
+            request = httpx2.Request(self.command, f"http://{self.headers.get('Host', 'hub')}{self.path}",
+                                     headers=dict(self.headers), content=body)
+            response = self.owner.stub.handler(request)
+            content = response.content
+            self.send_response(response.status_code)
+            for k, v in response.headers.items():
+                if k.lower() not in ("content-length", "transfer-encoding", "connection"):
+                    self.send_header(k, v)
+            self.send_header("Content-Length", response.headers.get("Content-Length", str(len(content))))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(content)
+
+        do_GET = do_HEAD = do_POST = _answer
+
+        def log_message(self, *args):
+            pass

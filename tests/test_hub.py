@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import plugin_env
+from conftest import plugin_env, user_env
+from hub_stub import DownloadStub
 from test_encoder_families import build_encoder
 from test_plugins import GOLD
 
@@ -254,20 +255,32 @@ def test_uncached_generator_stops_before_writing(backend, gold, tmp_path, monkey
     assert not out.exists()
 
 
-def test_transformers_generator_by_hub_name(cache, monkeypatch, tmp_path):
-    """A tiny causal LM from the cache: fetched by name, answers keyed by its commit, loaded from the snapshot."""
+def build_causal_lm(folder: Path, tokenizer_from: Path) -> Path:
+    """A tiny random Llama (1 layer, hidden 16) with `tokenizer_from`'s tokenizer and a plain chat template, saved
+    as safetensors."""
     import torch
     import transformers as tf
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    folder = tmp_path / "lm"
-    tok = tf.AutoTokenizer.from_pretrained(str(cache / "models--s3synth-test--tiny-bert" / "snapshots" / SHA))
+    tok = tf.AutoTokenizer.from_pretrained(str(tokenizer_from))
+    tok.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
     tok.save_pretrained(folder)
     torch.manual_seed(0)
     cfg = tf.LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
                          pad_token_id=tok.pad_token_id, eos_token_id=tok.sep_token_id, bos_token_id=tok.cls_token_id)
     tf.LlamaForCausalLM(cfg).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tiny_bert, tmp_path_factory):
+    return build_causal_lm(tmp_path_factory.mktemp("tiny") / "lm", tiny_bert)
+
+
+def test_transformers_generator_by_hub_name(cache, monkeypatch, tmp_path, tiny_lm):
+    """A tiny causal LM from the cache: fetched by name, answers keyed by its commit, loaded from the snapshot."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = tiny_lm
     put_in_cache(cache, "s3synth-test/tiny-lm", folder, SHA)
     from s3synth.llm import GenParams, Request
 
@@ -312,71 +325,6 @@ def test_train_command_by_hub_name_records_the_commit(cache, gold, tmp_path):
 
 
 # ---------------------------------------------------------------- a download, from a stand-in of the Hub
-
-class DownloadStub:
-    """The Hub's read API as huggingface_hub 2.x uses it for `snapshot_download` (repo info at a revision,
-    the recursive tree listing, HEAD/GET on /resolve/ with X-Repo-Commit, ETag and Content-Length), served
-    in-process through huggingface_hub's documented `set_client_factory` hook. One repo, one commit."""
-
-    def __init__(self, repo_id: str, sha: str, files: dict[str, bytes]):
-        self.repo_id, self.sha, self.files = repo_id, sha, files
-        self.requests: list[tuple[str, str]] = []
-
-    @staticmethod
-    def _lfs(path: str) -> bool:
-        return path.endswith((".safetensors", ".bin"))
-
-    def _etag(self, path: str) -> str:
-        import hashlib
-
-        data = self.files[path]
-        if self._lfs(path):
-            return hashlib.sha256(data).hexdigest()
-        return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()    # a git blob id
-
-    def handler(self, request):
-        import re
-
-        import httpx2
-
-        path = request.url.path
-        self.requests.append((request.method, path))
-        rid = re.escape(self.repo_id)
-        if m := re.fullmatch(rf"/api/models/{rid}/revision/(?P<rev>[^/]+)", path):
-            if m.group("rev") not in ("main", self.sha):
-                return httpx2.Response(404, json={"error": "Invalid rev id"},
-                                       headers={"X-Error-Code": "RevisionNotFound", "X-Error-Message": "Invalid rev id"})
-            return httpx2.Response(200, json={"id": self.repo_id, "sha": self.sha,
-                                              "siblings": [{"rfilename": f} for f in self.files]})
-        if re.fullmatch(rf"/api/models/{rid}/tree/{self.sha}(/.*)?", path):
-            tree = []
-            for f, data in self.files.items():
-                entry = {"type": "file", "path": f, "size": len(data), "oid": self._etag(f)}
-                if self._lfs(f):
-                    entry["lfs"] = {"oid": self._etag(f), "size": len(data), "pointerSize": 134}
-                tree.append(entry)
-            return httpx2.Response(200, json=tree)
-        if m := re.fullmatch(rf"/{rid}/resolve/{self.sha}/(?P<file>.+)", path):
-            f = m.group("file")
-            if f not in self.files:
-                return httpx2.Response(404, headers={"X-Error-Code": "EntryNotFound"})
-            headers = {"X-Repo-Commit": self.sha, "ETag": f'"{self._etag(f)}"',
-                       "Content-Length": str(len(self.files[f]))}
-            if request.method == "HEAD":
-                return httpx2.Response(200, headers=headers)
-            return httpx2.Response(200, headers=headers, content=self.files[f])
-        if re.match(r"/api/models/", path):
-            return httpx2.Response(404, json={"error": "Repository not found"},
-                                   headers={"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"})
-        return httpx2.Response(404, json={"error": f"stub: no route for {request.method} {path}"})
-
-    def client(self):
-        import httpx2
-        from huggingface_hub.utils._http import hf_request_event_hook
-
-        return httpx2.Client(transport=httpx2.MockTransport(self.handler), follow_redirects=True,
-                             event_hooks={"request": [hf_request_event_hook]})
-
 
 @pytest.fixture
 def online_hub(tmp_path, monkeypatch, tiny_bert):
@@ -424,3 +372,68 @@ def test_a_hub_name_is_downloaded_once_without_pickles(online_hub, tmp_path):
         hub.resolve(REPO, revision="v9")
     with pytest.raises(S3Error, match="'s3synth-test/other': no such model on the Hugging Face Hub"):
         hub.resolve("s3synth-test/other")
+
+
+# ---------------------------------------------------------------- as users run it: a plain shell, the Hub over HTTP
+# No HF_HUB_CACHE, HF_HUB_OFFLINE or other Hugging Face variable (the suite sets some for itself: conftest.py);
+# the Hub is a stand-in on a loopback port (HF_ENDPOINT), the cache where huggingface_hub puts it by default.
+
+LM_REPO = "s3synth-test/tiny-lm"
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+@pytest.fixture
+def hub_server(tiny_bert, tiny_lm):
+    stub = DownloadStub(REPO, SHA, files_of(tiny_bert)).add(LM_REPO, SHA_V1, files_of(tiny_lm))
+    with stub.serve() as server:
+        yield server
+
+
+def _as_user(args, tmp_path, **env):
+    """`s3synth ARGS` in a fresh process with a user's environment (conftest.user_env), HOME in tmp_path."""
+    return subprocess.run([sys.executable, "-m", "s3synth.cli", *map(str, args)], capture_output=True, text=True,
+                          env=user_env(tmp_path / "home", **env), timeout=300, cwd=tmp_path, check=False)
+
+
+def downloaded(server, repo_id: str) -> set[str]:
+    """The files of `repo_id` that were fetched from the stand-in (GET on /resolve/)."""
+    return {p.rsplit("/", 1)[1] for m, p in server.stub.requests if m == "GET" and p.startswith(f"/{repo_id}/resolve/")}
+
+
+def test_train_by_hub_name_in_a_plain_shell(hub_server, gold, tmp_path):
+    """Nothing set but the endpoint: the learner's weights land in ~/.cache/huggingface/hub, once."""
+    out = tmp_path / "trained"
+    args = ["train", "--task", "rte", "--train", gold, "--test", gold, "--learner", f"hf:{REPO}", "--epochs", "1",
+            "--max-length", "32", "--out", out, "-q"]
+    p = _as_user(args, tmp_path, HF_ENDPOINT=hub_server.endpoint)
+    assert p.returncode == 0, p.stderr
+    snap = tmp_path / "home" / ".cache" / "huggingface" / "hub" / "models--s3synth-test--tiny-bert" / "snapshots" / SHA
+    assert (snap / "model.safetensors").is_file() and (snap / "config.json").is_file()
+    assert read_json(out / "metrics.json")["base_model"] == {"name": REPO, "source": "hub", "revision": "main",
+                                                               "sha": SHA, "path": str(snap)}
+    assert "model.safetensors" in downloaded(hub_server, REPO)
+    # the same command with the Hub gone: the cache answers (the commit is found by refs/main)
+    endpoint = hub_server.endpoint
+    hub_server.stop()
+    p = _as_user([*args[:-3], "--out", tmp_path / "again", "-q"], tmp_path, HF_ENDPOINT=endpoint)
+    assert p.returncode == 0, p.stderr
+
+
+def test_run_with_hub_learner_and_generator_under_hf_home(hub_server, gold, tmp_path):
+    """HF_HOME alone places the cache (HF_HOME/hub): the generator and the learner are both fetched by name."""
+    out = tmp_path / "run"
+    p = _as_user(["run", "--task", "rte", "--gold-eval", gold, "--llm", f"transformers:{LM_REPO}", "-o", "device=cpu",
+                  "--learner", f"hf:{REPO}", "--epochs", "1", "--max-length", "32", "--seed-size", "4",
+                  "--rounds", "1", "--out", out, "-q"], tmp_path,
+                 HF_ENDPOINT=hub_server.endpoint, HF_HOME=str(tmp_path / "hf-home"))
+    assert p.returncode == 0, p.stderr
+    hub_dir = tmp_path / "hf-home" / "hub"
+    assert (hub_dir / "models--s3synth-test--tiny-lm" / "snapshots" / SHA_V1 / "model.safetensors").is_file()
+    assert (hub_dir / "models--s3synth-test--tiny-bert" / "snapshots" / SHA / "model.safetensors").is_file()
+    assert not (tmp_path / "home" / ".cache" / "huggingface").exists()
+    models = read_json(out / "manifest.json")["models"]
+    assert (models["llm"]["sha"], models["learner"]["sha"]) == (SHA_V1, SHA)
+    assert {"model.safetensors", "config.json"} <= downloaded(hub_server, LM_REPO)

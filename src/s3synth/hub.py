@@ -123,7 +123,11 @@ def resolve(spec: str, *, revision: str | None = None, what: str = "model", fold
 def _download(repo_id: str, revision: str | None, what: str, folder_hint: str) -> ModelSource:
     try:
         import huggingface_hub as hh
+        # submodules by explicit import: the package's lazy loader exposes `hh.constants` / `hh.utils` only once
+        # something else has imported them (a plain `s3synth run --learner hf:NAME` had not)
+        from huggingface_hub import constants as hconst
         from huggingface_hub import errors as herr
+        from huggingface_hub import utils as hutils
     except ImportError:  # pragma: no cover - comes with transformers
         raise S3Error(f"{what} {repo_id!r} is a Hub name, which needs huggingface_hub: pip install "
                       f"'s3synth[learn]' (or give {folder_hint})") from None
@@ -132,12 +136,12 @@ def _download(repo_id: str, revision: str | None, what: str, folder_hint: str) -
     ways = (f"give {folder_hint}, or run on a machine with access to huggingface.co"
             + (" without --offline / HF_HUB_OFFLINE=1" if local_only else "")
             + " (it is downloaded once into the Hugging Face cache)")
-    cache = os.environ.get("HF_HUB_CACHE") or hh.constants.HF_HUB_CACHE
+    cache = os.environ.get("HF_HUB_CACHE") or hconst.HF_HUB_CACHE
     from .progress import info, is_quiet
 
-    bars_off = is_quiet() and not hh.utils.are_progress_bars_disabled()
+    bars_off = is_quiet() and not hutils.are_progress_bars_disabled()
     if bars_off:
-        hh.utils.disable_progress_bars()
+        hutils.disable_progress_bars()
     try:
         path = hh.snapshot_download(repo_id, revision=revision, allow_patterns=ALLOW_PATTERNS,
                                     ignore_patterns=IGNORE_PATTERNS, local_files_only=local_only,
@@ -175,7 +179,7 @@ def _download(repo_id: str, revision: str | None, what: str, folder_hint: str) -
                       f"command again to go on, or {ways}") from None
     finally:
         if bars_off:
-            hh.utils.enable_progress_bars()
+            hutils.enable_progress_bars()
     folder = Path(path)
     if not any(folder.glob("*.safetensors")):
         raise S3Error(f"{what} {repo_id!r}{at} has no .safetensors weights on the Hub (pickled .bin weights are "
