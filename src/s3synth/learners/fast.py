@@ -6,8 +6,9 @@ then L2 normalisation. Features: single task u; pair task [u, v, |u-v|, u*v] wit
 (class_weight="balanced"); each grid point is reported as one "epoch" of the history.
 
 Not handled: QA (classification only - use the minilm learner); fine-tuning the encoder. The classifier
-is saved as safetensors + JSON (no pickle); the encoder is not copied: its folder is recorded (for a
-Hub encoder also its name and commit, from which `load` finds it again).
+is saved as safetensors + JSON (no pickle); the encoder is not copied but named (`weights.encoder_record`:
+a Hub name and commit, the packaged MiniLM, or the folder as given, with a content hash), never by a folder
+of the saving machine; `load` finds it again on the loading machine and checks the hash.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..errors import S3Error
 from ..progress import bar
 from .base import Learner, Prediction, TrainConfig, subsample_weighted
 from .hf import autocast, best_epoch, open_encoder, quiet_transformers, resolve_device
+from .weights import encoder_record, locate_encoder
 
 META_FILE = "s3synth_learner.json"
 WEIGHTS_FILE = "classifier.safetensors"
@@ -240,28 +242,35 @@ class FastLearner(Learner):
         d.mkdir(parents=True, exist_ok=True)
         save_file({"coef": np.ascontiguousarray(self.coef, dtype=np.float64),
                    "intercept": np.ascontiguousarray(self.intercept, dtype=np.float64)}, str(d / WEIGHTS_FILE))
+        encoder = encoder_record(self.source)
         meta = {"learner": self.name, "task": self.task.name, "kind": self.task.kind,
                 "labels": self.task.label_names, "classes": self.classes, "C": self.C,
-                "encoder": self.model_path, "encoder_source": self.source.to_dict(), "max_length": self.max_length,
+                "encoder": encoder["name"], "encoder_source": encoder, "max_length": self.max_length,
                 "config": self.config.to_dict(), "history": self.history}
         (d / META_FILE).write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
         apply_file_mode(d)      # safetensors writes 0600; give the files the mode the umask allows
 
     @classmethod
     def load(cls, directory: str | Path, task, *, encoder_path: str | None = None) -> "FastLearner":
-        """A trained fast learner written by `save`; the encoder comes from `encoder_path`, else the
-        recorded folder, else the recorded Hub name at its recorded commit, else the packaged MiniLM."""
+        """A trained fast learner written by `save`; the encoder comes from `encoder_path`, else from its
+        record (`weights.locate_encoder`: the packaged MiniLM, the Hub name at its commit, or the folder
+        as recorded), checked against the recorded content hash. A model saved before s3synth recorded
+        the encoder so (its `encoder_source` has a `path`): the recorded folder, else the Hub name at its
+        commit, else the packaged MiniLM."""
         from safetensors.numpy import load_file
 
         from .hf import _read_meta
 
         d = Path(directory)
         meta = _read_meta(d, task)
-        enc = encoder_path or meta.get("encoder")
-        revision = None
-        if not enc or not Path(enc).is_dir():
-            src = meta.get("encoder_source") or {}
-            enc, revision = (src["name"], src.get("sha")) if src.get("source") == "hub" else (None, None)
+        src = meta.get("encoder_source") or {}
+        if src and "path" not in src:
+            enc, revision = locate_encoder(src, model=str(d), folder=encoder_path, folder_hint=(
+                f"load it with FastLearner.load({str(d)!r}, task, encoder_path=FOLDER), FOLDER holding that encoder"))
+        else:
+            enc, revision = encoder_path or meta.get("encoder"), None
+            if not enc or not Path(enc).is_dir():
+                enc, revision = (src["name"], src.get("sha")) if src.get("source") == "hub" else (None, None)
         obj = cls(task, TrainConfig.from_dict({**meta["config"], "revision": revision}), model_path=enc)
         w = load_file(str(d / WEIGHTS_FILE))
         obj.coef, obj.intercept = w["coef"], w["intercept"]

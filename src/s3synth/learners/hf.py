@@ -35,6 +35,7 @@ from ..errors import S3Error
 from ..progress import bar
 from .base import Learner, Prediction, TrainConfig, subsample_weighted
 from .qa_windows import answer_tokens, best_answer, context_offsets, null_index
+from .weights import encoder_record
 
 META_FILE = "s3synth_learner.json"
 MEGA_BATCH_FACTOR = 8   # batches per length-sorted mega-batch: padding savings vs. batch variety
@@ -253,7 +254,7 @@ class HFLearner(Learner):
         self.precision = resolve_precision(self.config.precision, self.device)
         self.model = None
         self.base_model = self.source.repo_id or self.model_path
-        self.base_source = self.source.to_dict()     # saved with the model: where its pretrained weights came from
+        self.base_source: dict | None = None     # a loaded model's record of its pretrained weights (see save)
         self.history: dict | None = None
         self._type_ids = "token_type_ids" in getattr(self.tokenizer, "model_input_names", ())
         self._model_takes_types = True     # set from the model's forward() when it is loaded
@@ -576,9 +577,11 @@ class HFLearner(Learner):
         with quiet_transformers():
             self.model.save_pretrained(d, safe_serialization=True)
             self.tokenizer.save_pretrained(d)
+        # where the pretrained weights came from, by name (and commit or content hash), not by a folder of this machine
+        base = self.base_source or encoder_record(self.source)
         meta = {"learner": self.name, "task": self.task.name, "kind": self.task.kind,
-                "labels": self.task.label_names, "base_model": self.base_model,
-                "base_model_source": self.base_source, "max_length": self.max_length,
+                "labels": self.task.label_names, "base_model": base["name"],
+                "base_model_source": base, "max_length": self.max_length,
                 "config": self.config.to_dict(), "history": self.history}
         (d / META_FILE).write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
         apply_file_mode(d)      # safetensors writes 0600; give the files the mode the umask allows
@@ -591,7 +594,7 @@ class HFLearner(Learner):
         # the weights are in `d` now: a Hub revision of the base model does not apply to them
         obj = cls(task, TrainConfig.from_dict({**meta["config"], "revision": None}), model_path=str(d))
         obj.base_model = meta.get("base_model", str(d))
-        obj.base_source = meta.get("base_model_source") or obj.base_source
+        obj.base_source = meta.get("base_model_source") or {"name": obj.base_model}
         obj.history = meta.get("history")
         obj.model = obj._load_model(str(d))
         obj.model.eval()
