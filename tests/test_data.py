@@ -49,6 +49,22 @@ def test_csv_and_parquet(tmp_path):
     assert [e.label for e in load_examples(tmp_path / "g.parquet", IMDB)] == ["positive", "negative"]
 
 
+def test_ids_are_the_line_numbers_the_readme_gives(tmp_path):
+    """`gold-12` is line 12 of the file as the README explains it: from 1, blank lines counted (CRLF too); a
+    CSV's header is line 1 and a record spanning lines takes its last line; Parquet: the row from 1."""
+    rows = ['{"text": "a b", "label": 1}', "", '{"text": "c d", "label": 0, "id": "mine"}',
+            '{"text": "e f", "label": 0}']
+    p = tmp_path / "g.jsonl"
+    p.write_bytes("\r\n".join(rows).encode() + b"\r\n")
+    assert [e.id for e in load_examples(p, IMDB, id_prefix="gold")] == ["gold-1", "mine", "gold-4"]
+    p = write(tmp_path, "g.csv", 'text,label\n"one\ntwo",1\n\nthree,0\n')
+    assert [e.id for e in load_examples(p, IMDB, id_prefix="gold")] == ["gold-3", "gold-5"]
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+    pq.write_table(pa.table({"text": ["a b c", "d e f"], "label": [1, 0]}), tmp_path / "g.parquet")
+    assert [e.id for e in load_examples(tmp_path / "g.parquet", IMDB)] == ["g-1", "g-2"]
+
+
 @pytest.mark.parametrize("content, line, field, words", [
     ('{"premise": "P", "hypothesis": "H", "label": 0}\n{"premise": "P", "label": 1}\n', 2, "hypothesis", "missing"),
     ('{"premise": "P", "hypothesis": "H", "label": "maybe"}\n', 1, "label", "unknown label 'maybe'"),

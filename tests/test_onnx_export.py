@@ -11,8 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import numpy as np
 import pytest
@@ -217,6 +215,25 @@ def test_existing_out_is_refused_unless_force(single_run, single_export, tmp_pat
     (other / "notes.txt").write_text("keep me")
     assert "not an s3synth ONNX export" in one_line_error([str(run), "--out", str(other), "--force"])
     assert (other / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("given, model", [("run", "run/final/model"), ("gold", "gold/model"), ("m", "m")])
+def test_the_default_out_is_the_one_help_names(tmp_path, monkeypatch, given, model):
+    """Without --out the export goes where `export-model --help` says: RUN_DIR/export/onnx for a run directory
+    and for the --out of `s3synth train` alike; MODEL_DIR-onnx beside a model folder given itself."""
+    monkeypatch.chdir(tmp_path)
+    Path(model).mkdir(parents=True)
+    (Path(model) / "s3synth_learner.json").write_text('{"learner": "minilm", "kind": "single", "labels": ["a", "b"]}')
+    if given == "run":
+        (tmp_path / "run" / "manifest.json").write_text("{}")
+    out = {"m": Path("m-onnx")}.get(given, Path(given) / "export" / "onnx")
+    out.mkdir(parents=True)
+    (out / "s3synth_onnx.json").write_text("{}")          # an earlier export there: refused without --force
+    msg = f"s3synth: error: --out {out}: exists; add --force to replace it, or give another --out"
+    assert one_line_error([given]) == msg
+    help_text = " ".join(CliRunner().invoke(cli, ["export-model", "--help"]).output.split())
+    assert ("--out PATH Output folder; default: RUN_DIR/export/onnx for a run directory or the --out of `s3synth "
+            "train`; for a model folder given itself, MODEL_DIR-onnx beside it.") in help_text
 
 
 def test_unfinished_run_and_missing_folder(tmp_path):

@@ -2,8 +2,6 @@
 
 import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from s3synth.learners.qa_windows import (CLS_INDEX, answer_tokens, best_answer, best_window_span,
                                          context_offsets)

@@ -1,7 +1,9 @@
 """Task files: built-ins load, user YAML/TOML tasks validate with clear errors."""
 
 import pytest
+from click.testing import CliRunner
 
+from s3synth.cli import cli
 from s3synth.errors import TaskError
 from s3synth.tasks import builtin_tasks, load_task
 
@@ -61,3 +63,22 @@ def test_unknown_task_and_malformed_yaml(tmp_path):
     p.write_text("name: [unclosed\n")
     with pytest.raises(TaskError, match="malformed YAML"):
         load_task(str(p))
+
+
+@pytest.mark.parametrize("name", ["gold.csv", "gold.jsonl", "gold.parquet", "data/GOLD.CSV"])
+def test_a_data_file_given_as_task_says_where_it_goes(tmp_path, name, monkeypatch):
+    """`--task data/gold.csv` is a data file, not malformed YAML: say so, where it goes and what --task takes."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / name).write_text('{"text": "good film", "label": 1}\n')
+    suffix = name[name.rindex("."):].lower()
+    want = (f"--task {name}: this is a data file ({suffix}), not a task file; give it to --gold-eval, --test or "
+            "--contexts (`s3synth run`) or to --train, --eval or --test (`s3synth train`), and name the task "
+            "with --task: a built-in task (adversarial_qa, imdb, qnli, rte) or a task .yaml/.toml file")
+    with pytest.raises(TaskError) as e:
+        load_task(name)
+    assert str(e.value) == want
+    for args in (["run", "--gold-eval", name, "--out", "r"], ["train", "--train", name, "--out", "r"]):
+        r = CliRunner().invoke(cli, [*args, "--task", name, "--learner", "fake"])
+        assert (r.exit_code, r.stderr.strip()) == (2, f"s3synth: error: {want}")
+        assert not (tmp_path / "r").exists()

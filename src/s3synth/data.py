@@ -74,6 +74,10 @@ def file_sha256(path: str | Path) -> str:
 
 # ---------------------------------------------------------------- raw rows
 
+JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
+DATA_SUFFIXES = (*JSON_SUFFIXES, ".csv", ".parquet")      # the data files `load_examples` reads
+
+
 def _read_rows(path: Path) -> list[tuple[int, dict]]:
     """(line number, row dict) pairs; line numbers are 1-based (CSV: the header is line 1)."""
     if not path.exists():
@@ -94,7 +98,7 @@ def _read_rows(path: Path) -> list[tuple[int, dict]]:
         text = text[1:]
     if suffix == ".csv":
         return _read_csv(path, text)
-    if suffix not in (".jsonl", ".json", ".ndjson"):
+    if suffix not in JSON_SUFFIXES:
         raise DataError(path, f"unknown file type '{suffix or path.name}'; use .jsonl, .csv or .parquet")
     rows = []
     for i, line in enumerate(text.splitlines(), start=1):

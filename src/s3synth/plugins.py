@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import types
 import typing
 from importlib.metadata import entry_points
@@ -65,8 +66,12 @@ def parse_kv(items, flag: str) -> dict:
     return out
 
 
-def _convert(value, tp, where: str):
-    """`value` (often a string from the command line) as type `tp`; S3Error with `where` when it is not one."""
+def convert(value, tp, where: str):
+    """`value` (often a string from the command line) as type `tp`; S3Error with `where` when it is not one.
+
+    Examples: convert("16", int, "--x") -> 16; convert("true", bool, "--x") -> True;
+    convert(Path("a.jsonl"), str, "--x") -> "a.jsonl"; convert("many", int, "--x") -> S3Error.
+    """
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
@@ -78,7 +83,7 @@ def _convert(value, tp, where: str):
             if a is type(None):
                 continue
             try:
-                return _convert(value, a, where)
+                return convert(value, a, where)
             except S3Error as e:
                 errors.append(str(e))
         raise S3Error(errors[0] if errors else f"{where}: bad value {value!r}")
@@ -111,6 +116,8 @@ def _convert(value, tp, where: str):
         except ValueError:
             raise S3Error(f"{where}: {value!r} is not a number") from None
     if base is str:
+        if isinstance(value, os.PathLike):     # a path given as pathlib.Path
+            return os.fspath(value)
         if not isinstance(value, str):
             raise S3Error(f"{where}: {value!r} is not text")
         return value
@@ -140,7 +147,7 @@ def parse_options(options_cls, raw: dict | None, where: str):
         raise S3Error(f"{where}: unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
                       f"known: {', '.join(sorted(flds)) or '(none)'}")
     hints = typing.get_type_hints(options_cls)
-    kw = {k: _convert(v, hints.get(k, typing.Any), f"{where}: option {k}") for k, v in raw.items()}
+    kw = {k: convert(v, hints.get(k, typing.Any), f"{where}: option {k}") for k, v in raw.items()}
     return options_cls(**kw)
 
 

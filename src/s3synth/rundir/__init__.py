@@ -430,3 +430,16 @@ def command_line() -> str:
     from ..config import redact_url
 
     return redact_url(" ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv)))
+
+
+def shell_path(path: str | Path) -> str:
+    """A folder as a user types it in a suggested command: relative to the current folder when it lies
+    under it, else absolute; quoted for a POSIX shell where needed.
+
+    Examples (in /home/ann): shell_path("/home/ann/runs/urg") -> "runs/urg"; shell_path("/data/r") -> "/data/r";
+    shell_path("/home/ann/my runs/a") -> "'my runs/a'"; shell_path("/home/ann") -> ".".
+    """
+    import shlex
+
+    full, here = Path(os.path.abspath(path)), Path(os.path.abspath(os.getcwd()))
+    return shlex.quote(str(full.relative_to(here)) if full.is_relative_to(here) else str(full))

@@ -112,10 +112,20 @@ def resolve_source(path: str | Path) -> tuple[Path, Path | None]:
                   f"{LEARNER_META}); give the --out of `s3synth run` or `s3synth train`")
 
 
-def default_out(model_dir: Path, run_dir: Path | None) -> Path:
-    """RUN/export/onnx for a run directory, else a folder beside the model folder: DIR-onnx."""
-    if run_dir is not None:
-        return run_dir / LAYOUT.export_dir / "onnx"
+DEFAULT_OUT = ("RUN_DIR/export/onnx for a run directory or the --out of `s3synth train`; for a model folder "
+               "given itself, MODEL_DIR-onnx beside it")
+
+
+def default_out(source: Path, model_dir: Path) -> Path:
+    """Where an export goes without --out (`DEFAULT_OUT`, which --help shows): inside the folder given when it
+    holds the model (a run directory: DIR/final/model; a `train` output: DIR/model), else beside the model
+    folder, not in it (it is what `push` uploads).
+
+    Examples: default_out(Path("runs/rte"), Path("runs/rte/final/model")) -> runs/rte/export/onnx;
+    default_out(Path("gold"), Path("gold/model")) -> gold/export/onnx; default_out(Path("m"), Path("m")) -> m-onnx
+    """
+    if Path(source).resolve() != model_dir.resolve():
+        return Path(source) / LAYOUT.export_dir / "onnx"
     return model_dir.parent / f"{model_dir.name}-onnx"
 
 
@@ -423,7 +433,7 @@ def export_onnx(source: str | Path, out: str | Path | None = None, quantize: str
         raise S3Error(f"--quantize {quantize!r}: must be one of {', '.join(QUANTIZE)}")
     model_dir, run_dir = resolve_source(source)
     meta = learner_meta(model_dir)
-    out = Path(out) if out else default_out(model_dir, run_dir)
+    out = Path(out) if out else default_out(Path(source), model_dir)
     check_out(out, force)
     require_packages()
     kind = meta["kind"]

@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from ..data import DATA_SUFFIXES
 from ..errors import TaskError
 
 KINDS = ("single", "pair", "qa")
@@ -111,6 +112,12 @@ def load_task(name_or_path: str | Path) -> Task:
         text = resources.files(__package__).joinpath("builtin", f"{s}.yaml").read_text(encoding="utf-8")
         return task_from_dict(_parse(text, f"{s}.yaml", "yaml"), source=f"builtin:{s}")
     path = Path(s)
+    suffix = path.suffix.lower()
+    if suffix in DATA_SUFFIXES and suffix != ".json":      # a .json file may be a task written as JSON (YAML)
+        raise TaskError(f"--task {s}: this is a data file ({suffix}), not a task file; give it to --gold-eval, "
+                        "--test or --contexts (`s3synth run`) or to --train, --eval or --test (`s3synth train`), "
+                        f"and name the task with --task: a built-in task ({', '.join(builtin_tasks())}) or a "
+                        "task .yaml/.toml file")
     if not path.exists():
         raise TaskError(f"unknown task '{s}': not a built-in task ({', '.join(builtin_tasks())}) "
                         "and no such file")
