@@ -9,6 +9,7 @@ as the SDK 2.x sends it; an anthropic-version header), POST /v1/messages/batches
         stub.hold_batches = True        # batches stay in_progress
         stub.line_errors = {1: "api_error"}   # line 1 of the next batch errors (or "invalid_request_error")
         stub.expire_next = 2            # the next batch answers 2 lines; the rest are `expired`
+        stub.hold_after = 3             # online messages after the first 3 wait for `stub.release` (set())
 
 An answer is "answer to: " + the last 30 characters of the last user message + " #<n words>", the
 same online and in a batch. Sampling parameters (temperature, top_p, top_k) are refused with 400
@@ -57,6 +58,8 @@ class AnthropicStub(LocalServer):
         self.expire_next: int | None = None
         self._faults: deque[str] = deque()
         self._lock = threading.Lock()
+        self.hold_after: int | None = None
+        self.release = threading.Event()
 
     @property
     def base_url(self) -> str:
@@ -179,6 +182,8 @@ class _Handler(BaseHTTPRequestHandler):
             stub.received.append({"method": method, "path": path, "body": body, "key": key,
                                   "version": self.headers.get("anthropic-version")})
             fault = stub._faults.popleft() if stub._faults and path == "/v1/messages" else None
+            held = (stub.hold_after is not None and path == "/v1/messages"
+                    and sum(r["path"] == path for r in stub.received) > stub.hold_after)
         if not self.headers.get("anthropic-version"):
             return self._send(400, _err("invalid_request_error", "anthropic-version: header is required"))
         if stub.api_key is not None and key != stub.api_key:
@@ -192,6 +197,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(400, _err("invalid_request_error", why))
             if stub.models is not None and body["model"] not in stub.models:
                 return self._send(404, _err("not_found_error", f"model: {body['model']}"))
+            if held:
+                stub.release.wait(60)
             with stub._lock:
                 stub.messages.append(body)
                 n = len(stub.messages)

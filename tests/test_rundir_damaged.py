@@ -545,8 +545,10 @@ def test_hf_learner_weights_follow_the_umask(tmp_path):
 
 
 def test_sigterm_says_so_in_one_line_and_the_run_resumes(base, tmp_path):
-    """A real `s3synth run` (talking to a local OpenAI-compatible server) gets SIGTERM mid-seed: one line on
-    stderr, exit 143; the same command then finishes without sending an answered prompt again."""
+    """A real `s3synth run` (talking to a local OpenAI-compatible server) gets SIGTERM mid-seed, 6 answers
+    saved and 2 requests held in flight at the server: a line says it waits for them, they are answered and
+    saved, a line says it stopped, exit 143; the same command then finishes without sending an answered
+    prompt again."""
     gold, _ = base
     out = tmp_path / "run"
     main = "import s3synth.cli as c; c._write_report = lambda *a, **k: None; c.main()"
@@ -558,21 +560,25 @@ def test_sigterm_says_so_in_one_line_and_the_run_resumes(base, tmp_path):
         stub.hold_after = 6
         p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 60
-        while time.time() < deadline and not (stub.count > 6 and cache_rows(out / "llm_cache.sqlite") >= 6):
+        while time.time() < deadline and not (stub.count >= 8 and cache_rows(out / "llm_cache.sqlite") >= 6):
             time.sleep(0.05)
         p.send_signal(signal.SIGTERM)
+        first = p.stderr.readline()     # it waits for the 2 in flight (--concurrency 2): let them be answered
+        stub.hold_after = None
+        stub.release.set()
         try:
             _, err = p.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             p.kill()
             pytest.fail(f"no exit within 60 s of SIGTERM; stderr: {p.communicate()[1]}")
         assert p.returncode == 143, err
-        assert err.strip().splitlines() == ["s3synth: terminated (SIGTERM); everything so far is saved: run the "
-                                            "same command again to resume"]
+        assert (first + err).strip().splitlines() == [
+            "s3synth: terminated (SIGTERM): sending no new LLM requests, waiting up to 30 s for those in flight so "
+            "that their answers are saved (send SIGTERM again or press Ctrl-C to stop at once)",
+            "s3synth: terminated (SIGTERM); everything so far is saved: run the same command again to resume"]
         answered = {json.dumps([b["messages"], b["seed"]]) for b in stub.answered}
-        assert len(answered) == 6 and read_json(out / "manifest.json")["invocations"][-1]["interrupted"] is True
-        stub.hold_after = None
-        stub.release.set()
+        assert len(answered) == 8 == cache_rows(out / "llm_cache.sqlite")
+        assert read_json(out / "manifest.json")["invocations"][-1]["interrupted"] is True
         n = stub.count
         again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
         assert again.returncode == 0, again.stderr

@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from .. import stop
 from ..errors import LLMError
 from .base import LLM, REASONING_ONLY, Budget, Completion, Request
 from .batch import BatchLost, BatchProvider, BatchState, LineResult
@@ -180,6 +181,8 @@ class AnthropicLLM(LLM):
         out: list[Completion | None] = [None] * len(requests)
 
         def job(j: int) -> None:
+            if stop.stopping():     # a Ctrl-C: nothing new is sent (s3synth.stop)
+                return
             out[j] = self._one(requests[j])
             self.emit(j, out[j])
 
@@ -191,6 +194,7 @@ class AnthropicLLM(LLM):
             with ThreadPoolExecutor(self.options.concurrency) as ex:
                 for f in [ex.submit(job, j) for j in range(start, len(requests))]:
                     f.result()
+        stop.raise_if_stopping()    # the requests in flight at a Ctrl-C are answered and saved by now
         return out  # type: ignore[return-value]
 
     def batch_provider(self) -> AnthropicBatches:

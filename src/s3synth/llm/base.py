@@ -7,6 +7,7 @@ command line (`embedded`, `openai:gpt-4o-mini`, ...).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -14,6 +15,7 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
+from .. import stop
 from ..errors import BudgetExceeded, LLMError
 from ..plugins import parse_options
 from ..progress import bar
@@ -208,6 +210,11 @@ class LLM(ABC):
     def close(self) -> None:
         """Release resources (models, connections)."""
 
+    def in_flight_wait(self) -> float:
+        """Seconds a first Ctrl-C or SIGTERM waits for the requests in flight before the run stops anyway
+        (s3synth.stop): a backend with a request timeout overrides this with it. Capped at stop.MAX_WAIT_S."""
+        return stop.MAX_WAIT_S
+
     def shard(self, actors: int, cpus_per_actor: float | None) -> Shard:
         """How a distributed executor runs this backend on `actors` workers side by side (each with
         `cpus_per_actor` cores): the options of one engine, the requests per call and the engines per
@@ -247,8 +254,9 @@ class LLM(ABC):
 
         The rest go to `self.executor` (`--executor`: local batches in this process, or Ray) in waves
         that fit the budget; each new answer is written to the cache as it arrives, in any order, so a
-        killed run loses at most the requests in flight. Raises BudgetExceeded (after saving) once a
-        budget is reached.
+        killed run loses at most the requests in flight. On a first Ctrl-C or SIGTERM nothing new is sent
+        and those in flight are waited for (`in_flight_wait`) and saved, then the stop is raised
+        (s3synth.stop). Raises BudgetExceeded (after saving) once a budget is reached.
         """
         requests = list(requests)
         self.stats.requests += len(requests)
@@ -275,7 +283,8 @@ class LLM(ABC):
         if todo and self.cache_mode == "only":
             raise LLMError(f"--cache-only: {len(todo)} of {len(requests)} answers for '{desc}' are not in the cache")
         executor = self.executor
-        with bar(len(todo), desc, "req") as b:
+        hits = sum(o is not None for o in out)     # the bar starts at the cached answers; its rate leaves them out
+        with bar(hits + len(todo), f"{desc} ({hits} cached)" if hits else desc, "req", done=hits) as b:
             start = 0
             while start < len(todo):      # one wave: what the executor takes at once, cut to the budget
                 n = self._affordable([requests[i] for i in todo[start:start + executor.wave_size(self)]], use_cache)
@@ -301,7 +310,11 @@ class LLM(ABC):
                         self.cache.put_many([(keys[i], self.backend, self.model, requests[i].payload(), c.text,
                                               c.prompt_tokens, c.completion_tokens, c.finish_reason)])
 
-                executor.run(self, [Job(i, requests[i], keys[i], self.request_seed(keys[i])) for i in idx], record)
+                # a first Ctrl-C/SIGTERM: nothing new is sent, those in flight finish and are saved, then it stops
+                careful = (stop.waiting_for_in_flight(self.in_flight_wait(), executor.stop_sending)
+                           if executor.waits_for_in_flight else contextlib.nullcontext())
+                with careful:
+                    executor.run(self, [Job(i, requests[i], keys[i], self.request_seed(keys[i])) for i in idx], record)
                 if pending:
                     raise LLMError(f"the {executor.name} executor returned no answer for {len(pending)} of "
                                    f"{len(idx)} requests of '{desc}'")

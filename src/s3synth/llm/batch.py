@@ -113,6 +113,7 @@ class BatchExecutor(Executor):
     """`--batch`: the backend's batch API for every uncached request of a stage (see the module doc)."""
 
     name = "batch"
+    waits_for_in_flight = False     # a stopped run finds its recorded batches and polls them again
 
     @dataclass
     class Options:

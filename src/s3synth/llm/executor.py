@@ -59,6 +59,9 @@ class Executor(ABC):
 
     name = "base"
     local_engine = True     # the backend's engine runs in this process (False: on workers elsewhere)
+    # a first Ctrl-C/SIGTERM during `run` lets the requests in flight finish and keeps their answers
+    # (s3synth.stop); False: it stops at once (nothing in flight is lost)
+    waits_for_in_flight = True
 
     @dataclass
     class Options:
@@ -78,6 +81,10 @@ class Executor(ABC):
     def describe(self) -> dict:
         """What the manifest records about this executor (never part of a cache key or fingerprint)."""
         return {"name": self.name}
+
+    def stop_sending(self) -> None:
+        """Called in a thread at a first Ctrl-C or SIGTERM during `run`: tell engines that run elsewhere to
+        send no new request (engines in this process see `s3synth.stop.stopping()` themselves)."""
 
     def close(self) -> None:
         """Release what the executor started (a local Ray, worker pools)."""

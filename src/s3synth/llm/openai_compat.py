@@ -8,6 +8,8 @@ Failure policy: a request that fails for good comes back as `Completion(error=..
 errors (HTTP 400/401/403/404, or a server that cannot be reached at all) raise `LLMError` at once.
 The first request to a server goes alone, so a wrong key, model or URL costs one request, not a batch.
 A 400 that says the prompt is too long for the context is a per-request failure, not a config error.
+After a first Ctrl-C or SIGTERM (s3synth.stop) no request or retry is sent; those in flight finish
+(within `timeout`) and are handed over, then the batch call raises the stop.
 
 Reasoning models (Qwen3, DeepSeek-R1, ... behind vLLM, SGLang or a hosted API): an answer whose content
 holds a `<think>...</think>` block is cleaned to what follows it; one with nothing after it, a block cut
@@ -41,6 +43,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from .. import stop
 from ..errors import LLMError
 from .base import LLM, REASONING_ONLY, Budget, Completion, Request
 from .cache import LLMCache
@@ -206,6 +209,10 @@ class OpenAICompatLLM(LLM):
         self._batches = None        # the Batch API client (`--batch`), made on first use
         self.supports_schema = mode == "chat"   # response_format json_schema is a chat completions parameter
 
+    def in_flight_wait(self) -> float:
+        """A request in flight at a Ctrl-C ends within the request timeout (no retry is sent)."""
+        return min(self.timeout, stop.MAX_WAIT_S)
+
     def shard(self, actors: int, cpus_per_actor: float | None) -> Shard:
         """One client per worker with `concurrency // actors` requests in flight (at least 1) and its share
         of rpm and tpm, so the concurrency and the rate limits hold over all workers together (more actors
@@ -292,9 +299,10 @@ class OpenAICompatLLM(LLM):
         self._sem = asyncio.Semaphore(self.concurrency)
         out: list[Completion] = []
 
-        async def one(j: int, job) -> Completion:
+        async def one(j: int, job) -> Completion | None:
             c = await self._request(*job)
-            self.emit(j, c)         # cached at once by the base class
+            if c is not None:       # None: not sent, the run is stopping
+                self.emit(j, c)     # cached at once by the base class
             return c
 
         first = 0
@@ -309,14 +317,18 @@ class OpenAICompatLLM(LLM):
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
+        stop.raise_if_stopping()    # the requests in flight at a Ctrl-C are answered and saved by now
         return out
 
-    async def _request(self, prompt_text: str, body: dict) -> Completion:
-        """One request with retries; Completion(error=...) once they are spent."""
+    async def _request(self, prompt_text: str, body: dict) -> Completion | None:
+        """One request with retries; Completion(error=...) once they are spent; None when the run stops
+        (s3synth.stop) before it is sent or retried."""
         cost = estimate_tokens(prompt_text) + int(body.get("max_tokens") or 0)
         last, connect_only, wait = "no attempt made", True, 0.0
         for attempt in range(self.max_retries + 1):
             if attempt:
+                if stop.stopping():
+                    return None
                 self.http_stats["retries"] += 1
                 await asyncio.sleep(wait)
             try:
@@ -334,7 +346,7 @@ class OpenAICompatLLM(LLM):
         """Full jitter: uniform in [0, min(cap, base * 2**(retry-1))]."""
         return self._rng.uniform(0.0, min(self.backoff_cap, self.backoff_base * 2 ** (retry - 1)))
 
-    async def _attempt(self, prompt_text: str, body: dict, cost: int) -> Completion:
+    async def _attempt(self, prompt_text: str, body: dict, cost: int) -> Completion | None:
         assert self._client is not None and self._sem is not None
         if self._max_completion_tokens and "max_tokens" in body:
             body = dict(body)
@@ -344,6 +356,8 @@ class OpenAICompatLLM(LLM):
                 await self._rpm.take(1)
             if self._tpm:
                 await self._tpm.take(cost)
+            if stop.stopping():     # a Ctrl-C came while this request waited for its turn: never sent
+                return None
             self.http_stats["attempts"] += 1
             try:
                 r = await self._client.post(self._url, json=body)
