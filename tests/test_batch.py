@@ -216,9 +216,10 @@ def test_estimate_batch_prices_at_the_discount(tmp_path):
     assert full["batch"] is None and half["batch"] == {"discount": 0.5}
     for f, h, c in zip(full["stages"] + [full["total"]], half["stages"] + [half["total"]],
                        cheap["stages"] + [cheap["total"]]):
-        assert (f["calls"], f["tokens"]) == (h["calls"], h["tokens"])
-        assert h["cost"] == pytest.approx(f["cost"] / 2, abs=1e-6)
-        assert c["cost"] == pytest.approx(f["cost"] * 0.75, abs=1e-6)
+        for kind in ("expected", "at_most"):
+            assert (f[kind]["calls"], f[kind]["tokens"]) == (h[kind]["calls"], h[kind]["tokens"])
+            assert h[kind]["cost"] == pytest.approx(f[kind]["cost"] / 2, abs=1e-6)
+            assert c[kind]["cost"] == pytest.approx(f[kind]["cost"] * 0.75, abs=1e-6)
     r = CliRunner().invoke(cli, ["estimate", "--task", "rte", "--gold-eval", str(gold), "--learner", "fake",
                                  "--seed-size", "8", "--llm", "openai:m", "--base-url", "http://127.0.0.1:9/v1",
                                  "--price-in", "2", "--price-out", "8", "--batch", "-q"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 from click.testing import CliRunner
@@ -15,7 +16,7 @@ from s3synth.config import METHODS, RunConfig
 from s3synth.io import read_json, read_jsonl
 from s3synth.method import S3
 from s3synth.method.estimate import estimate_run
-from s3synth.rundir import band_of
+from s3synth.rundir import ATTEMPT_STRIDE, SAMPLE_BANDS, band_of
 from s3synth.tasks import load_task
 
 # 20 RTE pairs, 10 per label: the default 30% hold-out keeps 3 per label, the 4 few-shot demos come out of
@@ -57,25 +58,34 @@ def test_tiny_rte_calls_and_completion_tokens_are_exact(gold, tmp_path):
     st = by_stage(est)
     max_tokens = load_task("rte").stage("seed").max_tokens                    # 48
     assert list(st) == ["seed", "round-1/extrapolate", "round-2/extrapolate"]   # pair task: no rationales
-    assert st["seed"]["calls"] == 9                                            # ceil(8 x 1.1)
+    assert st["seed"]["expected"]["calls"] == 9                                # ceil(8 x 1.1)
     assert est["assumptions"]["mining"] == MINING == 10
     errors = math.ceil(0.25 * MINING)                                          # 3
     assert est["assumptions"]["errors_per_round"] == errors
     assert est["assumptions"]["sources_per_round"] == 2 * errors               # --balance fill: x 2 labels
-    assert st["round-1/extrapolate"]["calls"] == st["round-2/extrapolate"]["calls"] == math.ceil(6 * 1.1) == 7
+    assert st["round-1/extrapolate"]["expected"]["calls"] == st["round-2/extrapolate"]["expected"]["calls"] \
+        == math.ceil(6 * 1.1) == 7
     assert [s["requests"] for s in est["stages"]] == [8, 6, 6]              # first pass: nothing rejected
     assert [s["label"] for s in est["stages"]] == list(st)
+    # at most: seed 3 passes of 8, 10, 10 (every answer rejected); a round: all 10 mining examples errors,
+    # 5 per label, --balance fill -> 2 x 5 sources x 2 attempts
+    assert [s["at_most"]["calls"] for s in est["stages"]] == [8 + 10 + 10, 20, 20]
     for s in est["stages"]:
-        assert s["completion_tokens"] == s["calls"] * max_tokens
-        assert s["tokens"] == s["prompt_tokens"] + s["completion_tokens"]
-    assert est["total"]["calls"] == 9 + 7 + 7 and est["total"]["requests"] == 8 + 6 + 6
-    assert est["total"]["prompt_tokens"] == sum(s["prompt_tokens"] for s in est["stages"])
+        for kind in ("expected", "at_most"):
+            f = s[kind]
+            assert f["completion_tokens"] == f["calls"] * max_tokens
+            assert f["tokens"] == f["prompt_tokens"] + f["completion_tokens"]
+        assert s["at_most"]["prompt_tokens"] >= s["expected"]["prompt_tokens"]
+    assert est["total"]["expected"]["calls"] == 9 + 7 + 7 and est["total"]["requests"] == 8 + 6 + 6
+    assert est["total"]["at_most"]["calls"] == 28 + 20 + 20
+    assert est["total"]["expected"]["prompt_tokens"] == sum(s["expected"]["prompt_tokens"] for s in est["stages"])
     assert est["token_counter"] == "ceil(chars / 4)" and est["prices_per_million"] is None
     assert not out.exists()
 
     st_none = by_stage(estimate_json(gold, *NOWHERE, "--rounds", "1", "--assume-error-rate", "0.25",
                                      "--balance", "none"))
-    assert st_none["round-1/extrapolate"]["calls"] == math.ceil(errors * 1.1) == 4
+    assert st_none["round-1/extrapolate"]["expected"]["calls"] == math.ceil(errors * 1.1) == 4
+    assert st_none["round-1/extrapolate"]["at_most"]["calls"] == MINING * 2         # --balance none: 10 x 2
     assert st_none["round-1/extrapolate"]["requests"] == errors
     assert "round-2/extrapolate" not in st_none
     assert list(by_stage(estimate_json(gold, *NOWHERE, "--rounds", "0"))) == ["seed"]
@@ -90,14 +100,14 @@ def test_seed_prompt_tokens_equal_those_a_real_run_sends(gold, tmp_path):
                     prompt_style="fewshot")
     S3(cfg, llm=fake).run(tmp_path / "real")
     assert len(fake.seen) == 9 and len(read_jsonl(tmp_path / "real" / "seed.jsonl")) == 9
-    assert est["seed"]["prompt_tokens"] == sum(math.ceil(len(r.prompt) / 4) for r in fake.seen)
+    assert est["seed"]["expected"]["prompt_tokens"] == sum(math.ceil(len(r.prompt) / 4) for r in fake.seen)
 
 
 def test_extrapolation_prompts_hold_the_demos_and_a_gold_example(gold):
     st = by_stage(estimate_json(gold, *NOWHERE, "--rounds", "1"))["round-1/extrapolate"]
     demos = load_task("rte").stage("extrapolate").fewshot.demos
     demo_chars = sum(len(d["context"]) + len(d["text"]) + len(d["new_text"]) for d in demos)
-    per_call = st["prompt_tokens"] / st["calls"]
+    per_call = st["expected"]["prompt_tokens"] / st["expected"]["calls"]
     longest = max(len(g["premise"]) + len(g["hypothesis"]) for g in GOLD)
     assert demo_chars / 4 < per_call < (demo_chars + longest + 1000) / 4
 
@@ -105,18 +115,22 @@ def test_extrapolation_prompts_hold_the_demos_and_a_gold_example(gold):
 def test_money_and_budget_lines(gold):
     est = estimate_json(gold, *NOWHERE, "--rounds", "1", "--price-in", "2", "--price-out", "10")
     for s in est["stages"] + [est["total"]]:
-        assert s["cost"] == pytest.approx((s["prompt_tokens"] * 2 + s["completion_tokens"] * 10) / 1e6)
-    seed_tokens = by_stage(est)["seed"]["tokens"]
+        for f in (s["expected"], s["at_most"]):
+            assert f["cost"] == pytest.approx((f["prompt_tokens"] * 2 + f["completion_tokens"] * 10) / 1e6)
+    seed_tokens = by_stage(est)["seed"]["expected"]["tokens"]
     r = estimate(gold, *NOWHERE, "--rounds", "1", "--price-in", "2", "--price-out", "10",
                  "--max-tokens", str(seed_tokens - 1))
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
     assert lines[0].startswith("estimate for task rte with openai:m (fewshot prompts); no LLM was called")
-    assert any(ln.split()[:2] == ["seed", "9"] for ln in lines)
-    assert "upper bound" in r.stdout and "cost" in lines[2]
-    assert f"--max-tokens {seed_tokens - 1:,}: the estimate" in r.stdout and "stop (exit code 3) in stage 'seed'" in r.stdout
+    assert lines[2].startswith("expected (") and "cost" in lines[3]
+    at_most = lines.index(next(ln for ln in lines if ln.startswith("at most (")))
+    assert [ln.split()[:2] for ln in lines[5:at_most] if ln.startswith("seed")] == [["seed", "9"]]
+    assert [ln.split()[:2] for ln in lines[at_most:] if ln.startswith("seed ")] == [["seed", "28"]]
+    assert f"--max-tokens {seed_tokens - 1:,}: expected" in r.stdout
+    assert "the run would stop (exit code 3) in stage 'seed'" in r.stdout
     r = estimate(gold, *NOWHERE, "--rounds", "1", "--max-tokens", "100000000")
-    assert "fits" in r.stdout and "cost" not in r.stdout.splitlines()[2]
+    assert "at most" in r.stdout and "fits" in r.stdout and "cost" not in r.stdout.splitlines()[3]
 
 
 def test_no_request_reaches_a_server(gold, tmp_path):
@@ -151,16 +165,17 @@ def test_single_text_task_counts_rationales(shared_data):
     est = json.loads(r.stdout)
     task = load_task("imdb")
     st = by_stage(est)
-    assert st["rationales"]["calls"] == len(task.labels) * task.rationale_calls == 24
-    assert st["rationales"]["completion_tokens"] == 24 * task.stage("rationale").max_tokens
-    assert st["seed"]["calls"] == 11                                  # ceil(10 x 1.1), not 12
+    assert st["rationales"]["expected"]["calls"] == len(task.labels) * task.rationale_calls == 24
+    assert st["rationales"]["at_most"] == st["rationales"]["expected"]         # never asked again
+    assert st["rationales"]["expected"]["completion_tokens"] == 24 * task.stage("rationale").max_tokens
+    assert st["seed"]["expected"]["calls"] == 11                      # ceil(10 x 1.1), not 12
     assert est["llm"].startswith("embedded") and est["prompt_style"] == "fewshot"
     try:
         import llama_cpp  # noqa: F401
         assert est["token_counter"].endswith("tokenizer")
     except ImportError:
         assert est["token_counter"] == "ceil(chars / 4)"
-    assert st["seed"]["prompt_tokens"] > 11 * 100                     # 4 review demos per prompt
+    assert st["seed"]["expected"]["prompt_tokens"] > 11 * 100         # 4 review demos per prompt
 
 
 # -- the estimate walks the run's own plan: stage for stage, request for request -------------------------------
@@ -234,7 +249,7 @@ def test_estimate_stages_and_requests_equal_the_runs(tmp_path, gold, task, metho
         (seed,) = [s for s in est.stages if s.stage == "seed"]
         assert seed.label == "seed (zerogen prompts)"
         sizes = [math.ceil(len(p) / 4) for p in prompts]
-        assert seed.calls * min(sizes) <= seed.prompt_tokens <= seed.calls * max(sizes)
+        assert seed.expected.calls * min(sizes) <= seed.expected.prompt_tokens <= seed.expected.calls * max(sizes)
     elif method != "gold":
         assert seed_reqs and {band_of(r.sample_index) for r in seed_reqs} == {"seed"}
         assert [s.label for s in est.stages if s.stage == "seed"] == ["seed"]
@@ -244,7 +259,8 @@ def test_estimate_cli_zerogen_s3_lists_the_zerogen_seed_and_the_rounds(gold):
     r = estimate(gold, *NOWHERE, "--method", "zerogen-s3", "--rounds", "2", "--balance", "none",
                  "--assume-error-rate", "0.5")
     assert r.exit_code == 0, r.output
-    rows = {ln.split("  ")[0].strip(): ln.split()[-4:] for ln in r.stdout.splitlines()[4:]
+    expected = r.stdout.split("at most (")[0].splitlines()                    # the expected table
+    rows = {ln.split("  ")[0].strip(): ln.split()[-4:] for ln in expected[4:]
             if ln.strip() and not ln.startswith("-") and ln[0].isalpha() and ln.split()[-1].replace(",", "").isdigit()}
     assert list(rows) == ["seed (zerogen prompts)", "round-1/extrapolate", "round-2/extrapolate", "total"]
     assert rows["seed (zerogen prompts)"][0] == "9"                           # ceil(8 x 1.1)
@@ -257,3 +273,63 @@ def test_estimate_cli_zerogen_s3_lists_the_zerogen_seed_and_the_rounds(gold):
         ("seed", "seed (zerogen prompts)"), ("round-1/extrapolate", "round-1/extrapolate"),
         ("round-2/extrapolate", "round-2/extrapolate")]
     assert est["assumptions"]["method"] == "zerogen-s3"
+
+
+# -- "at most" is a bound: a run where every mining example is an error and answers are rejected ---------------
+
+def rejecting_answer(r):
+    """Seed: every answer of the first two passes (8 + ceil(8 x 1.25) = 18 requests) is empty, the third pass
+    is kept; extrapolation: the first attempt of every source is empty, the second is kept."""
+    band = band_of(r.sample_index)
+    offset = r.sample_index - SAMPLE_BANDS[band]
+    if band == "seed" and offset < 8 + 10:
+        return ""
+    if band == "extrapolate" and offset // ATTEMPT_STRIDE == 0:
+        return ""
+    return usable_answer(r)
+
+
+def test_at_most_bounds_a_run_with_every_mining_example_an_error(tmp_path):
+    """Every gold example is not_entailment and the learner always says entailment: all 10 mining examples are
+    errors in both rounds (a 100% error rate), and every answer is rejected as often as it can be. The run
+    uses exactly the bound, by hand: seed 3 passes of 8, 10 and 10 calls = 28; each round 10 sources (--balance
+    fill: the one label present, 10 mining examples) x 2 attempts = 20; 28 + 20 + 20 = 68 calls, each at most
+    48 completion tokens. The old single figure (error rate 0.2, x 1.1) said 9 + 5 + 5 = 19 calls."""
+    g = tmp_path / "gold.jsonl"
+    g.write_text("".join(json.dumps({**r, "label": "not_entailment"}) + "\n" for r in GOLD))
+    cfg = RunConfig(task="rte", gold_eval=str(g), llm="echo:m", learner="fake", learner_options={"mode": "constant"},
+                    seed_size=8, rounds=2, min_gain=-1.0, prompt_style="fewshot")
+    llm = QueuedLLM(rejecting_answer)
+    S3(cfg, llm=llm).run(tmp_path / "run")
+    m = read_json(tmp_path / "run" / "manifest.json")
+    assert m["split"]["mining"] == 10
+    assert [read_json(tmp_path / "run" / f"round-{q}" / "metrics.json")["errors"] for q in (1, 2)] == [10, 10]
+    used = {name: st["llm"] for name, st in m["stages"].items() if "llm" in st}
+    # requests served (round 2 asks what round 1 asked: its answers come from the cache, unpaid)
+    assert {k: v["requests"] for k, v in used.items()} == {"seed": 28, "round-1/extrapolate": 20,
+                                                           "round-2/extrapolate": 20}
+
+    est = estimate_run(cfg)                                       # the default assumed error rate, 0.2
+    most = {s.stage: s.at_most for s in est.stages}
+    assert {k: f.calls for k, f in most.items()} == {"seed": 28, "round-1/extrapolate": 20, "round-2/extrapolate": 20}
+    assert est.total().at_most.calls == 68 == llm.stats.requests > llm.stats.calls == 48
+    assert est.total().at_most.completion_tokens == 68 * 48 >= sum(v["used_completion_tokens"] for v in used.values())
+    # the prompts the run was served, counted as the estimate counts (round 2's are round 1's again)
+    served = sum(math.ceil(len(r.prompt) / 4) * (2 if band_of(r.sample_index) == "extrapolate" else 1)
+                 for r in llm.seen)
+    assert est.total().at_most.prompt_tokens >= served
+    assert est.total().expected.calls == 9 + 5 + 5 < 68              # the expected figure is no bound
+    assert estimate_run(cfg, error_rate=1.0).total().expected.calls == 9 + 11 + 11 < 68
+
+
+def test_budget_notes_check_the_bound(gold):
+    cfg = RunConfig(task="rte", gold_eval=str(gold), llm="echo:m", learner="fake", seed_size=8, rounds=1,
+                    prompt_style="fewshot")
+    base = estimate_run(cfg).total()
+    assert base.expected.tokens < base.at_most.tokens
+    (between,) = estimate_run(replace(cfg, max_tokens=base.expected.tokens)).budget_notes()
+    assert between.startswith(f"--max-tokens {base.expected.tokens:,}: expected {base.expected.tokens:,} fits, at "
+                              f"most {base.at_most.tokens:,} does not: the run may stop (exit code 3), at the "
+                              "earliest in stage '")
+    assert estimate_run(replace(cfg, max_tokens=base.at_most.tokens)).budget_notes() == [
+        f"--max-tokens {base.at_most.tokens:,}: at most {base.at_most.tokens:,} fits: the budget cannot stop the run"]

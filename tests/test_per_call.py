@@ -290,7 +290,8 @@ def test_estimate_counts_list_requests(tmp_path):
                                      "--seed-size", "8", "--rounds", "0", "--json", "-q", "--llm", "openai:m",
                                      "--base-url", "http://127.0.0.1:9/v1", *extra])
         assert r.exit_code == 0, r.output
-        return json.loads(r.stdout)["stages"][0]
+        stage = json.loads(r.stdout)["stages"][0]
+        return {**stage["expected"], "requests": stage["requests"]}
     one, five = est(), est("--per-call", "5")
     assert one["calls"] == 9 and five["calls"] == math.ceil(9 / 5) == 2 and five["requests"] == 2
     assert five["completion_tokens"] == 2 * 5 * RTE.stage("seed").max_tokens

@@ -20,6 +20,8 @@ from ..rundir import ATTEMPT_STRIDE, SAMPLE_BANDS, list_sample_index
 from ..tasks import Task
 from .prompts import PromptBuilder, clean_answer, numbered, parse_list, parse_rationales
 
+SEED_PASSES = 3              # seed passes at most: the first, then up to two that replace rejected answers
+REPLAN_FACTOR = 1.25         # a replacing pass asks for this many times the examples still missing
 REJECT_LOG_MAX = 50          # malformed list answers kept (raw text) per stage in manifest.json
 REJECT_RAW_MAX = 2000        # characters of each
 
@@ -40,10 +42,19 @@ class StageReport:
     calls: int = 0               # requests sent, when one request asks for several examples (--per-call)
     per_request: int = 1
     reject_log: list = field(default_factory=list)   # malformed list answers: reason, counts, raw text
+    first_error: str | None = None   # the first failed request's error, as the backend gave it
+
+    def llm_failed(self, error: str, n: int = 1) -> None:
+        """`n` examples lost to one failed LLM request."""
+        self.rejects[reject_reason(error)] += n
+        if self.first_error is None:
+            self.first_error = error
 
     def to_dict(self) -> dict:
         d = {"requested": self.requested, "kept": self.kept, "rejects": dict(self.rejects),
              "kept_share": round(self.kept / self.requested, 4) if self.requested else None}
+        if self.first_error is not None:
+            d["first_error"] = self.first_error
         if self.calls:           # only for list requests: a one-example stage's record is as before
             d.update(calls=self.calls, per_request=self.per_request, reject_log=list(self.reject_log))
         return d
@@ -119,7 +130,7 @@ class Synthesizer:
             it = items[i]
             rep.requested += 1
             if ans.error is not None:
-                rep.rejects[reject_reason(ans.error)] += 1
+                rep.llm_failed(ans.error)
                 rejected.append(it)
                 continue
             text, why = clean_answer(ans.text, kind=self._kind(), min_words=sp.min_words,
@@ -155,7 +166,7 @@ class Synthesizer:
         for label, ans in zip(owners, answers):
             rep.requested += 1
             if ans.error is not None:
-                rep.rejects[reject_reason(ans.error)] += 1
+                rep.llm_failed(ans.error)
                 continue
             items = parse_rationales(ans.text, first_is_item=style == "fewshot")
             if not items:
@@ -171,7 +182,7 @@ class Synthesizer:
 
     # ---------------------------------------------------------------- seed
     def seed_examples(self, n: int, *, rationales: dict | None = None, contexts: Sequence[dict] | None = None,
-                      stage: str = "seed", max_passes: int = 3) -> list[Example]:
+                      stage: str = "seed", max_passes: int = SEED_PASSES) -> list[Example]:
         """n kept examples; labels uniform; rejected answers are replaced by new plans (up to max_passes).
         With list requests (`per_request` > 1) each pass sends ceil(missing / per_request) requests, and every
         parsed item is one example with its request's sample index and its position."""
@@ -182,7 +193,7 @@ class Synthesizer:
             missing = n - len(kept)
             if missing <= 0:
                 break
-            count = missing if p == 0 else math.ceil(missing * 1.25)
+            count = missing if p == 0 else math.ceil(missing * REPLAN_FACTOR)
             rng = self._rng(stage, "plan", p)
             desc = f"{stage} (pass {p + 1})" if p else stage
             if m > 1:
@@ -250,6 +261,14 @@ class Synthesizer:
             return math.ceil(n / m) * m       # one request per target, sharing the context's prefix
         return math.ceil(n / m)
 
+    def max_seed_requests(self, n: int, stage: str) -> int:
+        """Requests `seed_examples(n)` sends at most: every answer rejected, so every pass asks again for all n
+        (the first for n, each later one for ceil(n x REPLAN_FACTOR)).
+
+        Example: one example per request, n = 8 -> 8 + 10 + 10 = 28."""
+        counts = [n] + [math.ceil(n * REPLAN_FACTOR)] * (SEED_PASSES - 1)
+        return sum(self.first_pass_requests(c, stage) for c in counts)
+
     def _label_start(self, stage: str) -> int:
         return self._rng(stage, "label-start").randrange(len(self.task.label_names))
 
@@ -278,7 +297,7 @@ class Synthesizer:
             rep.calls += 1
             rep.requested += len(positions)
             if ans.error is not None:
-                rep.rejects[reject_reason(ans.error)] += len(positions)
+                rep.llm_failed(ans.error, len(positions))
                 continue
             if singles:
                 texts, problem = [ans.text], None
