@@ -4,6 +4,7 @@ The transformers runs use a tiny BERT built here from a config (random weights, 
 
 import contextlib
 import io
+import json
 import re
 import shutil
 
@@ -69,6 +70,20 @@ def tiny_bert(tmp_path_factory):
 ])
 def test_hub_id_of_base_weights(base, want):
     assert hub_id(base) == want
+
+
+def test_model_card_of_a_model_on_a_folder_encoder_names_the_folder(tmp_path, monkeypatch):
+    """A saved model records what its encoder is (learners.weights.encoder_record): one given as the folder
+    `enc` is a folder on the card, also where no `enc` is (the name alone would pass for a Hub id)."""
+    from s3synth.report.cards import model_card
+
+    out, _, _ = make_run(tmp_path, "rte")
+    f = out / "final/model/s3synth_learner.json"
+    f.write_text(json.dumps({**json.loads(f.read_text()), "encoder": "enc",
+                             "encoder_source": {"name": "enc", "source": "folder", "sha256": "0" * 64}}))
+    monkeypatch.chdir(tmp_path)
+    head = read_header(model_card(load_run(out)))
+    assert "base_model" not in head and head["s3synth"]["base_model_path"] == "enc"
 
 
 def test_size_category():
@@ -205,9 +220,26 @@ def test_qa_model_card_examples_run(tmp_path, tiny_bert):
     assert head["pipeline_tag"] == "question-answering" and "labels" not in head["s3synth"]
     assert set(head["s3synth"]["test_metrics"]) == {"exact_match", "f1"}
     plain, ours = code_blocks(card)
-    context = "The old bridge was built by Anna Berg in 1901."
+    context = json.loads(re.search(r"question, context = (\".*?\"), (\".*\")\n", plain).group(2))
     answers = run_snippet(plain, model_dir), run_snippet(ours, model_dir)
     assert all(a and a in context for a in answers), answers
     shutil.rmtree(model_dir)            # a run whose model is gone: report goes on, writes no card
     from s3synth.report.cards import write_model_card
     assert write_model_card(out) is None
+
+
+@pytest.mark.parametrize("task", ["imdb", "rte", "adversarial_qa"])
+def test_model_card_example_input_is_one_of_the_runs_own_examples(tmp_path, task):
+    """The card's code example feeds the model an example of the run's task (a seed example, with its context
+    for pair/QA tasks), not a fixed imdb sentence."""
+    out, _, _ = make_run(tmp_path, task)
+    card = (out / "final/model/README.md").read_text()
+    [snippet] = code_blocks(card)
+    m = re.search(r'Example\(text=(".*?")(?:, context=(".*?"))?\)\]\)\[0\]\.(label|answer)\)', snippet)
+    assert m, snippet
+    got = (json.loads(m.group(1)), json.loads(m.group(2)) if m.group(2) else None)
+    seed = {(r["text"], r.get("context")) for r in read_jsonl(out / "seed.jsonl")}
+    assert got in seed and (got[1] is None) == (task == "imdb") and m.group(3) == ("answer" if task == "adversarial_qa"
+                                                                                   else "label")
+    for fixed in ("A moving story with brilliant acting.", "The town has a river.", "Who built the bridge?"):
+        assert fixed not in card

@@ -290,3 +290,18 @@ def test_predictions_per_example_agree_with_the_metrics_and_the_errors(tmp_path,
         assert html.index(wrong[0]["id"], html.index('id="wrong"')) < html.index('id="provenance"')
     else:
         assert "No wrong test predictions recorded" in html
+
+
+def test_a_seed_lost_to_llm_errors_says_which_error(tmp_path):
+    """Every seed request failed: the one-line error carries the counts and the backend's own words, and the
+    manifest's 'synthesis' (which the message points to) holds the stage's record."""
+    from s3synth.errors import S3Error
+
+    cfg = _imdb_cfg(tmp_path)
+    with pytest.raises(S3Error) as e:
+        S3(cfg, llm=QueuedLLM(lambda r: None)).run(tmp_path / "run")
+    assert str(e.value) == ("the LLM produced no usable seed example (70 llm_error; the first LLM error: injected "
+                            "failure); see manifest.json 'synthesis' for the reject reasons, or try --prompt-style "
+                            "paper/fewshot")
+    seed = read_json(tmp_path / "run" / "manifest.json")["synthesis"]["seed"]
+    assert seed["requested"] == 70 and seed["kept"] == 0   # 20 asked, then the retries and seed["first_error"] == "injected failure"

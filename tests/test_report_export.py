@@ -92,7 +92,7 @@ def test_run_writes_report_with_every_section(plain):
     assert "## Added data vs. its source (Table 6)" in md and "| round 1 |" in md and "| final |" in md
     card = (out / "dataset_card.md").read_text()
     assert "# Dataset card" in card and "## Known limits" in card and "Leakage" in card
-    assert f"| examples | {res['final']['train_size']} " in card
+    assert f"| examples | {res['final']['parts']['synthetic']} " in card       # the real rows are not the set's
 
 
 def test_leaks_are_counted_per_round_and_in_the_manifest(plain):
@@ -303,16 +303,18 @@ def test_bench_report_tables_and_comparison(bench):
     for r in res["table"]:                                              # the Table 2 row of every method
         share = ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["pred_share"].items())
         screen = f"{100 * r['leak_rate']:.1f}% | {r['duplicates']:,.1f}" if r["method"] != "gold" else "– | –"
-        row = (f"| {names[r['method']]} | {r['size']:.0f} | {100 * r['accuracy']:.1f} ± {100 * r['accuracy_std']:.1f} "
+        row = (f"| {names[r['method']]} | {r['size']:.0f} | {r['real']:.0f} | {100 * r['accuracy']:.1f} ± "
+               f"{100 * r['accuracy_std']:.1f} "
                f"| {100 * r['macro_f1']:.1f} ± {100 * r['macro_f1_std']:.1f} | {share} | {screen} "
                f"| {r['llm_requests']:,.0f} | {r['llm_tokens']:,.0f} |")
         assert row in md, row
-        assert f"<tr><td>{names[r['method']]}</td><td>{r['size']:,.0f}</td>" in html
+        assert f"<tr><td>{names[r['method']]}</td><td>{r['size']:,.0f}</td><td>{r['real']:,.0f}</td>" in html
     for r in res["runs"]:                                               # one row per run, linking its report
         name = f"{r['method']}-seed{r['seed']}"
         assert (out / name / "report.html").exists()
         assert f'<a href="{name}/report.html">' in html
-        assert f"| {names[r['method']]} | {r['seed']} | {r['size']} | {100 * r['test']['accuracy']:.1f} |" in md
+        sizes = f"{r['size']} | {r['real']}"
+        assert f"| {names[r['method']]} | {r['seed']} | {sizes} | {100 * r['test']['accuracy']:.1f} |" in md
     rows = {r["method"]: r for r in res["table"]}
     assert rows["s3"]["accuracy"] != rows["zerogen"]["accuracy"]       # a difference with a sign to check
     for m in ("zerogen", "gold"):                                       # the sentence follows the numbers
@@ -372,3 +374,33 @@ def test_write_report_on_a_broken_bench_dir(tmp_path):
     (tmp_path / "bench.json").write_text("{}")
     with pytest.raises(S3Error, match="not a bench result"):
         write_report(tmp_path, embed=None)
+
+
+def test_report_commands_use_the_run_path_as_typed_and_a_legend_explains_ids(plain, tmp_path, monkeypatch):
+    """The suggested export command names the run directory as the user types it (relative under the current
+    folder, else absolute; quoted), not its last part; `gold-12` is explained as line 12 of the gold-eval file,
+    and it is that line."""
+    out, _, cfg = plain
+    copy = tmp_path / "my runs" / "urg"
+    shutil.copytree(out, copy)
+    monkeypatch.chdir(tmp_path)
+    write_report(copy, embed=None)
+    md, html = (copy / "report.md").read_text(), (copy / "report.html").read_text()
+    assert "(export with `s3synth export 'my runs/urg' --format jsonl|parquet|hf`)" in md
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    write_report(copy, embed=None)
+    assert f"(export with `s3synth export '{copy}' --format jsonl|parquet|hf`)" in (copy / "report.md").read_text()
+    gold = read_json(copy / "manifest.json")["inputs"]["gold_eval"]["path"]
+    assert gold == cfg.gold_eval
+    assert (f"Ids: `gold-12` is the example on line 12 of the gold-eval file ({gold}) and `test-12` line 12 of "
+            "the test file (counted from 1, blank lines included; a CSV's header is line 1; Parquet: row 12); a row "
+            "with its own `id` keeps it. `seed-3` and `r1-3` are synthetic: the LLM's examples of the seed and of "
+            "round 1, numbered from 0.") in md
+    legend = (f'<p class="note" data-legend="ids">Ids: <code>gold-12</code> is the example on line 12 of the '
+              f"gold-eval file ({gold}) and <code>test-12</code> line 12 of the test file")
+    assert html.count(legend) == 2           # beside the samples and beside the test errors
+    lines = open(gold, encoding="utf-8").read().split("\n")
+    for a in read_jsonl(copy / "round-1/sources.jsonl"):
+        assert a["id"].startswith("gold-")
+        assert json.loads(lines[int(a["id"][len("gold-"):]) - 1])["text"] == a["text"]

@@ -1,16 +1,20 @@
 """The run configuration and the table of methods: the one source of every setting, default and choice.
 
-`RunConfig` validates everything on construction (Python and the command line get the same errors);
-the CLI builds its options from the fields below (type, default, choices and help in each field's
-metadata). `config.toml` holds it whole, with credentials in URLs masked.
+`RunConfig` converts every value to its field's declared type ("16" -> 16, "true" -> True, a Path -> its
+text) or refuses it in one line (`typed`), then validates everything on construction (Python and the
+command line get the same errors); the CLI builds its options from the fields below (type, default,
+choices and help in each field's metadata). `config.toml` holds it whole, with credentials in URLs masked.
 """
 
 from __future__ import annotations
 
+import functools
 import re
+import typing
 from dataclasses import asdict, dataclass, field, fields
 
 from .errors import S3Error
+from .plugins import convert
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,25 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("zerogen+gold", "ZeroGen + gold", "zerogen", rationales=False, rounds=False, sized=True, final_gold=True,
            help="the control: as many ZeroGen examples as S3's plus the same real labels"),
 )}
+
+
+def final_counts(method: str | None, final: dict | None) -> tuple[int, int]:
+    """(synthetic, real): the examples a final model trained on, read from its final/metrics.json. The real
+    ones are the gold eval's mining part: `parts` counts them under `--final-train synthetic+gold`, and a
+    method without a synthetic seed (gold) trains on nothing else.
+
+    Example: final_counts("s3", {"train_size": 94, "parts": {"synthetic": 52, "gold": 42}}) -> (52, 42);
+             final_counts("gold", {"train_size": 42}) -> (0, 42)"""
+    final = final or {}
+    size = int(final.get("train_size") or 0)
+    parts = final.get("parts") or {}
+    if "gold" in parts:
+        real = int(parts["gold"] or 0)
+    else:
+        real = size if method in METHODS and METHODS[method].seed is None else 0
+    return size - real, real
+
+
 BALANCE_MODES = ("fill", "cap", "none")
 PROMPT_STYLES = ("auto", "paper", "fewshot")
 CACHE_MODES = ("use", "off", "only")
@@ -146,8 +169,10 @@ class RunConfig:
     executor: str = opt("local", "Where the LLM requests the cache cannot answer run: local (this process) | ray (Ray "
                                  "Data jobs on a local or remote Ray cluster; pip install 's3synth[ray]') | any "
                                  "registered executor. Answers, cache and results are the same.")
-    ray_address: str | None = opt(None, "--executor ray: auto | HOST:PORT | ray://HOST:PORT of a running Ray cluster "
-                                        "(default: start a local Ray for the run).")
+    ray_address: str | None = opt(None, "--executor ray: auto | HOST:PORT (as `ray start --head` printed it) | "
+                                        "ray://HOST:PORT of a running Ray cluster (default: start a local Ray for "
+                                        "the run). A cluster that checks tokens gets ~/.ray/auth_token on its own "
+                                        "machine, else RAY_AUTH_TOKEN.")
     executor_options: dict = opt(dict, "Options of the executor (--executor-option KEY=VALUE).", cli=False)
     cache_mode: str = opt("use", "LLM answer cache: use, off (--no-cache) or only (--cache-only: never call the LLM).",
                           choices=CACHE_MODES)
@@ -171,15 +196,12 @@ class RunConfig:
         def bad(name, why):
             raise S3Error(f"--{name.replace('_', '-')} {getattr(self, name)!r}: {why}")
         for f in fields(self):
-            v = getattr(self, f.name)
+            v = typed(f, getattr(self, f.name))
+            setattr(self, f.name, v)
             if f.metadata.get("required") and not v:
                 raise S3Error(f"--{f.name.replace('_', '-')} is required")
             if f.metadata.get("choices") and v not in f.metadata["choices"]:
                 bad(f.name, f"must be one of {', '.join(f.metadata['choices'])}")
-        if not isinstance(self.llm_options, dict) or not isinstance(self.learner_options, dict):
-            raise S3Error("llm_options and learner_options must be dicts of option name -> value")
-        if not isinstance(self.executor_options, dict):
-            raise S3Error("executor_options must be a dict of option name -> value")
         if self.ray_address and self.executor != "ray":
             raise S3Error(f"--ray-address {self.ray_address!r} needs --executor ray")
         if self.size is not None and self.size < 1:
@@ -258,6 +280,45 @@ class RunConfig:
         """A RunConfig from a dict such as a config.toml; keys of other versions are left out."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+TYPE_WORDS = {int: "a whole number (int)", float: "a number (float)", bool: "true or false (bool)",
+              str: "text or a path (str)", dict: "a dict of option name -> value"}
+
+
+@functools.cache
+def _hints() -> dict:
+    return typing.get_type_hints(RunConfig)
+
+
+def typed(f, value):
+    """`value` as RunConfig field `f`'s declared type (the one place every field is converted or refused):
+    a string of a number, a bool's "true"/"false" and a `pathlib.Path` for a text field are converted; None
+    stays None where the field allows it (Optional, or a required field, refused by name after); anything
+    else is an S3Error naming the field, its flag, the value and the type. An int stays an int in a float
+    field (as the earlier versions kept it: it is part of LLM cache keys).
+
+    Examples: typed(seed_size, "16") -> 16; typed(dedup, "true") -> True; typed(gold_eval, Path("g.csv"))
+    -> "g.csv"; typed(seed_size, "many") -> S3Error("RunConfig seed_size='many' (--seed-size): expected a
+    whole number (int)").
+    """
+    tp = _hints()[f.name]
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    optional = len(args) < len(typing.get_args(tp))
+    base = args[0] if args else tp
+    if value is None and (optional or f.metadata.get("required")):
+        return None
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    base = typing.get_origin(base) or base
+    if value is not None:
+        try:
+            return convert(value, base, f.name)
+        except S3Error:
+            pass
+    flag = f" (--{f.name.replace('_', '-')})" if f.metadata.get("cli", True) else ""
+    what = TYPE_WORDS.get(base, getattr(base, "__name__", str(base))) + (" or None" if optional else "")
+    raise S3Error(f"RunConfig {f.name}={value!r}{flag}: expected {what}")
 
 
 _USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.I)

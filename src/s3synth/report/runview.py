@@ -6,9 +6,11 @@ import json
 import os
 import sqlite3
 import tomllib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..config import final_counts
 from ..data import Example, file_sha256, load_examples, subsample
 from ..errors import S3Error
 from ..io import DamagedFile, read_json, read_jsonl
@@ -55,14 +57,28 @@ class RunView:
 
     @property
     def final_real(self) -> int:
-        """How many real gold-eval examples the final model also trained on (`--final-train synthetic+gold`):
-        the last rows of final/train.jsonl, counted in final/metrics.json `parts`."""
-        return int(((self.final or {}).get("parts") or {}).get("gold") or 0)
+        """How many real gold-eval examples the final model trained on: the last rows of final/train.jsonl
+        (`--final-train synthetic+gold`, counted in final/metrics.json `parts`), or every row for method gold."""
+        return final_counts(self.manifest.get("method"), self.final)[1]
+
+    @property
+    def final_synthetic(self) -> int:
+        """How many synthetic examples the final model trained on (its training set less the real rows)."""
+        return final_counts(self.manifest.get("method"), self.final)[0]
 
     def final_synthetic_rows(self) -> list[dict]:
         """The rows of final/train.jsonl that are synthetic, in order (the real ones, last, left out)."""
         rows = read_jsonl(self.path / LAYOUT.final_train)
         return rows[:len(rows) - self.final_real]
+
+    def final_synthetic_label_counts(self) -> dict:
+        """Label -> synthetic examples of the final training set, for every label final/metrics.json counts
+        (its `train_label_counts` hold the real rows too)."""
+        counts = dict((self.final or {}).get("train_label_counts") or {})
+        if self.final_real and counts:
+            synthetic = Counter(str(d.get("label")) for d in self.final_synthetic_rows())
+            counts = {k: synthetic.get(k, 0) for k in counts}
+        return counts
 
     def synthesis(self, stage: str) -> dict:
         return self.manifest.get("synthesis", {}).get(stage) or {}
