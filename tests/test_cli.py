@@ -133,3 +133,40 @@ def test_killed_run_resumes_and_pays_nothing_twice(tmp_path, shared_data):
     assert m["invocations"][-1]["llm"]["cache_hits"] >= 10
     assert "sk-test" not in (tmp_path / "run" / "manifest.json").read_text()
     assert "sk-test" not in (tmp_path / "run" / "config.toml").read_text()
+
+
+def test_train_writes_eval_and_test_predictions_in_the_layout_of_run(tmp_path):
+    """`train` writes one row per --eval and per --test example, as `run` writes round-K/ and final/
+    predictions.jsonl (one folder per split, so neither overwrites the other); QA rows keep every gold
+    answer, which the official SQuAD v1.1 script scores against."""
+    train = rows_file(tmp_path, "train.jsonl", [{"text": f"review {i}", "label": i % 2} for i in range(6)])
+    ev = rows_file(tmp_path, "ev.jsonl", [{"text": "a fine film", "label": "positive"}])
+    test = rows_file(tmp_path, "test.jsonl", [{"text": "dull", "label": 0}, {"text": "great", "label": 1}])
+    out = tmp_path / "gold"
+    r = run_cli(["train", "--task", "imdb", "--train", str(train), "--eval", str(ev), "--test", str(test),
+                 "--learner", "fake", "--learner-option", "mode=constant", "--out", str(out), "-q"])
+    assert r.exit_code == 0, r.output
+    row = {"split": "test", "prediction": "negative", "confidence": 1.0}
+    assert read_jsonl(out / "test" / "predictions.jsonl") == [
+        {"id": "test-1", **row, "gold": "negative", "correct": True, "text": "dull"},
+        {"id": "test-2", **row, "gold": "positive", "correct": False, "text": "great"}]
+    assert read_jsonl(out / "eval" / "predictions.jsonl") == [
+        {"id": "eval-1", **row, "split": "eval", "gold": "positive", "correct": False, "text": "a fine film"}]
+    assert read_json(out / "metrics.json")["test"]["accuracy"] == 0.5
+
+    ctx = ["Anna Berg built the old bridge in Oslo.", "The ship sailed from Bergen to Oslo."]
+    qa = [{"context": ctx[0], "question": "Who built the bridge?",
+           "answers": {"text": ["Anna Berg", "Anna"], "answer_start": [0, 0]}},
+          {"context": ctx[1], "question": "Where did the ship sail to?",
+           "answers": {"text": ["Oslo", "to Oslo"], "answer_start": [31, 28]}}]
+    qa_file = rows_file(tmp_path, "qa.jsonl", qa)
+    r = run_cli(["train", "--task", "adversarial_qa", "--train", str(qa_file), "--eval", str(qa_file),
+                 "--test", str(qa_file), "--learner", "fake", "--out", str(tmp_path / "qa"), "-q"])
+    assert r.exit_code == 0, r.output
+    # the fake learner answers with the context's first capitalised word that the question does not use
+    assert read_jsonl(tmp_path / "qa" / "test" / "predictions.jsonl") == [
+        {"id": "test-1", "split": "test", "gold": ["Anna Berg", "Anna"], "prediction": "Anna", "confidence": 1.0,
+         "correct": True, "text": "Who built the bridge?", "context": ctx[0]},
+        {"id": "test-2", "split": "test", "gold": ["Oslo", "to Oslo"], "prediction": "Bergen", "confidence": 1.0,
+         "correct": False, "text": "Where did the ship sail to?", "context": ctx[1]}]
+    assert [r["split"] for r in read_jsonl(tmp_path / "qa" / "eval" / "predictions.jsonl")] == ["eval", "eval"]

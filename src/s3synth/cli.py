@@ -2,7 +2,9 @@
 
 Exit codes: 0 done, 1 unexpected error (a bug: please report it with -v output), 2 bad input or
 setting (the message says what to fix), 3 a token or cost budget was reached (everything is saved;
-re-run with a larger budget to go on), 130 interrupted (re-run the same command to resume).
+re-run with a larger budget to go on), 130 interrupted by Ctrl-C, 143 stopped by SIGTERM (re-run the
+same command to resume: the first signal lets the LLM requests in flight finish and saves their answers,
+see s3synth.stop).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import click
 
 from .config import EXPORT_FORMATS, METHODS
 from .errors import BudgetExceeded, S3Error
+from .serve.onnx_export import DEFAULT_OUT as ONNX_DEFAULT_OUT
+from .stop import Terminated, handling_signals
 
 # Hub models are fetched by s3synth.hub only (before a run writes anything; --offline or HF_HUB_OFFLINE=1:
 # the cache only); every loader then reads a local folder with local_files_only=True.
@@ -41,7 +45,14 @@ def _fmt(x):
 
 def print_result(result: dict, task) -> None:
     hm = result["headline_metric"]
-    lines = [f"task {result['task']}: seed {result['seed_size']} + added {result['added']} synthetic examples",
+    real = result.get("real", 0)
+    gold_part = f"{real} real examples (the gold eval's mining part)"
+    if result["seed_size"] or result["added"] or not real:
+        head = (f"task {result['task']}: seed {result['seed_size']} + added {result['added']} synthetic examples"
+                + (f"; the final model also trained on {gold_part}" if real else ""))
+    else:       # method gold: no synthetic data
+        head = f"task {result['task']}: no synthetic examples; the final model trained on {gold_part}"
+    lines = [head,
              f"{'stage':<10} {'train':>6} {'held-out ' + hm:>18} {'test ' + hm:>14}  test predictions per class"]
 
     def row(name, r):
@@ -234,6 +245,8 @@ def run(**o):
       s3synth run ... --executor ray --ray-address auto --executor-option actors=4
     Re-running the same command on a finished directory prints its results and does no new work;
     on an interrupted one it resumes, taking every LLM answer it already has from the cache.
+    Ctrl-C (or SIGTERM) sends no new LLM request and waits up to 30 s for those in flight, saving their
+    answers (exit 130, or 143); a second Ctrl-C stops at once.
     Budgets (--max-tokens, --max-cost) stop the run with exit code 3, everything saved; the same
     command with a larger budget goes on from there.
 
@@ -267,13 +280,17 @@ def run(**o):
 @cli.command(context_settings=CONTEXT)
 @run_options(out_required=False)
 @click.option("--assume-error-rate", default=0.2, show_default=True, type=click.FloatRange(0, 1),
-              help="Share of mining examples assumed misclassified per round.")
+              help="Share of mining examples assumed misclassified per round, for the expected figure (the "
+                   "'at most' figure takes every one).")
 @click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON.")
 def estimate(assume_error_rate, as_json, **o):
-    """Estimate the LLM calls, tokens and money of `run` with the same arguments, per stage.
+    """Estimate the LLM calls, tokens and money of `run` with the same arguments, per stage: the expected
+    figure (at --assume-error-rate) and a bound on the calls and completion tokens ("at most": every mining
+    example an error in every round, with the --balance fill, every answer rejected while it may be asked again).
+    --max-tokens and --max-cost are checked against the bound.
 
     Builds the real prompts but calls no LLM and writes nothing (--out may be left out).
-    Completion tokens are an upper bound (every call at the stage's max_tokens).
+    Completion tokens count every call at the stage's max_tokens.
 
     \b
     Example:
@@ -308,7 +325,9 @@ def estimate(assume_error_rate, as_json, **o):
               help="Hub models from the local Hugging Face cache only (as HF_HUB_OFFLINE=1).")
 @click.option("--learner-option", "learner_option", multiple=True, metavar="KEY=VALUE",
               help="An option of the learner (repeatable), e.g. --learner-option epochs=4.")
-@click.option("--out", required=True, type=click.Path(), help="Folder for metrics.json and the model (safetensors).")
+@click.option("--out", required=True, type=click.Path(),
+              help="Folder for metrics.json, the model (model/) and the predictions "
+                   "(eval/predictions.jsonl, test/predictions.jsonl).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--epochs", type=int, help=LEARNER_ALIASES["epochs"][2])
 @click.option("--lr", type=float, help=LEARNER_ALIASES["lr"][2])
@@ -319,6 +338,10 @@ def estimate(assume_error_rate, as_json, **o):
 def train(task_name, train_path, eval_path, test_path, learner, learner_path, learner_option, out, seed, offline,
           quiet, verbose, **aliases):
     """Train and evaluate a learner on any data set, e.g. the gold-data baseline.
+
+    Writes OUT/metrics.json, the model (OUT/model/) and, as `run` does, one row per example: id, split,
+    gold (QA: every gold answer), prediction, confidence, correct, text - OUT/eval/predictions.jsonl for
+    --eval (or the 10% of --train it holds out), OUT/test/predictions.jsonl for --test.
 
     \b
     Example:
@@ -335,9 +358,11 @@ def train(task_name, train_path, eval_path, test_path, learner, learner_path, le
 
         from .data import load_examples, stratified_split
         from .hub import offline_mode
-        from .io import write_json
+        from .io import write_json, write_jsonl
         from .learners import learner_class, make_learner
         from .learners.distributed import is_main_process
+        from .method.loop import prediction_rows
+        from .metrics import evaluate
         from .tasks import load_task
 
         task = load_task(task_name)
@@ -357,11 +382,15 @@ def train(task_name, train_path, eval_path, test_path, learner, learner_path, le
         if not is_main_process():   # torchrun / accelerate launch: the other ranks trained; rank 0 reports
             return
         source = getattr(lrn, "model_source", None)
+        parts = {name: (exs, lrn.predict(exs)) for name, exs in (("eval", ev), ("test", te)) if exs}
         res = {"task": task.name, "learner": learner, "base_model": source.to_dict() if source else None,
                "train_size": len(tr), "history": history,
-               "eval": lrn.evaluate(ev) if ev else None, "test": lrn.evaluate(te) if te else None,
+               **{name: evaluate(task, *parts[name]) if name in parts else None for name in ("eval", "test")},
                "seconds": round(time.time() - t, 2)}
         lrn.save(Path(out) / "model")
+        for name, (exs, preds) in parts.items():     # as a run's: one row per example, QA with every gold answer
+            write_jsonl(Path(out) / name / "predictions.jsonl",
+                        prediction_rows(task, exs, preds, [name] * len(exs)))
         write_json(Path(out) / "metrics.json", res)
         hm = "f1" if task.kind == "qa" else "accuracy"
         for name in ("eval", "test"):
@@ -558,7 +587,7 @@ def push(run_dir, repo_id, dataset_repo_id, what, private, message, dry_run, ver
 @click.option("--per-channel/--per-tensor", default=True, show_default=True,
               help="With --quantize int8: one weight scale per output channel (kept accuracy on the imdb benchmark; "
                    "per-tensor lost 1 point), or one per weight matrix.")
-@click.option("--out", type=click.Path(), help="Output folder; default RUN_DIR/export/onnx.")
+@click.option("--out", type=click.Path(), help=f"Output folder; default: {ONNX_DEFAULT_OUT}.")
 @click.option("--force", is_flag=True, help="Replace an earlier export at --out.")
 @click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
 def export_model(run_dir, fmt, quantize, per_channel, out, force, verbose):
@@ -585,19 +614,14 @@ def export_model(run_dir, fmt, quantize, per_channel, out, force, verbose):
     _guard(go, verbose)
 
 
-class Terminated(BaseException):
-    """SIGTERM arrived (a scheduler, `kill`, a container stopping): unwinds like Ctrl-C."""
-
-
-def _on_sigterm(signum, frame):
-    raise Terminated()
-
-
 def _guard(fn, verbose: bool) -> None:
-    """Run `fn`, turning known errors into one-line messages and exit codes; SIGTERM ends it like Ctrl-C."""
-    import signal
+    """Run `fn`, turning known errors into one-line messages and exit codes; Ctrl-C and SIGTERM stop it
+    carefully (s3synth.stop: the LLM answers in flight are saved first; a second signal stops at once)."""
+    with handling_signals():
+        _guarded(fn, verbose)
 
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+
+def _guarded(fn, verbose: bool) -> None:
     try:
         fn()
     except BudgetExceeded as e:
@@ -628,8 +652,6 @@ def _guard(fn, verbose: bool) -> None:
         click.echo("s3synth: terminated (SIGTERM); everything so far is saved: run the same command again to resume",
                    err=True)
         sys.exit(143)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def main() -> None:
