@@ -19,6 +19,7 @@ import json
 import re
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler
+from urllib.parse import parse_qs, unquote
 
 import httpx2
 import yaml
@@ -195,61 +196,115 @@ def installed(stub: HubStub):
 # ---------------------------------------------------------------- the read API, for downloads
 
 class DownloadStub:
-    """The Hub's read API as huggingface_hub 2.x uses it for `snapshot_download` (repo info at a revision,
-    the recursive tree listing, HEAD/GET on /resolve/ with X-Repo-Commit, ETag and Content-Length). One commit
-    per repo (`add` more repos). Served in-process through huggingface_hub's documented `set_client_factory`
-    hook (`client`), or over real HTTP on loopback for another process (`serve`: point HF_ENDPOINT at it)."""
+    """The Hub's read API as huggingface_hub 2.x uses it for `snapshot_download` and as `datasets.load_dataset`
+    uses it (repo info at a revision, the tree listing, recursive or one folder at a time, POST paths-info,
+    HEAD/GET on /resolve/ at a branch or commit with X-Repo-Commit, ETag and Content-Length), for model repos
+    (`add`) and dataset repos (`add_dataset`; URLs under /api/datasets/ and /datasets/). One commit per repo,
+    its branch `main`. What it does not have is a 404 with the Hub's X-Error-Code (RepoNotFound,
+    RevisionNotFound, EntryNotFound). Served in-process through huggingface_hub's documented
+    `set_client_factory` hook (`client`), or over real HTTP on loopback for another process (`serve`: point
+    HF_ENDPOINT at it)."""
 
-    def __init__(self, repo_id: str, sha: str, files: dict[str, bytes]):
-        self.repos: dict[str, tuple[str, dict[str, bytes]]] = {}
+    def __init__(self, repo_id: str | None = None, sha: str | None = None, files: dict[str, bytes] | None = None):
+        self.repos: dict[str, tuple[str, dict[str, bytes]]] = {}       # model repos
+        self.datasets: dict[str, tuple[str, dict[str, bytes]]] = {}    # dataset repos
         self.requests: list[tuple[str, str]] = []
-        self.add(repo_id, sha, files)
+        if repo_id is not None:
+            self.add(repo_id, sha, files or {})
 
     def add(self, repo_id: str, sha: str, files: dict[str, bytes]) -> "DownloadStub":
         self.repos[repo_id] = (sha, files)
         return self
 
+    def add_dataset(self, repo_id: str, sha: str, files: dict[str, bytes]) -> "DownloadStub":
+        self.datasets[repo_id] = (sha, files)
+        return self
+
     @staticmethod
     def _lfs(path: str) -> bool:
-        return path.endswith((".safetensors", ".bin"))
+        return path.endswith((".safetensors", ".bin", ".parquet"))
 
     def _etag(self, path: str, data: bytes) -> str:
         if self._lfs(path):
             return hashlib.sha256(data).hexdigest()
         return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()    # a git blob id
 
+    def _entry(self, f: str, data: bytes) -> dict:
+        entry = {"type": "file", "path": f, "size": len(data), "oid": self._etag(f, data)}
+        if self._lfs(f):
+            entry["lfs"] = {"oid": self._etag(f, data), "size": len(data), "pointerSize": 134}
+        return entry
+
+    def _folder(self, path: str) -> dict:
+        return {"type": "directory", "path": path, "size": 0, "oid": hashlib.sha1(path.encode()).hexdigest()}
+
+    def _tree(self, files: dict[str, bytes], under: str, recursive: bool) -> list[dict] | None:
+        """The tree listing of folder `under` ("" the top): its files and folders, or everything below it;
+        None when there is no such folder."""
+        prefix = f"{under}/" if under else ""
+        out, folders = [], {}
+        for f, data in files.items():
+            if not f.startswith(prefix):
+                continue
+            rest = f[len(prefix):].split("/")
+            for k in range(1, len(rest) if recursive else min(len(rest), 2)):
+                folders.setdefault(prefix + "/".join(rest[:k]), None)
+            if recursive or len(rest) == 1:
+                out.append(self._entry(f, data))
+        if not out and not folders:
+            return None
+        return [self._folder(p) for p in folders] + out
+
     def handler(self, request):
-        path = request.url.path
+        path = unquote(request.url.path)
         self.requests.append((request.method, path))
-        m = re.match(r"/(?:api/models/)?(?P<id>[^/]+/[^/]+)/", path)
-        if m is None or m.group("id") not in self.repos:
-            if path.startswith("/api/models/"):
-                return _error(404, "Repository not found", code="RepoNotFound")
+        m = re.match(r"/(?P<api>api/)?(?P<type>models/|datasets/)?(?P<id>[^/]+/[^/]+)(/|$)", path)
+        if m is None or (m.group("api") and not m.group("type")):
             return _error(404, f"stub: no route for {request.method} {path}")
+        kind = (m.group("type") or "models/").rstrip("/")
+        repos = self.datasets if kind == "datasets" else self.repos
         repo_id = m.group("id")
-        sha, files = self.repos[repo_id]
-        rid = re.escape(repo_id)
-        if m := re.fullmatch(rf"/api/models/{rid}/revision/(?P<rev>[^/]+)", path):
-            if m.group("rev") not in ("main", sha):
+        if repo_id not in repos:
+            return _error(404, "Repository not found", code="RepoNotFound")
+        sha, files = repos[repo_id]
+        at = rf"(?P<rev>main|{sha})"
+        base = re.escape(f"/api/{kind}/{repo_id}")
+        if m := re.fullmatch(rf"{base}(/revision/(?P<rev>[^/]+))?", path):
+            if m.group("rev") not in (None, "main", sha):
                 return _error(404, "Invalid rev id", code="RevisionNotFound")
-            return _json(200, {"id": repo_id, "sha": sha, "siblings": [{"rfilename": f} for f in files]})
-        if re.fullmatch(rf"/api/models/{rid}/tree/{sha}(/.*)?", path):
-            tree = []
-            for f, data in files.items():
-                entry = {"type": "file", "path": f, "size": len(data), "oid": self._etag(f, data)}
-                if self._lfs(f):
-                    entry["lfs"] = {"oid": self._etag(f, data), "size": len(data), "pointerSize": 134}
-                tree.append(entry)
+            return _json(200, {"id": repo_id, "sha": sha, "private": False,
+                               "siblings": [{"rfilename": f} for f in files]})
+        if re.fullmatch(rf"{base}/(tree|paths-info)/(?P<rev>[^/]+)(/.*)?", path) and not re.fullmatch(
+                rf"{base}/(tree|paths-info)/{at}(/.*)?", path):
+            return _error(404, "Invalid rev id", code="RevisionNotFound")
+        if m := re.fullmatch(rf"{base}/tree/{at}(/(?P<under>.*))?", path):
+            tree = self._tree(files, (m.group("under") or "").strip("/"),
+                              request.url.params.get("recursive", "").lower() in ("1", "true"))
+            if tree is None:
+                return _error(404, f"{m.group('under')} does not exist on {m.group('rev')}", code="EntryNotFound")
             return _json(200, tree)
-        if m := re.fullmatch(rf"/{rid}/resolve/{sha}/(?P<file>.+)", path):
+        if request.method == "POST" and re.fullmatch(rf"{base}/paths-info/{at}", path):
+            asked = parse_qs(request.content.decode()).get("paths", [])
+            out = []
+            for p in asked:
+                p = p.strip("/")
+                if p in files:
+                    out.append(self._entry(p, files[p]))
+                elif any(f.startswith(p + "/") for f in files):
+                    out.append(self._folder(p))
+            return _json(200, out)
+        prefix = re.escape(f"/{'datasets/' if kind == 'datasets' else ''}{repo_id}")
+        if m := re.fullmatch(rf"{prefix}/resolve/{at}/(?P<file>.+)", path):
             f = m.group("file")
             if f not in files:
-                return httpx2.Response(404, headers={"X-Error-Code": "EntryNotFound"})
+                return _error(404, "Entry not found", code="EntryNotFound")
             headers = {"X-Repo-Commit": sha, "ETag": f'"{self._etag(f, files[f])}"',
                        "Content-Length": str(len(files[f]))}
             if request.method == "HEAD":
                 return httpx2.Response(200, headers=headers)
             return httpx2.Response(200, headers=headers, content=files[f])
+        if re.fullmatch(rf"{prefix}/resolve/[^/]+/.+", path):
+            return _error(404, "Invalid rev id", code="RevisionNotFound")
         return _error(404, f"stub: no route for {request.method} {path}")
 
     def client(self):

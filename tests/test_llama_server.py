@@ -25,7 +25,9 @@ from conftest import SHARED, plugin_env
 from fault_proxy import RANDOM_FAULTS, FaultProxy
 from openai_stub import OpenAIStub
 
+from s3synth.data import Example, example_row
 from s3synth.io import read_json, read_jsonl
+from s3synth.tasks import load_task
 
 FAKE_KEY = "sk-s3synth-FAKE-4f1c9e27d3b8a6"
 MODEL = "smollm2"
@@ -166,7 +168,8 @@ def test_small_round_through_the_cli(cli_run):
     seed, added = read_jsonl(out / "seed.jsonl"), read_jsonl(out / "round-1/added.jsonl")
     assert 1 <= len(seed) <= 8 and all(ex["text"].strip() and ex["context"] for ex in seed)
     final_train = read_jsonl(out / "final/train.jsonl")     # the default final training: + the mining gold
-    assert final_train[:len(seed) + len(added)] == seed + added
+    rte = load_task("rte")          # final/train.jsonl has rte's names (hypothesis, premise); seed.jsonl text, context
+    assert final_train[:len(seed) + len(added)] == [example_row(Example.from_dict(d), rte) for d in seed + added]
     assert len(final_train) == len(seed) + len(added) + m["split"]["gold_eval"] - m["split"]["holdout"]
     assert {e["path"] for e in sent} == {"/v1/chat/completions"} and all(e["ok"] for e in sent)
     assert len(cache_texts(out)) == len(sent) == m["llm"]["spent_total"]["answers"]

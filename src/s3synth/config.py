@@ -3,7 +3,8 @@
 `RunConfig` converts every value to its field's declared type ("16" -> 16, "true" -> True, a Path -> its
 text) or refuses it in one line (`typed`), then validates everything on construction (Python and the
 command line get the same errors); the CLI builds its options from the fields below (type, default,
-choices and help in each field's metadata). `config.toml` holds it whole, with credentials in URLs masked.
+choices and help in each field's metadata). `config.toml` holds it whole, with credentials in URLs masked
+and rows given from Python (a data input's Dataset, DataFrame or list of dicts) named by size and sha256.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import re
 import typing
 from dataclasses import asdict, dataclass, field, fields
 
+from .data import parse_columns
+from .datasets_hub import PythonRows, is_hub, parse_spec, python_rows, refuse_placeholder
 from .errors import S3Error
 from .plugins import convert
 
@@ -89,6 +92,7 @@ CLEAN_WITH = ("fast", "learner")
 MINE_RULES = ("misclassified", "margin", "loss")
 EXPORT_FORMATS = ("jsonl", "parquet", "hf")     # `s3synth export --format`
 BATCH_FALLBACKS = ("batch", "online")
+DATA_FIELDS = ("gold_eval", "test", "contexts")   # the data inputs: a file, hf:NAME..., or rows from Python
 
 
 def opt(default=None, help: str = "", *, choices=None, cli: bool = True, **more):
@@ -102,9 +106,20 @@ class RunConfig:
     """Everything a run was asked to do."""
 
     task: str = opt(None, "Built-in task (see `s3synth tasks`) or a task YAML/TOML file.", required=True)
-    gold_eval: str = opt(None, "Real labelled examples (JSONL, CSV or Parquet) whose errors are extrapolated.",
-                         required=True, path=True)
-    test: str | None = opt(None, "Real test set for the reported metrics (never used for choices).", path=True)
+    gold_eval: str = opt(None, "Real labelled examples whose errors are extrapolated: a JSONL, CSV or Parquet file, "
+                               "or a Hugging Face Hub dataset hf:NAME[:CONFIG][:SPLIT] (e.g. "
+                               "hf:nyu-mll/glue:qnli:validation, hf:stanfordnlp/imdb::test), read with the datasets "
+                               "library into the Hugging Face cache; from Python also a datasets.Dataset, a pandas "
+                               "DataFrame or a list of dicts.", required=True, path=True, data=True)
+    test: str | None = opt(None, "Real test set for the reported metrics (never used for choices): a file or "
+                                 "hf:NAME[:CONFIG][:SPLIT], as --gold-eval.", path=True, data=True)
+    columns: str | None = opt(None, "Your data's column for each field of the task, FIELD=COLUMN[,...], e.g. "
+                                    "text=body,label=priority (fields: text, label, context, answers, answer, "
+                                    "answer_start, id), for every data file read; default: the task's `fields` "
+                                    "names.", metavar="FIELD=COLUMN,...")
+    data_revision: str | None = opt(None, "hf: data: the Hub revision (branch, tag or commit sha) of every hf: input "
+                                          "(default: the main branch); the commit read is recorded in "
+                                          "manifest.json.")
     llm: str = opt("embedded", "embedded | openai:MODEL | anthropic:MODEL | transformers:DIR_OR_HUB_NAME | "
                                "vllm:DIR_OR_HUB_NAME | any registered BACKEND:MODEL. A Hub name is downloaded once "
                                "into the Hugging Face cache.")
@@ -115,8 +130,9 @@ class RunConfig:
     learner_path: str | None = opt(None, "Weights folder (or Hub name) for the learner, e.g. for --learner distilbert.",
                                    path=True)
     learner_options: dict = opt(dict, "Options of the learner (--learner-option KEY=VALUE).", cli=False)
-    offline: bool = opt(False, "Hugging Face Hub models from the local cache only, no download (as HF_HUB_OFFLINE=1); "
-                               "without a cached copy the run stops before writing anything.", flag=True)
+    offline: bool = opt(False, "Hugging Face Hub models and hf: datasets from the local cache only, no download (as "
+                               "HF_HUB_OFFLINE=1); without a cached copy the run stops before writing anything.",
+                        flag=True)
     method: str = opt("s3", "s3, or a baseline of the paper: " + "; ".join(
         f"{m.name}: {m.help}" for m in METHODS.values() if m.name != "s3") + ".", choices=tuple(METHODS))
     size: int | None = opt(None, "zerogen / seed-only: synthetic examples to keep (default: --seed-size).")
@@ -161,8 +177,8 @@ class RunConfig:
     per_context: int = opt(1, "Pair and QA tasks, seed and ZeroGen stages: examples for one premise/context in one "
                               "request (labels in turn; QA: the context's answers), so the context is paid once.")
     extrapolate_attempts: int = opt(2, "LLM calls per error at most (a rejected answer is asked again).")
-    contexts: str | None = opt(None, "Pair/QA tasks: premises/contexts to write for (default: the gold eval's).",
-                               path=True)
+    contexts: str | None = opt(None, "Pair/QA tasks: premises/contexts to write for (default: the gold eval's): a "
+                                     "file or hf:NAME[:CONFIG][:SPLIT], as --gold-eval.", path=True, data=True)
     drop_leaks: bool = opt(False, "Drop synthetic examples copying a gold-eval one (8-gram containment >= 0.5); "
                                   "always counted.", flag=True)
     dedup: bool = opt(False, "Drop near-duplicate generations (same label, 3-word-shingle Jaccard >= 0.9).", flag=True)
@@ -202,6 +218,16 @@ class RunConfig:
                 raise S3Error(f"--{f.name.replace('_', '-')} is required")
             if f.metadata.get("choices") and v not in f.metadata["choices"]:
                 bad(f.name, f"must be one of {', '.join(f.metadata['choices'])}")
+        parse_columns(self.columns)
+        hub_inputs = [n for n in DATA_FIELDS if is_hub(getattr(self, n))]
+        for name in hub_inputs:
+            try:
+                parse_spec(getattr(self, name))
+            except S3Error as e:
+                raise S3Error(f"--{name.replace('_', '-')} {e}") from None
+        if self.data_revision and not hub_inputs:
+            bad("data_revision", "applies to Hub datasets only (--gold-eval, --test or --contexts hf:NAME...); drop "
+                                 "it, or name a Hub dataset")
         if self.ray_address and self.executor != "ray":
             raise S3Error(f"--ray-address {self.ray_address!r} needs --executor ray")
         if self.size is not None and self.size < 1:
@@ -272,6 +298,9 @@ class RunConfig:
     def to_dict(self) -> dict:
         """All settings, with credentials written into a URL masked (config.toml never holds a secret)."""
         d = asdict(self)
+        for name in DATA_FIELDS:        # rows given from Python: named by their size and sha256 (not rebuildable)
+            if isinstance(d[name], PythonRows):
+                d[name] = str(d[name])
         d["llm_options"] = {k: redact_url(v) if isinstance(v, str) else v for k, v in self.llm_options.items()}
         return d
 
@@ -296,12 +325,21 @@ def typed(f, value):
     a string of a number, a bool's "true"/"false" and a `pathlib.Path` for a text field are converted; None
     stays None where the field allows it (Optional, or a required field, refused by name after); anything
     else is an S3Error naming the field, its flag, the value and the type. An int stays an int in a float
-    field (as the earlier versions kept it: it is part of LLM cache keys).
+    field (as the earlier versions kept it: it is part of LLM cache keys). A data input (DATA_FIELDS) also
+    takes rows from Python, kept as `datasets_hub.PythonRows`, and refuses config.toml's record of such rows.
 
     Examples: typed(seed_size, "16") -> 16; typed(dedup, "true") -> True; typed(gold_eval, Path("g.csv"))
     -> "g.csv"; typed(seed_size, "many") -> S3Error("RunConfig seed_size='many' (--seed-size): expected a
     whole number (int)").
     """
+    if f.metadata.get("data"):     # a data input: also rows given from Python (datasets_hub.PythonRows)
+        refuse_placeholder(f"--{f.name.replace('_', '-')}", value)
+        try:
+            rows = python_rows(value)
+        except S3Error as e:
+            raise S3Error(f"RunConfig {f.name}: {e}") from None
+        if rows is not None:
+            return rows
     tp = _hints()[f.name]
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     optional = len(args) < len(typing.get_args(tp))

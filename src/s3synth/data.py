@@ -1,6 +1,9 @@
 """Examples and the loading and validation of real data (JSON Lines, CSV, Parquet).
 
 Every problem in an input file becomes a `DataError` that names the file, the line and the field.
+Rows of any source become Examples in `examples_from_rows` (and context pools in `contexts_from_rows`), which
+look each field up under the column `--columns` names (`field_columns`), else the task's `fields` name, else
+the field's own name (`text`, `label`, ...), so that the files an older run wrote read back too.
 Not handled: nested JSON other than SQuAD's `answers` dict; files over a few GB (loaded in memory).
 """
 
@@ -14,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import DataError
+from .errors import DataError, S3Error
 
 if TYPE_CHECKING:
     from .tasks import Task
@@ -70,6 +73,19 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def source_record(source, *, revision: str | None = None) -> dict:
+    """What a run records of a data source (manifest.json `inputs`): a file's path and sha256; a Hub dataset's
+    name, config, split, revision, commit sha and rows, rows from Python by their size and sha256
+    (datasets_hub.record).
+
+    Example: source_record("gold.jsonl") -> {"path": "gold.jsonl", "sha256": "9f86d081..."}"""
+    from . import datasets_hub
+
+    if datasets_hub.is_other(source):
+        return datasets_hub.record(source, revision=revision)
+    return {"path": str(source), "sha256": file_sha256(source)}
 
 
 # ---------------------------------------------------------------- raw rows
@@ -157,9 +173,10 @@ def _text(path: Path, line: int, row: dict, name: str) -> str:
     return v
 
 
-def _qa_answer(path: Path, line: int, row: dict, task: "Task", context: str) -> dict:
-    """Accept SQuAD `answers: {text: [...], answer_start: [...]}` or flat `answer` (+ `answer_start`)."""
-    fname = task.fields.get("answers", "answers")
+def _qa_answer(path: Path, line: int, row: dict, f: dict, context: str) -> dict:
+    """Accept SQuAD `answers: {text: [...], answer_start: [...]}`, flat `answer` (+ `answer_start`), or an
+    Example's own `answer: {text, start[, alternatives]}` (final/train.jsonl); `f`: `field_columns`'s names."""
+    fname = f["answers"]
     if fname in row and isinstance(row[fname], dict):
         ans = row[fname]
         texts, starts = ans.get("text") or [], ans.get("answer_start") or []
@@ -173,11 +190,16 @@ def _qa_answer(path: Path, line: int, row: dict, task: "Task", context: str) -> 
                 raise DataError(path, f"answer {k + 1} is empty or not text", line=line, field=f"{fname}.text")
             if t != text and t not in others:
                 others.append(t)
+    elif isinstance(row.get(f["answer"]), dict):       # an Example's own answer, as a run writes it
+        fname = f["answer"]
+        ans = row[fname]
+        text, start = ans.get("text"), ans.get("start")
+        others = [t for t in ans.get("alternatives") or () if isinstance(t, str) and t.strip()]
     else:
         others = []
-        fname = task.fields.get("answer", "answer")
+        fname = f["answer"]
         text = _text(path, line, row, fname)
-        start = row.get(task.fields.get("answer_start", "answer_start"))
+        start = row.get(f["answer_start"])
     if not isinstance(text, str) or not text.strip():
         raise DataError(path, "answer text is empty", line=line, field=fname)
     if start is not None:
@@ -214,50 +236,210 @@ def parse_label(task: "Task", value: Any, *, path: Path, line: int, field_name: 
     return by_key[key]
 
 
-def load_examples(path: str | Path, task: "Task", *, id_prefix: str | None = None) -> list[Example]:
-    """Load and validate a data file for `task`. Raises `DataError` on the first problem found.
+# ---------------------------------------------------------------- rows -> examples
 
-    Example: a `rte` row {"premise": P, "hypothesis": H, "label": 0} -> Example(text=H, context=P, label="entailment")
+FIELD_NAMES = {"single": ("text", "label"), "pair": ("text", "context", "label"),
+               "qa": ("text", "context", "answers", "answer", "answer_start")}
+"""The fields a row of each task kind is read for, which `--columns` may map (and `id`, for every kind)."""
+
+COLUMNS_HINT = "write FIELD=COLUMN[,FIELD=COLUMN...], e.g. --columns text=body,label=priority"
+
+
+def parse_columns(value: str | None, option: str = "--columns") -> dict[str, str]:
+    """The `--columns` text as {field: column}; an S3Error naming `option` when it is malformed (the fields
+    are checked against the task where the data is read, `field_columns`).
+
+    Example: parse_columns("text=body, label=priority") -> {"text": "body", "label": "priority"}
     """
-    path = Path(path)
-    rows = _read_rows(path)
-    if not rows:
-        raise DataError(path, "the file holds no examples")
-    f = task.fields
-    prefix = id_prefix or path.stem
+    out: dict[str, str] = {}
+    for item in str(value or "").split(","):
+        if not item.strip():
+            continue
+        name, eq, column = (part.strip() for part in item.partition("="))
+        if not eq or not name or not column:
+            raise S3Error(f"{option} {value!r}: {item.strip()!r} is not FIELD=COLUMN; {COLUMNS_HINT}")
+        if name in out:
+            raise S3Error(f"{option} {value!r}: field {name!r} is mapped twice; {COLUMNS_HINT}")
+        out[name] = column
+    return out
+
+
+def field_columns(task: "Task", columns: dict[str, str] | None, present, where, read=None) -> dict[str, str]:
+    """Field -> the column that holds it, for rows whose columns are `present` (in order): the column that
+    `columns` (--columns) names, which must be present when the field is one the caller reads (`read`,
+    default all); else the task's `fields` name when present; else the field's own name when present (rows a
+    run wrote: final/train.jsonl of an earlier run); else the task's name (a row then fails on it by name).
+    `where` (the file or source) is named in errors, with the columns it has.
+
+    Example: task imdb, columns {"text": "body"}, present ["body", "label"] ->
+             {"text": "body", "label": "label", "id": "id"}
+    """
+    columns = dict(columns or {})
+    names = (*FIELD_NAMES[task.kind], "id")
+    have = ", ".join(map(str, present)) or "none"
+    for name, column in columns.items():
+        if name not in names:
+            raise DataError(where, f"--columns {name}={column}: {name!r} is not a field of task {task.name} "
+                                   f"({task.kind} task: {', '.join(names)}); its columns: {have}")
+        if column not in present and (read is None or name in read):
+            raise DataError(where, f"--columns {name}={column}: no column {column!r}; its columns: {have}")
+    taken = set(columns.values())
+    out = {}
+    for name in names:
+        own = task.fields.get(name, name)
+        if name in columns:
+            out[name] = columns[name]
+        elif own not in present and name in present and name not in taken:
+            out[name] = name
+        else:
+            out[name] = own
+    return out
+
+
+def examples_from_rows(rows: list[tuple[int, dict]], task: "Task", *, where, id_prefix: str,
+                       columns: dict[str, str] | None = None) -> list[Example]:
+    """Validated Examples of (line, row) pairs of any source, the fields found by `field_columns`; a row
+    without an `id` gets `<id_prefix>-<line>`. Raises `DataError` naming `where`, the line and the column
+    on the first problem found.
+
+    Example: rte, rows [(1, {"premise": P, "hypothesis": H, "label": 0})] ->
+             [Example(text=H, context=P, label="entailment", id="<id_prefix>-1")]
+    """
+    f = field_columns(task, columns, dict.fromkeys(k for _, row in rows for k in row), where)
     out: list[Example] = []
     for line, row in rows:
-        text = _text(path, line, row, f["text"])
-        ex_id = str(row.get("id") or f"{prefix}-{line}")
+        text = _text(where, line, row, f["text"])
+        ex_id = str(row.get(f["id"]) or f"{id_prefix}-{line}")
         if task.kind == "single":
-            label = parse_label(task, _field(path, line, row, f["label"]), path=path, line=line, field_name=f["label"])
+            label = parse_label(task, _field(where, line, row, f["label"]), path=where, line=line,
+                                field_name=f["label"])
             out.append(Example(text=text, label=label, id=ex_id))
         elif task.kind == "pair":
-            context = _text(path, line, row, f["context"])
-            label = parse_label(task, _field(path, line, row, f["label"]), path=path, line=line, field_name=f["label"])
+            context = _text(where, line, row, f["context"])
+            label = parse_label(task, _field(where, line, row, f["label"]), path=where, line=line,
+                                field_name=f["label"])
             out.append(Example(text=text, context=context, label=label, id=ex_id))
         else:  # qa
-            context = _text(path, line, row, f["context"])
-            answer = _qa_answer(path, line, row, task, context)
+            context = _text(where, line, row, f["context"])
+            answer = _qa_answer(where, line, row, f, context)
             out.append(Example(text=text, context=context, answer=answer, id=ex_id))
     return out
 
 
-def load_contexts(path: str | Path, task: "Task") -> list[dict]:
-    """A context pool for pair/QA seed synthesis: rows with the context field (and an answer for QA)."""
-    path = Path(path)
-    rows = _read_rows(path)
-    if not rows:
-        raise DataError(path, "the file holds no contexts")
-    f = task.fields
+def contexts_from_rows(rows: list[tuple[int, dict]], task: "Task", *, where,
+                       columns: dict[str, str] | None = None) -> list[dict]:
+    """A context pool of (line, row) pairs of any source: {"context"} per row (QA: and its "answer")."""
+    read = ("context",) if task.kind != "qa" else ("context", "answers", "answer", "answer_start")
+    f = field_columns(task, columns, dict.fromkeys(k for _, row in rows for k in row), where, read)
     pool = []
     for line, row in rows:
-        context = _text(path, line, row, f["context"])
+        context = _text(where, line, row, f["context"])
         if task.kind == "qa":
-            pool.append({"context": context, "answer": _qa_answer(path, line, row, task, context)})
+            pool.append({"context": context, "answer": _qa_answer(where, line, row, f, context)})
         else:
             pool.append({"context": context})
     return pool
+
+
+def read_source(source, task: "Task | None" = None, *,
+                revision: str | None = None) -> tuple[Any, list[tuple[int, dict]]]:
+    """(where, (line, row) pairs) of any data source: a data file, a Hub dataset `hf:NAME[:CONFIG][:SPLIT]` (at
+    `revision`) or rows given from Python (a datasets.Dataset, a pandas DataFrame, a list of dicts); the last
+    two are read by `datasets_hub`, their ClassLabel ids mapped for `task`. `where` names the source in errors.
+
+    Example: read_source("hf:nyu-mll/glue:qnli:validation", qnli) -> ("hf:nyu-mll/glue:qnli:validation",
+             [(1, {"question": Q, "sentence": S, "label": "entailment", "idx": 0}), ...])"""
+    from . import datasets_hub
+
+    if datasets_hub.is_other(source):
+        return datasets_hub.read_rows(source, task, revision=revision)
+    return Path(source), _read_rows(Path(source))
+
+
+def read_rows(path, task: "Task | None" = None, *, revision: str | None = None) -> list[tuple[int, dict]]:
+    """The (line, row) pairs of a data file (or any source `read_source` takes), not yet checked against a task
+    (`s3synth check-task` checks every row with `examples_from_rows`). Lines are 1-based; in a CSV file the
+    header is line 1."""
+    return read_source(path, task, revision=revision)[1]
+
+
+def load_examples(path, task: "Task", *, id_prefix: str | None = None,
+                  columns: dict[str, str] | None = None, revision: str | None = None) -> list[Example]:
+    """Load and validate a data file, a Hub dataset or rows from Python (`read_source`) for `task` (`columns`:
+    --columns, parsed). Raises `DataError` on the first problem found.
+
+    Example: a `rte` row {"premise": P, "hypothesis": H, "label": 0} -> Example(text=H, context=P, label="entailment")
+    """
+    where, rows = read_source(path, task, revision=revision)
+    if not rows:
+        raise DataError(where, "the file holds no examples" if isinstance(where, Path) else "holds no examples")
+    prefix = id_prefix or (where.stem if isinstance(where, Path) else "row")
+    return examples_from_rows(rows, task, where=where, id_prefix=prefix, columns=columns)
+
+
+def load_contexts(path, task: "Task", *, columns: dict[str, str] | None = None,
+                  revision: str | None = None) -> list[dict]:
+    """A context pool for pair/QA seed synthesis: rows with the context field (and an answer for QA)."""
+    where, rows = read_source(path, task, revision=revision)
+    if not rows:
+        raise DataError(where, "the file holds no contexts" if isinstance(where, Path) else "holds no contexts")
+    return contexts_from_rows(rows, task, where=where, columns=columns)
+
+
+def content_sha256(items) -> str:
+    """The sha256 of loaded examples (or a context pool) as JSON: what a run's fingerprints take of an input,
+    so that the same rows under other column names (`--columns`) fingerprint alike.
+
+    Example: content_sha256([Example("a b", "positive", id="g-1")]) == content_sha256 of the same row read
+             from a file whose text column is called `body` under --columns text=body"""
+    rows = [x.to_dict() if isinstance(x, Example) else x for x in items]
+    blob = json.dumps(rows, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+# ---------------------------------------------------------------- rows a run writes for its user
+
+ROW_KEYS = ("id", "meta", "answer", "answer_start", "stage", "round", "source_id")
+"""The other keys of the rows a run writes for its user (final/train.jsonl, and `s3synth export`'s columns)."""
+
+
+def row_names(task: "Task | None") -> dict[str, str]:
+    """The names an example's text, label and context take in the rows a run writes for its user
+    (final/train.jsonl, `s3synth export`): the task's `fields`, so that the rows read back as data of the
+    task; the fields' own names when the task's clash (with each other or with `ROW_KEYS`) or there is no task.
+
+    Example: row_names(load_task("rte")) -> {"text": "hypothesis", "label": "label", "context": "premise"}
+    """
+    own = {"text": "text", "label": "label", "context": "context"}
+    if task is None:
+        return own
+    names = {k: str(task.fields.get(k, k)) for k in own if k in FIELD_NAMES[task.kind]}
+    if len(set(names.values())) < len(names) or set(ROW_KEYS) & set(names.values()):
+        return {k: k for k in names}
+    return names
+
+
+def example_row(ex: Example, task: "Task | None") -> dict:
+    """`ex.to_dict()` with the text, label and context under the task's names (`row_names`).
+
+    Example: an rte example -> {"hypothesis": H, "label": "entailment", "premise": P, "id": ..., "meta": {...}}"""
+    names = row_names(task)
+    return {names.get(k, k): v for k, v in ex.to_dict().items()}
+
+
+def example_from_row(d: dict, task: "Task | None") -> Example:
+    """An Example of a row a run wrote: under the task's names (`example_row`) or the fields' own names
+    (seed.jsonl, and final/train.jsonl of an earlier run). KeyError when it has no text.
+
+    Example: example_from_row({"hypothesis": H, "premise": P, "label": "entailment", "id": "seed-0"}, rte)
+             -> Example(text=H, label="entailment", context=P, id="seed-0")"""
+    out = {k: v for k, v in d.items() if k in ("id", "meta", "answer")}
+    for field_name, name in row_names(task).items():
+        if name in d:
+            out[field_name] = d[name]
+        elif field_name in d:
+            out[field_name] = d[field_name]
+    return Example.from_dict(out)
 
 
 # ---------------------------------------------------------------- splitting

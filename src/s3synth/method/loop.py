@@ -9,20 +9,21 @@ finished stages and a killed stage resumes with every LLM answer taken from the 
 from __future__ import annotations
 
 import dataclasses
-import random
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from ..config import RunConfig, final_counts, to_toml
-from ..data import Example, file_sha256, load_contexts, load_examples, stratified_split, subsample
+from ..config import DATA_FIELDS, RunConfig, final_counts, to_toml
+from ..data import (Example, content_sha256, example_row, load_contexts, load_examples, parse_columns, source_record,
+                    stratified_split, subsample)
 from ..errors import S3Error
 from ..io import atomic_write_text, read_json, read_jsonl, write_json, write_jsonl
 from ..metrics import evaluate, headline_metric, is_error, selection_metric
 from ..progress import info
 from ..rundir import LAYOUT, RunDir, command_line, fingerprint, versions
+from ..serve.onnx_export import export_note
 from ..tasks import Task, load_task
 from .clean import Cleaning, clean_labels, mine
 from .prompts import PromptBuilder
@@ -95,6 +96,33 @@ def stage_plan(cfg: RunConfig, task: Task) -> list[Step]:
     return steps
 
 
+def stage_warnings(cfg: RunConfig, task: Task, builder: PromptBuilder, seed_demos: int) -> list[str]:
+    """One line for each LLM stage of a run of `cfg` that does not send what was asked: the rationale stage
+    skipped for want of a prompt, a stage that falls back to the task's other prompt style, a few-shot
+    completion prompt without demonstrations (`seed_demos`: the seed's, picked from the gold eval).
+
+    Example (a single-text task with paper prompts only, style fewshot): ["stage rationales skipped: ...",
+    "stage seed: task t has no fewshot prompt for it (prompts.seed.fewshot), so it sends its paper prompt: ..."]
+    """
+    out = []
+    if cfg.method_spec.rationales and task.kind == "single" and task.stage("rationale") is None:
+        out.append(f"stage rationales skipped: task {task.name} has no prompts.rationale, so the seed prompts "
+                   "show no reasons ({rationales} is left empty); add prompts.rationale to the task file "
+                   "(`s3synth new-task` writes one)")
+    stages = {"rationales": "rationale", "seed": "seed", "extrapolate_all": "extrapolate", "extrapolate": "extrapolate"}
+    for stage in dict.fromkeys(stages[s.kind] for s in stage_plan(cfg, task) if s.kind in stages):
+        note = builder.fallback(stage)
+        if note:
+            out.append(note)
+        elif stage != "rationale" and builder.completes(stage):
+            n = seed_demos if stage == "seed" else len(task.stage(stage).fewshot.demos)
+            if n == 0:
+                where = ("the gold eval gave none (fewshot.n_demos)" if stage == "seed"
+                         else f"prompts.{stage}.fewshot.demos is empty")
+                out.append(f"stage {stage}: its fewshot completion prompt shows no demonstrations: {where}")
+    return out
+
+
 class S3:
     """One S3 run. `S3(RunConfig(...)).run("runs/x")`, or from Python:
     `S3(task="rte", gold_eval="rte_train.jsonl", test="rte_val.jsonl", llm="embedded").run("runs/rte")`.
@@ -122,15 +150,24 @@ class S3:
 
         cfg = self.cfg
         self.task = self._task_obj or load_task(cfg.task)
-        gold_all = load_examples(cfg.gold_eval, self.task, id_prefix="gold")
+        columns = parse_columns(cfg.columns)
+        gold_all = self._read("gold_eval", load_examples, id_prefix="gold", columns=columns)
         self.gold = subsample(gold_all, cfg.max_gold_eval, cfg.seed)
+        # what the fingerprints take of each input: its loaded content (the same rows under other column
+        # names fingerprint alike); the files' sha256 are recorded beside (see _input_keys)
+        self.input_hashes = {"gold_eval": content_sha256(gold_all)}
         self.test = None
         if cfg.test:
-            self.test = subsample(load_examples(cfg.test, self.task, id_prefix="test"), cfg.max_test,
-                                  cfg.seed if cfg.test_seed is None else cfg.test_seed)
+            test_all = self._read("test", load_examples, id_prefix="test", columns=columns)
+            self.input_hashes["test"] = content_sha256(test_all)
+            self.test = subsample(test_all, cfg.max_test, cfg.seed if cfg.test_seed is None else cfg.test_seed)
         self.contexts = None
         if self.task.kind != "single":
-            self.contexts = load_contexts(cfg.contexts, self.task) if cfg.contexts else self._gold_contexts()
+            if cfg.contexts:
+                self.contexts = self._read("contexts", load_contexts, columns=columns)
+                self.input_hashes["contexts"] = content_sha256(self.contexts)
+            else:
+                self.contexts = self._gold_contexts()
         kind = (cfg.learner or DEFAULT_LEARNER).partition(":")[0]
         lopts = dict(cfg.learner_options)
         if cfg.executor == "ray" and "launcher" in option_names(learner_class(kind).Options):
@@ -155,15 +192,15 @@ class S3:
         self.style = self.llm.default_prompt_style if cfg.prompt_style == "auto" else cfg.prompt_style
         # split gold eval: error mining / held out for selection; demonstrations come out of mining
         self.mining, self.holdout = stratified_split(self.gold, cfg.holdout_frac, cfg.seed)
-        sp = self.task.stage("seed")
-        n_demos = sp.fewshot.n_demos if (self.style == "fewshot" and sp.fewshot and not sp.fewshot.is_chat) else 0
+        self.builder = PromptBuilder(self.task, style=self.style, temperature=cfg.temperature, top_p=cfg.top_p)
+        # the seed's demonstrations, when its prompts are few-shot completions (asked for, or the task's only form)
+        n_demos = self.task.stage("seed").fewshot.n_demos if self.builder.completes("seed") else 0
         self.demos = pick_demos(self.task, self.mining, n_demos, cfg.seed)
         demo_ids = {d.id for d in self.demos}
         self.mining = [ex for ex in self.mining if ex.id not in demo_ids]
         if not self.mining:
             raise S3Error(f"{cfg.gold_eval}: too few gold eval examples ({len(self.gold)}) to mine errors from; "
                           "give more or lower --holdout-frac")
-        self.builder = PromptBuilder(self.task, style=self.style, temperature=cfg.temperature, top_p=cfg.top_p)
         if cfg.per_context > 1 and self.task.kind == "single":
             raise S3Error(f"--per-context {cfg.per_context}: task {self.task.name} is a single-text task without "
                           "contexts; use --per-call")
@@ -174,13 +211,32 @@ class S3:
             if step.kind in ("seed", "zerogen") and self.task.stage(step.kind) is None:
                 raise S3Error(f"task {self.task.name} has no '{step.kind}' prompt; add prompts.{step.kind} "
                               "to the task file")
+        for line in stage_warnings(cfg, self.task, self.builder, len(self.demos)):
+            info(f"warning: {line}")
         if cfg.batch:
             self._use_batches()
-        self.input_hashes = {"gold_eval": file_sha256(cfg.gold_eval)}
-        if cfg.test:
-            self.input_hashes["test"] = file_sha256(cfg.test)
-        if cfg.contexts:
-            self.input_hashes["contexts"] = file_sha256(cfg.contexts)
+        # what manifest.json records of each input: a file's path and sha256, a Hub dataset's commit and rows
+        with offline_mode(cfg.offline):
+            self.input_files = {k: source_record(getattr(cfg, k), revision=cfg.data_revision) for k in DATA_FIELDS
+                                if getattr(cfg, k)}
+
+    def _read(self, name: str, loader, **kw):
+        """Input `name` of the config (gold_eval, test, contexts) read by `loader` (load_examples, load_contexts):
+        a Hub dataset at --data-revision, downloaded once into the Hugging Face cache or, under --offline,
+        found there."""
+        from ..hub import offline_mode
+
+        with offline_mode(self.cfg.offline):
+            return loader(getattr(self.cfg, name), self.task, revision=self.cfg.data_revision, **kw)
+
+    def _input_keys(self, m: dict) -> dict:
+        """What the stages' fingerprints take of each input: the sha256 of its loaded content
+        (`self.input_hashes`); a run directory of an earlier version, whose manifest records the files' sha256
+        only, keeps fingerprinting those (the `sha256` of `self.input_files`), so that it still resumes."""
+        old = m.get("inputs") if isinstance(m.get("inputs"), dict) else {}
+        if m.get("stages") and old and not any(isinstance(v, dict) and "content_sha256" in v for v in old.values()):
+            return {k: r.get("sha256") for k, r in self.input_files.items()}
+        return self.input_hashes
 
     def _use_batches(self) -> None:
         """--batch: the LLM's uncached requests go to the provider's batch API (llm/batch.py), priced at the
@@ -313,7 +369,8 @@ class S3:
             return synth.rationales()
         if step.kind in ("seed", "zerogen"):
             shown = rationales if step.kind == "seed" else None
-            self.builder.demos["seed"] = [self._demo_fields("seed", d, shown) for d in self.demos]
+            self.builder.demos["seed"] = [self.builder.example_fields("seed", d, shown, self.cfg.seed)
+                                          for d in self.demos]
             return synth.seed_examples(step.n, rationales=shown, contexts=self.contexts, stage=step.kind)
         if step.kind in ("extrapolate", "extrapolate_all"):
             self._extrapolate_demos()
@@ -326,6 +383,9 @@ class S3:
 
         t0 = time.time()
         self.prepare()
+        note = export_note(self.cfg.learner)
+        if note:
+            info(note)
         fetch = getattr(self.llm, "fetch", None)
         if fetch is not None:
             with offline_mode(self.cfg.offline):    # a Hub generator's files, before anything is written
@@ -372,12 +432,15 @@ class S3:
         cfg, task = self.cfg, self.task
         atomic_write_text(rd / LAYOUT.config, to_toml(cfg.to_dict()))
         m = rd.manifest
+        inputs = self._input_keys(m)
         m.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S"))
         m.update({
             "versions": versions(), "seed": cfg.seed, "task": task.name, "task_source": task.source,
             "llm": {**m.get("llm", {}), "name": self.llm.name, "identity": self.llm.identity()},
             "prompt_style": self.style, "method": cfg.method, "models": self._model_sources(),
-            "inputs": {k: {"path": str(getattr(cfg, k)), "sha256": v} for k, v in self.input_hashes.items()},
+            "inputs": {k: {**r, **({"content_sha256": self.input_hashes[k]} if inputs is self.input_hashes and
+                                   k in self.input_hashes else {})}
+                       for k, r in self.input_files.items()},
             "split": {"gold_eval": len(self.gold), "mining": len(self.mining), "holdout": len(self.holdout),
                       "demos": [d.id for d in self.demos], "test": len(self.test) if self.test else 0},
         })
@@ -385,11 +448,11 @@ class S3:
                                  "executor": self.executor.describe()})
         rd.save_manifest()
 
-        base_fp = fingerprint(task.source, task.name, repr(task.prompts), self.input_hashes, cfg.max_gold_eval,
+        base_fp = fingerprint(task.source, task.name, repr(task.prompts), inputs, cfg.max_gold_eval,
                               cfg.seed, cfg.holdout_frac, self.llm.identity(), self.style, cfg.temperature,
                               cfg.top_p)
         learn_fp = fingerprint(cfg.learner, cfg.learner_path, self._learner_key(),
-                               cfg.balance, cfg.extrapolate_attempts, cfg.max_test, self.input_hashes.get("test"),
+                               cfg.balance, cfg.extrapolate_attempts, cfg.max_test, inputs.get("test"),
                                *self._screen_key(), *self._quality_key(), *self._learner_sha(),
                                *([("test-seed", cfg.test_seed)] if cfg.test_seed is not None else []))
         rationales, seed, seed_fp = None, [], base_fp
@@ -459,7 +522,7 @@ class S3:
         st = rd.stage("rationales", fp, LAYOUT.rationales, usage=self._usage)
         if st.done:
             return read_json(rd / LAYOUT.rationales)
-        info("stage: rationales")
+        info(f"stage: rationales ({self.builder.describe('rationale')})")
         with st:
             rat = self.synthesize(step, self.synth)
             write_json(rd / LAYOUT.rationales, rat)
@@ -482,8 +545,7 @@ class S3:
         st = rd.stage("seed", fingerprint(seed_fp, *key) if key else seed_fp, LAYOUT.seed, usage=self._usage)
         if st.done:
             return _examples_in(rd / LAYOUT.seed), seed_fp
-        info(f"stage: {step.label} ({step.n} examples, "
-             f"{'completion' if step.kind == 'zerogen' else self.style} prompts)")
+        info(f"stage: {step.label} ({step.n} examples, {self.builder.describe(step.kind, len(self.demos))})")
         with st:
             seed = self.synthesize(step, self.synth, rationales)
             for i, ex in enumerate(seed):
@@ -550,32 +612,19 @@ class S3:
                  f"{dup['duplicates']} duplicates; dropped {len(dropped)}")
         return kept, {"leakage": leak, "dedup": dup}
 
-    def _demo_fields(self, stage: str, ex: Example, rationales: dict | None) -> dict:
-        sp = self.task.stage(stage)
-        rs = []
-        if rationales and rationales.get(ex.label):
-            rs = random.Random(f"{self.cfg.seed}:demo:{ex.id}").sample(
-                rationales[ex.label], min(self.task.rationale_k, len(rationales[ex.label])))
-        return self.builder.fields(stage, text=ex.text, context=ex.context or "", answer=ex.answer, label=ex.label,
-                                   rationales=rs, shorten=sp.fewshot.demo_max_words if sp.fewshot else None)
-
-    def _handwritten_fields(self, stage: str, d: dict) -> dict:
-        ctx = d.get("context", "")
-        ans = {"text": d["answer"], "start": max(ctx.find(d["answer"]), 0)} if d.get("answer") else None
-        return self.builder.fields(stage, text=d.get("text", ""), context=ctx, answer=ans, label=d.get("label"),
-                                   new_text=d.get("new_text", ""))
-
     def _extrapolate_demos(self) -> None:
         sp = self.task.stage("extrapolate")
         if "extrapolate" not in self.builder.demos and sp.fewshot and sp.fewshot.demos:
-            self.builder.demos["extrapolate"] = [self._handwritten_fields("extrapolate", d) for d in sp.fewshot.demos]
+            self.builder.demos["extrapolate"] = [self.builder.handwritten_fields("extrapolate", d)
+                                                 for d in sp.fewshot.demos]
 
     def _extrapolate_all(self, rd: RunDir, fp: str, step: Step, seed: list[Example]) -> list[Example]:
         added_file = LAYOUT.round(1, "added")
         st = rd.stage(step.name, fp, added_file, usage=self._usage)
         if st.done:
             return _examples_in(rd / added_file)
-        info(f"stage: {step.name}: extrapolate all {len(self.mining)} gold eval examples")
+        info(f"stage: {step.name}: extrapolate all {len(self.mining)} gold eval examples "
+             f"({self.builder.describe('extrapolate')})")
         with st:
             added = self.synthesize(step, self.synth, sources=self.mining)
             added, _ = self._screen(rd, LAYOUT.round_dir(1), added, seed)
@@ -630,7 +679,8 @@ class S3:
         if st.done:
             return _examples_in(rd / LAYOUT.round(q, "added"))
         sources = _examples_in(rd / LAYOUT.round(q, "sources"))
-        info(f"stage: round {q}: extrapolate {len(sources)} gold eval examples")
+        info(f"stage: round {q}: extrapolate {len(sources)} gold eval examples "
+             f"({self.builder.describe('extrapolate')})")
         with st:
             added = self.synthesize(step, self.synth, sources=sources)
             added, screened = self._screen(rd, LAYOUT.round_dir(q), added, prior)
@@ -673,7 +723,7 @@ class S3:
                 write_jsonl(rd / LAYOUT.final_predictions,
                             prediction_rows(self.task, self.test, preds["test"], ["test"] * len(self.test)))
             learner.save(rd / LAYOUT.final_model)
-            write_jsonl(rd / LAYOUT.final_train, _examples_out(train))
+            write_jsonl(rd / LAYOUT.final_train, [example_row(ex, self.task) for ex in train])   # the task's names
             write_json(rd / LAYOUT.final_metrics, res)
         return res
 

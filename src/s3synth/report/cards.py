@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import S3Error
-from ..io import atomic_write_text, read_jsonl
+from ..io import atomic_write_text
 from ..learners.weights import MINILM_NAME, MINILM_PACKAGE
 from ..rundir import LAYOUT
 from .runview import RunView, load_run
@@ -244,7 +244,7 @@ def card_example(run: RunView, kind: str) -> dict:
     """
     pool = [ex.to_dict() for ex in run.seed + [a for r in run.rounds for a in r.added]]
     if not pool and (run.path / LAYOUT.final_train).exists():
-        pool = [d for d in read_jsonl(run.path / LAYOUT.final_train) if isinstance(d, dict)]
+        pool = [ex.to_dict() for ex in run.final_train_examples()]
     pool = [d for d in pool if isinstance(d.get("text"), str) and d["text"].strip()
             and (kind == "single" or (isinstance(d.get("context"), str) and d["context"].strip()))]
     if not pool:
@@ -389,7 +389,7 @@ def dataset_card(run: RunView, data_files: str | None = None, *, repo_id: str | 
                  model_repo_id: str | None = None) -> str:
     """The README.md of an exported or pushed synthetic set. `data_files`: the data file's path relative to
     the card (declared as the train split for `datasets.load_dataset`); None for a `save_to_disk` folder."""
-    from .export import columns
+    from .export import columns, export_names
 
     f = facts(run)
     tag = PIPELINE_TAG[f["kind"]]
@@ -429,7 +429,8 @@ def dataset_card(run: RunView, data_files: str | None = None, *, repo_id: str | 
     if f["train_label_counts"] and f["kind"] != "qa":
         lines += ["## Label counts", "", "| label | rows |", "| --- | ---: |",
                   *[f"| {k} | {v} |" for k, v in f["train_label_counts"].items()], ""]
-    lines += ["## Fields", "", *[f"- `{c}`: {field_words.get(c, c)}" for c in cols], "",
+    names = export_names(run)
+    lines += ["## Fields", "", *[f"- `{names.get(c, c)}`: {field_words.get(c, c)}" for c in cols], "",
               "## Intended use and limits", "",
               (f"Research on dataset synthesis and training data for small {f['task']} models; not for evaluation "
               "(no row is a real example)."), "", *_limits(f, "this data"), ""]

@@ -4,7 +4,8 @@ Hugging Face `datasets` dataset on disk.
 Beside the data: a dataset card (README.md with the Hugging Face metadata header, `cards.dataset_card`).
 Columns: id, text, then label (classification), context (pair/QA), answer + answer_start (QA), and the
 provenance: stage (seed | extrapolate), round (null for the seed), source_id (the gold-eval example an
-added row was extrapolated from; null for the seed).
+added row was extrapolated from; null for the seed). Text, label and context take the task's `fields` names
+(data.row_names; rte: hypothesis, label, premise), so that the export reads back as data of the task.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from ..config import EXPORT_FORMATS as FORMATS
+from ..data import row_names
 from ..errors import S3Error
 from ..io import atomic_write_bytes, atomic_write_text, write_jsonl
 from ..rundir import LAYOUT
@@ -24,22 +26,43 @@ from .runview import RunView, load_run
 PROVENANCE = ("stage", "round", "source_id")
 
 
-def columns(kind: str | None) -> list[str]:
+def columns(kind: str | None, names: dict | None = None) -> list[str]:
+    """The export's columns in order; `names` renames the example's fields (`export_names`).
+
+    Example: columns("pair", {"text": "hypothesis", "context": "premise"}) ->
+             ["id", "hypothesis", "label", "premise", "stage", "round", "source_id"]"""
     body = {"single": ["label"], "pair": ["label", "context"], "qa": ["context", "answer", "answer_start"]}
-    return ["id", "text", *body.get(kind, ["label", "context", "answer", "answer_start"]), *PROVENANCE]
+    fields = ["text", *body.get(kind, ["label", "context", "answer", "answer_start"])]
+    return ["id", *((names or {}).get(c, c) for c in fields), *PROVENANCE]
 
 
-def export_rows(run: RunView) -> list[dict]:
+def export_names(run: RunView) -> dict:
+    """The export's names of text, label and context: the run's task's (data.row_names)."""
+    return row_names(run.task)
+
+
+def export_columns(run: RunView) -> list[str]:
+    """The columns of the run's export (and of the data file `s3synth push` uploads)."""
+    return columns(getattr(run.task, "kind", None), export_names(run))
+
+
+def export_rows(run: RunView, real: bool = False) -> list[dict]:
     """One flat dict per synthetic row of final/train.jsonl, in its order: the real mining examples a final
-    model trained with (`--final-train synthetic+gold`) are its last rows and are left out."""
-    cols = columns(getattr(run.task, "kind", None))
+    model trained with (`--final-train synthetic+gold`) are its last rows and are left out; `real`: those
+    real rows instead (their provenance null)."""
+    kind, names = getattr(run.task, "kind", None), export_names(run)
+    if real:
+        examples = run.final_train_examples()
+        rows = [ex.to_dict() for ex in examples[len(examples) - run.final_real:]] if run.final_real else []
+    else:
+        rows = run.final_synthetic_rows()
     out = []
-    for d in run.final_synthetic_rows():
+    for d in rows:
         meta, ans = d.get("meta") or {}, d.get("answer") or {}
         row = {"id": d.get("id", ""), "text": d["text"], "label": d.get("label"), "context": d.get("context"),
                "answer": ans.get("text"), "answer_start": ans.get("start"), "stage": meta.get("stage"),
                "round": meta.get("round"), "source_id": meta.get("source_id")}
-        out.append({c: row[c] for c in cols})
+        out.append({names.get(c, c): row[c] for c in columns(kind)})
     return out
 
 
@@ -60,7 +83,7 @@ def export_run(path: str | Path, fmt: str, out: str | Path | None = None) -> tup
         raise S3Error(f"{path} is not a finished run (no final/train.jsonl yet); finish it by re-running its "
                       "`s3synth run` command, then export")
     rows = export_rows(run)
-    cols = columns(getattr(run.task, "kind", None))
+    cols = export_columns(run)
     default = f"{LAYOUT.export_dir}/" + {"jsonl": "train.jsonl", "parquet": "train.parquet", "hf": "hf"}[fmt]
     out = Path(out) if out else run.path / default
     if fmt == "jsonl":
@@ -101,14 +124,42 @@ def parquet_bytes(rows: list[dict], cols: list[str]) -> bytes:
     return buf.getvalue()
 
 
-def _save_hf(rows: list[dict], cols: list[str], out: Path) -> None:
+def _datasets(what: str):
     try:
         import datasets
     except ImportError:
-        raise S3Error("--format hf needs the datasets package: pip install 's3synth[export]'") from None
-    features = datasets.Features({c: datasets.Value("int64" if c in ("round", "answer_start") else "string")
-                                  for c in cols})
-    ds = datasets.Dataset.from_list(rows, features=features)
+        raise S3Error(f"{what} needs the datasets package: pip install 's3synth[export]'") from None
+    return datasets
+
+
+def _features(datasets, cols: list[str]):
+    """The `datasets.Features` of the export's columns (strings; round and answer_start int64)."""
+    return datasets.Features({c: datasets.Value("int64" if c in ("round", "answer_start") else "string")
+                              for c in cols})
+
+
+def dataset_dict(path: str | Path):
+    """A finished run's data as a `datasets.DatasetDict` (`s3synth.load_run`): "train", the synthetic set with
+    its provenance columns (the rows `s3synth export` writes), and "real", the real gold-eval rows its final
+    model also trained on (`--final-train synthetic+gold`; empty otherwise), kept apart; both have the
+    export's columns.
+
+    Example: load_run("runs/rte") -> DatasetDict({train: 52 rows, real: 42 rows}), columns id, hypothesis,
+             label, premise, stage, round, source_id"""
+    datasets = _datasets("s3synth.load_run")
+    run = load_run(path)
+    if not run.finished:
+        raise S3Error(f"{path} is not a finished run (no final/train.jsonl yet); finish it by re-running its "
+                      "`s3synth run` command, then load it")
+    features = _features(datasets, export_columns(run))
+    return datasets.DatasetDict({name: datasets.Dataset.from_list(export_rows(run, real=name == "real"),
+                                                                  features=features)
+                                 for name in ("train", "real")})
+
+
+def _save_hf(rows: list[dict], cols: list[str], out: Path) -> None:
+    datasets = _datasets("--format hf")
+    ds = datasets.Dataset.from_list(rows, features=_features(datasets, cols))
     quiet = not datasets.are_progress_bars_disabled()
     if quiet:
         datasets.disable_progress_bars()

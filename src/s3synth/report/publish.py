@@ -20,7 +20,7 @@ from pathlib import Path
 from ..errors import S3Error
 from ..rundir import LAYOUT
 from .cards import CARD, dataset_card, model_card
-from .export import columns, export_rows, parquet_bytes
+from .export import export_columns, export_rows, parquet_bytes
 from .runview import RunView, load_run
 
 WHAT = ("both", "model", "dataset")
@@ -98,10 +98,9 @@ def plan_push(run_dir: str | Path, repo_id: str, *, what: str = "both", dataset_
                           [(CARD, card.encode("utf-8")), *files]))
     if what in ("both", "dataset"):
         rows = export_rows(run)
-        kind = getattr(run.task, "kind", None)
         card = dataset_card(run, DATA_FILE, repo_id=ds_id, model_repo_id=repo_id if what == "both" else None)
         ups.append(Upload(ds_id, "dataset", private, message or _message(run, "dataset"),
-                          [(CARD, card.encode("utf-8")), (DATA_FILE, parquet_bytes(rows, columns(kind)))]))
+                          [(CARD, card.encode("utf-8")), (DATA_FILE, parquet_bytes(rows, export_columns(run)))]))
     return ups
 
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import final_counts
-from ..data import Example, file_sha256, load_examples, subsample
+from ..data import Example, example_from_row, file_sha256, load_examples, parse_columns, row_names, subsample
+from ..datasets_hub import is_hub
 from ..errors import S3Error
 from ..io import DamagedFile, read_json, read_jsonl
 from ..rundir import LAYOUT, band_of, in_use, manifest_problem, recorded_problem
@@ -67,9 +68,29 @@ class RunView:
         return final_counts(self.manifest.get("method"), self.final)[0]
 
     def final_synthetic_rows(self) -> list[dict]:
-        """The rows of final/train.jsonl that are synthetic, in order (the real ones, last, left out)."""
-        rows = read_jsonl(self.path / LAYOUT.final_train)
-        return rows[:len(rows) - self.final_real]
+        """The rows of final/train.jsonl that are synthetic, in order (the real ones, last, left out), as
+        `Example.to_dict()` dicts (text, label, context...), whether the file has the task's names (see
+        data.example_row) or, written by an earlier version, these."""
+        rows = self.final_train_examples()
+        return [ex.to_dict() for ex in rows[:len(rows) - self.final_real]]
+
+    @property
+    def final_train_names(self) -> dict:
+        """The names text, label and context have in final/train.jsonl: the task's (data.row_names), or the
+        fields' own in a run of an earlier version.
+
+        Example: an rte run -> {"text": "hypothesis", "label": "label", "context": "premise"}"""
+        names = row_names(self.task)
+        p = self.path / LAYOUT.final_train
+        first = read_jsonl(p)[:1] if p.exists() else []
+        if first and isinstance(first[0], dict) and names.get("text") not in first[0] and "text" in first[0]:
+            return {k: k for k in names}
+        return names
+
+    def final_train_examples(self) -> list[Example]:
+        """Every row of final/train.jsonl as an Example (data.example_from_row: under the task's names or the
+        fields' own); an S3Error naming the file when it is damaged."""
+        return _examples_checked(self.path / LAYOUT.final_train, self.task)
 
     def final_synthetic_label_counts(self) -> dict:
         """Label -> synthetic examples of the final training set, for every label final/metrics.json counts
@@ -102,7 +123,9 @@ def _json(p: Path):
         raise _damaged(p, e.why) from None
 
 
-def _examples_checked(p: Path) -> list[Example]:
+def _examples_checked(p: Path, task=None) -> list[Example]:
+    """The examples of a JSON Lines file of the run (none when it is missing), its rows under the fields' own
+    names or, with `task`, the task's (data.example_from_row); an S3Error naming the file when damaged."""
     if not p.exists():
         return []
     try:
@@ -110,7 +133,7 @@ def _examples_checked(p: Path) -> list[Example]:
     except DamagedFile as e:
         raise _damaged(p, e.why) from None
     try:
-        return [Example.from_dict(d) for d in rows]
+        return [example_from_row(d, task) for d in rows]
     except (KeyError, TypeError, ValueError, AttributeError):
         raise _damaged(p, "holds a row that is not an example") from None
 
@@ -141,14 +164,11 @@ def load_run(path: str | Path) -> RunView:
             raise S3Error(f"{cfg}: not valid TOML ({e}); undo the edit, or re-run the run's `s3synth run` "
                           "command (manifest.json lists it) to write it again") from None
     notes = []
-    task = None
-    src = manifest.get("task_source") or config.get("task")
-    if src and isinstance(src, str):
-        from ..tasks import load_task
-        try:
-            task = load_task(src[len("builtin:"):] if src.startswith("builtin:") else src)
-        except S3Error as e:
-            notes.append(f"task definition not loadable ({e}); labels are taken from the data")
+    try:
+        task = run_task(manifest, config)
+    except S3Error as e:
+        task = None
+        notes.append(f"task definition not loadable ({e}); labels are taken from the data")
     rounds = []
     for q in LAYOUT.rounds_present(path):
         f = {k: path / LAYOUT.round(q, k) for k in LAYOUT.ROUND_FILES}
@@ -165,6 +185,17 @@ def load_run(path: str | Path) -> RunView:
                    _examples_checked(path / LAYOUT.seed_dropped), rounds, final, notes)
 
 
+def run_task(manifest: dict, config: dict | None = None):
+    """The task a run directory was made for (its manifest's task_source, else config.toml's task), or None
+    when neither names one; S3Error when it cannot be loaded (a task file moved or changed)."""
+    src = manifest.get("task_source") or (config or {}).get("task")
+    if not src or not isinstance(src, str):
+        return None
+    from ..tasks import load_task
+
+    return load_task(src[len("builtin:"):] if src.startswith("builtin:") else src)
+
+
 def _candidates(run: RunView, rel: str) -> list[Path]:
     p = Path(rel)
     if p.is_absolute():
@@ -177,10 +208,24 @@ def load_gold(run: RunView) -> tuple[list[Example], str]:
     examples stored in the run directory (every round's sources and errors)."""
     rel = run.config.get("gold_eval")
     sha = run.manifest.get("inputs", {}).get("gold_eval", {}).get("sha256")
-    if rel and run.task is not None:
+    if rel and run.task is not None and is_hub(rel):     # a Hub dataset: from the local cache, at the run's commit
+        from ..hub import offline_mode
+
+        commit = run.manifest.get("inputs", {}).get("gold_eval", {}).get("sha")
+        try:
+            with offline_mode():
+                gold = load_examples(rel, run.task, id_prefix="gold", columns=parse_columns(run.config.get("columns")),
+                                     revision=commit)
+        except S3Error:
+            pass
+        else:
+            gold = subsample(gold, run.config.get("max_gold_eval"), run.config.get("seed", 0))
+            return gold, f"the gold eval set ({len(gold)} examples, {rel})"
+    elif rel and run.task is not None:
         for cand in _candidates(run, rel):
             if cand.is_file() and (sha is None or file_sha256(cand) == sha):
-                gold = load_examples(cand, run.task, id_prefix="gold")
+                gold = load_examples(cand, run.task, id_prefix="gold",
+                                     columns=parse_columns(run.config.get("columns")))
                 gold = subsample(gold, run.config.get("max_gold_eval"), run.config.get("seed", 0))
                 return gold, f"the gold eval set ({len(gold)} examples, {rel})"
     stored: dict[str, Example] = {}

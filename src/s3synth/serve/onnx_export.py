@@ -142,13 +142,31 @@ def check_out(out: Path, force: bool) -> None:
                       "only an earlier export or an empty folder: give another --out")
 
 
+NOT_CONVERTED = {"fast": "frozen MiniLM embeddings + logistic regression"}   # learners export-model refuses
+TO_EXPORT = "train with --learner minilm (or hf:DIR) to export to ONNX"
+
+
+def export_note(learner: str | None) -> str | None:
+    """What a run with `--learner learner` is told at its start when `export-model` will refuse its model;
+    None when it converts it.
+
+    Example: export_note("fast") -> "note: the fast learner (frozen MiniLM ...) cannot be exported to ONNX ..."
+    """
+    kind = (learner or "").partition(":")[0]
+    if kind not in NOT_CONVERTED:
+        return None
+    return (f"note: the {kind} learner ({NOT_CONVERTED[kind]}) cannot be exported to ONNX by `s3synth "
+            f"export-model`; {TO_EXPORT}")
+
+
 def learner_meta(model_dir: Path) -> dict:
     meta = read_json(model_dir / LEARNER_META)
     if not isinstance(meta, dict):
         raise S3Error(f"{model_dir / LEARNER_META}: not a JSON object; re-run the command that saved the model")
-    if meta.get("learner") == "fast" or (model_dir / "classifier.safetensors").exists():
-        raise S3Error(f"{model_dir} holds a `fast` learner (frozen MiniLM embeddings + logistic regression), which "
-                      "export-model does not convert; train with --learner minilm (or hf:DIR) to export to ONNX")
+    if meta.get("learner") in NOT_CONVERTED or (model_dir / "classifier.safetensors").exists():
+        kind = meta.get("learner") if meta.get("learner") in NOT_CONVERTED else "fast"
+        raise S3Error(f"{model_dir} holds a `{kind}` learner ({NOT_CONVERTED[kind]}), which "
+                      f"export-model does not convert; {TO_EXPORT}")
     if meta.get("kind") not in ("single", "pair", "qa"):
         raise S3Error(f"{model_dir / LEARNER_META}: unknown task kind {meta.get('kind')!r}")
     if meta["kind"] != "qa" and not meta.get("labels"):
@@ -159,10 +177,23 @@ def learner_meta(model_dir: Path) -> dict:
 def probe_pairs(kind: str, run_dir: Path | None) -> list[tuple[str, str | None]]:
     """(text, context) inputs for the export check: built-in ones of the task kind, then a few of the run's
     training examples (longest first, so truncation is exercised)."""
+    from ..data import example_from_row
+    from ..report.runview import run_task
+
     pairs = list(PROBES[kind])
     train = run_dir / LAYOUT.final_train if run_dir is not None else None
     if train is not None and train.exists():
-        rows = [r for r in read_jsonl(train) if isinstance(r, dict) and isinstance(r.get("text"), str)]
+        try:        # its rows hold the task's names for text and context (data.example_row)
+            task = run_task(read_json(run_dir / LAYOUT.manifest))
+        except (S3Error, AttributeError):      # not loadable: rows under the fields' own names are still read
+            task = None
+        rows = []
+        for d in read_jsonl(train):
+            try:
+                rows.append(example_from_row(d, task).to_dict())
+            except (KeyError, TypeError, ValueError, AttributeError):
+                continue
+        rows = [r for r in rows if isinstance(r.get("text"), str)]
         if kind != "single":
             rows = [r for r in rows if isinstance(r.get("context"), str)]
         rows.sort(key=lambda r: -len(r["text"]) - len(r.get("context") or ""))
