@@ -3,6 +3,7 @@ one slow test runs it with the real learners."""
 
 import json
 import random
+import re
 
 import pytest
 from conftest import QueuedLLM
@@ -305,3 +306,71 @@ def test_a_seed_lost_to_llm_errors_says_which_error(tmp_path):
                             "paper/fewshot")
     seed = read_json(tmp_path / "run" / "manifest.json")["synthesis"]["seed"]
     assert seed["requested"] == 70 and seed["kept"] == 0   # 20 asked, then the retries and seed["first_error"] == "injected failure"
+
+
+PAPER_ONLY = """name: spam
+kind: single
+fields: {text: text, label: label}
+labels: [negative, positive]
+prompts:
+  seed:
+    paper: "Write a {label_word} movie review."
+  extrapolate:
+    paper: "Write a {label_word} movie review similar to: {text}"
+"""
+
+
+def test_stage_lines_name_the_style_sent_and_warn_of_fallbacks_and_skips(tmp_path, monkeypatch):
+    """A single-text task with paper prompts only, under the fake LLM's default style (fewshot): the stage lines
+    name `paper`, one warning line per stage that falls back, one for the skipped rationale stage, and the seed
+    requests are the bare paper prompt as one chat message, with no demonstrations picked."""
+    import s3synth.method.loop as loop
+
+    task = tmp_path / "spam.yaml"
+    task.write_text(PAPER_ONLY)
+    gold, _ = tiny_data(tmp_path, "imdb")
+    said = []
+    monkeypatch.setattr(loop, "info", said.append)
+    llm = QueuedLLM(fake_answer("imdb"))
+    cfg = RunConfig(task=str(task), gold_eval=str(gold), learner="fake", seed_size=8, rounds=1, holdout_frac=0.25)
+    S3(cfg, llm=llm).run(tmp_path / "run")
+    assert [s for s in said if s.startswith("warning:")] == [
+        "warning: stage rationales skipped: task spam has no prompts.rationale, so the seed prompts show no reasons "
+        "({rationales} is left empty); add prompts.rationale to the task file (`s3synth new-task` writes one)",
+        "warning: stage seed: task spam has no fewshot prompt for it (prompts.seed.fewshot), so it sends its paper "
+        "prompt: one chat message, no demonstrations",
+        "warning: stage extrapolate: task spam has no fewshot prompt for it (prompts.extrapolate.fewshot), so it "
+        "sends its paper prompt: one chat message, no demonstrations"]
+    stages = [s for s in said if s.startswith("stage: ") and "final" not in s and "train" not in s]
+    assert stages[0] == "stage: seed (8 examples, paper prompts)"
+    assert re.fullmatch(r"stage: round 1: extrapolate \d+ gold eval examples \(paper prompts\)", stages[1])
+    assert len(stages) == 2
+    seed = [r for r in llm.seen if "similar to" not in str(r.messages)]
+    assert seed and all(r.prompt is None and len(r.messages) == 1 and r.messages[0][1] in
+                        ("Write a negative movie review.", "Write a positive movie review.") for r in seed)
+    assert read_json(tmp_path / "run" / "manifest.json")["split"]["demos"] == []
+
+
+def test_a_stage_with_few_shot_prompts_only_gets_its_demonstrations_under_paper_style(tmp_path):
+    """--prompt-style paper with a seed stage that has only a few-shot completion form: it is sent with its
+    demonstrations from the gold eval (not the bare query), and the stage line says so."""
+    import s3synth.method.loop as loop
+
+    text = PAPER_ONLY.replace('    paper: "Write a {label_word} movie review."\n',
+                              '    fewshot: {demo: "A {label_word} review: {text}",\n'
+                              '              query: "A {label_word} review:"}\n')
+    task = tmp_path / "spam.yaml"
+    task.write_text(text)
+    gold, _ = tiny_data(tmp_path, "imdb")
+    said = []
+    llm = QueuedLLM(fake_answer("imdb"))
+    cfg = RunConfig(task=str(task), gold_eval=str(gold), learner="fake", seed_size=8, rounds=0, prompt_style="paper")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loop, "info", said.append)
+        S3(cfg, llm=llm).run(tmp_path / "run")
+    assert "stage: seed (8 examples, fewshot prompts: completion with 4 demonstrations)" in said
+    assert ("warning: stage seed: task spam has no paper prompt for it (prompts.seed.paper), so it sends its fewshot "
+            "prompt: the few-shot form instead of the paper's template") in said
+    seed = [r.prompt for r in llm.seen if r.prompt is not None]
+    assert seed and all(p.count("\n\n") == 4 and p.endswith("review:") for p in seed)
+    assert len(read_json(tmp_path / "run" / "manifest.json")["split"]["demos"]) == 4

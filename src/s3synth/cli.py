@@ -15,10 +15,11 @@ import traceback
 
 import click
 
-from .config import EXPORT_FORMATS, METHODS
+from .config import EXPORT_FORMATS, METHODS, RunConfig
 from .errors import BudgetExceeded, S3Error
 from .serve.onnx_export import DEFAULT_OUT as ONNX_DEFAULT_OUT
 from .stop import Terminated, handling_signals
+from .tasks import KINDS
 
 # Hub models are fetched by s3synth.hub only (before a run writes anything; --offline or HF_HUB_OFFLINE=1:
 # the cache only); every loader then reads a local folder with local_files_only=True.
@@ -129,7 +130,8 @@ def _config_option_list(out_required: bool) -> list:
             click.Path() if md.get("path") else CLICK_TYPES.get(tp, str))
         default = f.default if f.default is not MISSING else None
         text = md["help"] + (f"  [default: {default}]" if default is not None else "")
-        out.append(click.option(flag, f.name, type=ctype, default=None, required=bool(md.get("required")), help=text))
+        out.append(click.option(flag, f.name, type=ctype, default=None, required=bool(md.get("required")), help=text,
+                                metavar=md.get("metavar")))
     out += [
         click.option("--out", required=out_required, type=click.Path(),
                      help="Run directory; re-run the same command to resume."),
@@ -238,6 +240,12 @@ def run(**o):
       s3synth run --task imdb --gold-eval ../shared/data/s3_release/imdb_round1.jsonl --max-gold-eval 300 \\
                   --test ../shared/data/s3_release/imdb_round2.jsonl --max-test 500 --seed-size 100 \\
                   --final-train synthetic --out runs/demo
+    Your own data with its own column names (a CSV with `body` and `priority`; final/train.jsonl and
+    `s3synth export` then use the task's field names, so that they read back as the task's data):
+      s3synth run --task tickets.yaml --gold-eval tickets.csv --columns text=body,label=priority --out runs/t
+    A Hugging Face Hub dataset by name, hf:NAME[:CONFIG][:SPLIT] (read with the datasets library into the
+    Hugging Face cache; the commit, split and rows are recorded in manifest.json; --offline: the cache only):
+      s3synth run --task qnli --gold-eval hf:nyu-mll/glue:qnli:validation --max-gold-eval 300 --out runs/qnli
     Your own encoder by its Hugging Face Hub name (downloaded once; the commit is recorded in manifest.json):
       s3synth run --task rte --gold-eval gold.jsonl --learner hf:microsoft/deberta-v3-small --revision main \\
                   --out runs/rte-deberta
@@ -314,15 +322,22 @@ def estimate(assume_error_rate, as_json, **o):
 
 @cli.command(context_settings=CONTEXT)
 @click.option("--task", "task_name", required=True, help="Built-in task or a task YAML/TOML file.")
-@click.option("--train", "train_path", required=True, type=click.Path(), help="Training data (JSONL, CSV or Parquet).")
-@click.option("--eval", "eval_path", type=click.Path(), help="Data to choose the best epoch on (default: 10% of --train).")
-@click.option("--test", "test_path", type=click.Path(), help="Data to report metrics on.")
+@click.option("--train", "train_path", required=True, type=click.Path(),
+              help="Training data: a JSONL, CSV or Parquet file, or a Hugging Face Hub dataset "
+                   "hf:NAME[:CONFIG][:SPLIT] (e.g. hf:stanfordnlp/imdb::train).")
+@click.option("--eval", "eval_path", type=click.Path(),
+              help="Data to choose the best epoch on (default: 10% of --train); a file or hf:NAME[:CONFIG][:SPLIT].")
+@click.option("--test", "test_path", type=click.Path(),
+              help="Data to report metrics on; a file or hf:NAME[:CONFIG][:SPLIT].")
+@click.option("--data-revision", help=RunConfig.__dataclass_fields__["data_revision"].metadata["help"])
+@click.option("--columns", metavar=RunConfig.__dataclass_fields__["columns"].metadata["metavar"],
+              help=RunConfig.__dataclass_fields__["columns"].metadata["help"])
 @click.option("--learner", default="minilm", show_default=True,
               help="minilm | distilbert | hf:HUB_NAME | hf:DIR | fast (a Hub name is downloaded once).")
 @click.option("--learner-path", type=click.Path(), help="Weights folder (or Hub name) for --learner distilbert.")
 @click.option("--revision", help=LEARNER_ALIASES["revision"][2])
 @click.option("--offline", is_flag=True,
-              help="Hub models from the local Hugging Face cache only (as HF_HUB_OFFLINE=1).")
+              help="Hub models and hf: datasets from the local Hugging Face cache only (as HF_HUB_OFFLINE=1).")
 @click.option("--learner-option", "learner_option", multiple=True, metavar="KEY=VALUE",
               help="An option of the learner (repeatable), e.g. --learner-option epochs=4.")
 @click.option("--out", required=True, type=click.Path(),
@@ -335,8 +350,8 @@ def estimate(assume_error_rate, as_json, **o):
 @click.option("--max-length", type=int, help=LEARNER_ALIASES["max_length"][2])
 @click.option("-q", "--quiet", is_flag=True)
 @click.option("-v", "--verbose", is_flag=True)
-def train(task_name, train_path, eval_path, test_path, learner, learner_path, learner_option, out, seed, offline,
-          quiet, verbose, **aliases):
+def train(task_name, train_path, eval_path, test_path, columns, data_revision, learner, learner_path, learner_option,
+          out, seed, offline, quiet, verbose, **aliases):
     """Train and evaluate a learner on any data set, e.g. the gold-data baseline.
 
     Writes OUT/metrics.json, the model (OUT/model/) and, as `run` does, one row per example: id, split,
@@ -347,6 +362,13 @@ def train(task_name, train_path, eval_path, test_path, learner, learner_path, le
     Example:
       s3synth train --task rte --train rte/train.jsonl --test rte/validation.jsonl --out runs/rte-gold
       s3synth train --task rte --train rte/train.jsonl --learner hf:microsoft/deberta-v3-small --out runs/rte-deberta
+      s3synth train --task imdb --train hf:stanfordnlp/imdb::train --test hf:stanfordnlp/imdb::test --out runs/imdb
+
+    \b
+    Your own column names (for every file given): --columns text=body,label=priority. A run's data
+    (final/train.jsonl, `s3synth export`) has the task's field names and reads back as it is:
+      s3synth train --task tickets.yaml --train runs/tickets/final/train.jsonl --test tickets_test.csv \\
+                    --out runs/tickets-synthetic
     """
     from .progress import set_quiet
 
@@ -356,7 +378,8 @@ def train(task_name, train_path, eval_path, test_path, learner, learner_path, le
         import time
         from pathlib import Path
 
-        from .data import load_examples, stratified_split
+        from .data import load_examples, parse_columns, source_record, stratified_split
+        from .datasets_hub import is_hub
         from .hub import offline_mode
         from .io import write_json, write_jsonl
         from .learners import learner_class, make_learner
@@ -371,9 +394,15 @@ def train(task_name, train_path, eval_path, test_path, learner, learner_path, le
                                   "--learner-option", learner_class(kind), f"the {kind} learner")
         with offline_mode(offline):
             lrn = make_learner(learner, task, options, model_path=learner_path, seed=seed)
-        tr = load_examples(train_path, task, id_prefix="train")
-        ev = load_examples(eval_path, task, id_prefix="eval") if eval_path else None
-        te = load_examples(test_path, task, id_prefix="test") if test_path else None
+        cols = parse_columns(columns)
+        given = {"train": train_path, "eval": eval_path, "test": test_path}
+        if data_revision and not any(map(is_hub, given.values())):
+            raise S3Error(f"--data-revision {data_revision!r}: applies to Hub datasets only (--train, --eval or "
+                          "--test hf:NAME...); drop it, or name a Hub dataset")
+        with offline_mode(offline):     # hf: data: downloaded once into the Hugging Face cache, or found there
+            tr, ev, te = (load_examples(p, task, id_prefix=name, columns=cols, revision=data_revision) if p else None
+                          for name, p in given.items())
+            inputs = {name: source_record(p, revision=data_revision) for name, p in given.items() if p}
         if ev is None:
             tr, ev = stratified_split(tr, 0.1, seed)
         lrn.check()
@@ -384,7 +413,7 @@ def train(task_name, train_path, eval_path, test_path, learner, learner_path, le
         source = getattr(lrn, "model_source", None)
         parts = {name: (exs, lrn.predict(exs)) for name, exs in (("eval", ev), ("test", te)) if exs}
         res = {"task": task.name, "learner": learner, "base_model": source.to_dict() if source else None,
-               "train_size": len(tr), "history": history,
+               "inputs": inputs, "train_size": len(tr), "history": history,
                **{name: evaluate(task, *parts[name]) if name in parts else None for name in ("eval", "test")},
                "seconds": round(time.time() - t, 2)}
         lrn.save(Path(out) / "model")
@@ -448,7 +477,8 @@ def bench(methods, n_seeds, **o):
 
 @cli.command(context_settings=CONTEXT)
 def tasks():
-    """List the built-in tasks (a user task is a YAML/TOML file of the same form)."""
+    """List the built-in tasks (a user task is a YAML/TOML file of the same form; `s3synth new-task` writes one,
+    `s3synth check-task` shows its prompts)."""
     from .tasks import builtin_tasks, load_task
 
     for name in builtin_tasks():
@@ -456,6 +486,88 @@ def tasks():
         labels = ", ".join(f"{lab.name} ('{lab.word}')" for lab in t.labels) or "extractive span"
         click.echo(f"{name:<16} {t.kind:<7} labels: {labels}")
         click.echo(f"{'':<16} {t.description}")
+
+
+@cli.command("new-task", context_settings=CONTEXT)
+@click.argument("name")
+@click.option("--kind", required=True, type=click.Choice(KINDS),
+              help="single: a text and its label; pair: a text, its context (premise) and their label; qa: a "
+                   "question and its answer span in a context.")
+@click.option("--labels", metavar="NAME[=WORD],...",
+              help="The labels as your data writes them, in id order (ids 0, 1, ...); =WORD words one differently "
+                   "in the prompts, e.g. low=not urgent. Not for qa tasks.")
+@click.option("--describe", required=True, help="What the labels say, in a few words, e.g. \"how urgent a support "
+                                               "ticket is\"; the prompts repeat it.")
+@click.option("--item", help="What one text is, in the prompts (default: text; pair: sentence; qa: question), "
+                             "e.g. \"support ticket\".")
+@click.option("--data", type=click.Path(), help="Real labelled examples of the task (JSONL, CSV, Parquet or "
+                                                "hf:NAME[:CONFIG][:SPLIT]): checked against it, and the source of "
+                                                "the error-extrapolation demonstrations.")
+@click.option("--columns", metavar="FIELD=COLUMN,...",
+              help="Your data's column for each field, written into the task's `fields`, e.g. "
+                   "text=body,label=priority.")
+@click.option("--out", type=click.Path(), help="The task file to write (.yaml); default NAME.yaml.")
+@click.option("--force", is_flag=True, help="Replace an existing --out file.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the demonstrations' draw.")
+@click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
+def new_task(name, kind, labels, describe, item, data, columns, out, force, seed, verbose):
+    """Write a complete task file: fields, label words, the paper-style template of every stage of its kind
+    (rationales for single-text tasks), few-shot forms, and a comment on each part. With --data, its
+    error-extrapolation demonstrations are pairs of your examples of one label, marked REVIEW in the file.
+
+    \b
+    Example (a CSV with columns `body` and `priority`):
+      s3synth new-task urgency --kind single --labels low,medium,high --describe "how urgent a support ticket is" \\
+                       --item "support ticket" --data tickets.csv --columns text=body,label=priority \\
+                       --out tasks/urgency.yaml
+      s3synth check-task tasks/urgency.yaml --gold-eval tickets.csv      # the prompts, and the data checked
+      s3synth run --task tasks/urgency.yaml --gold-eval tickets.csv --out runs/urgency
+    """
+    def go():
+        from .tasks.author import new_task as write_task, task_spec
+
+        spec = task_spec(name, kind, labels, describe, item=item, columns=columns)
+        res = write_task(spec, out or f"{name}.yaml", data=data, force=force, seed=seed)
+        click.echo(f"wrote {res['path']}: a {kind} task" + (f", labels {labels}" if labels else "")
+                   + (f"; {res['pairs']} extrapolation demonstrations from {data}, marked REVIEW"
+                      if res["pairs"] else ""))
+        if res["missing_labels"]:
+            click.echo(f"note: {data} has no example of label {', '.join(res['missing_labels'])}")
+        click.echo(f"next: s3synth check-task {res['path']} --gold-eval {data or 'DATA'}")
+
+    _guard(go, verbose)
+
+
+@cli.command("check-task", context_settings=CONTEXT)
+@click.argument("task_file")
+@click.option("--gold-eval", "gold_eval", required=True, type=click.Path(),
+              help="Real labelled examples (JSONL, CSV, Parquet or hf:NAME[:CONFIG][:SPLIT]), as for `run`.")
+@click.option("--columns", metavar=RunConfig.__dataclass_fields__["columns"].metadata.get("metavar"),
+              help=RunConfig.__dataclass_fields__["columns"].metadata["help"])
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the demonstrations' draw, as for `run`.")
+@click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")
+def check_task(task_file, gold_eval, columns, seed, verbose):
+    """Check a task (a file, or a built-in task's name) against real data and show what the LLM would be
+    asked, without calling it: every row checked (one line per problem on stderr, exit 2 if any), what each
+    stage sends per --prompt-style, with the stages that fall back to another style or are skipped, and one
+    prompt of every stage and style built from your examples.
+
+    \b
+    Example:
+      s3synth check-task tasks/urgency.yaml --gold-eval tickets.csv
+      s3synth check-task imdb --gold-eval imdb.jsonl | less
+    """
+    def go():
+        from .tasks.check import check_task as check
+
+        chk = check(task_file, gold_eval, columns=columns, seed=seed)
+        click.echo(chk.report())
+        for line in chk.problems:
+            click.echo(f"s3synth: error: {line}", err=True)
+        if chk.problems:
+            sys.exit(2)
+
+    _guard(go, verbose)
 
 
 @cli.command(context_settings=CONTEXT)

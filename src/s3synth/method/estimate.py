@@ -216,8 +216,9 @@ class _Planned(Exception):
     """Raised by the stand-in LLM once it has recorded the requests of a stage."""
 
 
-class _Recorder(LLM):
-    """Stands in for the LLM while stages are planned: keeps the requests of a `generate` call and stops."""
+class Recorder(LLM):
+    """Stands in for the LLM while stages are planned: keeps the requests of a `generate` call and stops
+    (`planned`); `s3synth check-task` renders prompts with it too."""
 
     backend = "estimate"
 
@@ -233,7 +234,8 @@ class _Recorder(LLM):
         raise AssertionError("the estimate never calls an LLM")
 
 
-def _planned(rec: _Recorder, stage_fn: Callable[[], object]) -> list[Request]:
+def planned(rec: Recorder, stage_fn: Callable[[], object]) -> list[Request]:
+    """The requests the first `generate` call of `stage_fn` would send (none when it sends none)."""
     rec.requests = []
     try:
         stage_fn()
@@ -297,7 +299,7 @@ def _estimate(s3, error_rate: float) -> Estimate:
 
     cfg, task = s3.cfg, s3.task
     counter_name, count = token_counter(s3.llm)
-    rec = _Recorder()
+    rec = Recorder()
     synth = Synthesizer(task, rec, s3.builder, cfg.seed, per_call=cfg.per_call, per_context=cfg.per_context,
                         schema=s3.synth.schema)
     retry = RETRY_FACTOR if cfg.extrapolate_attempts > 1 else 1.0
@@ -330,18 +332,18 @@ def _estimate(s3, error_rate: float) -> Estimate:
         if step.kind == "gold":
             continue        # no LLM: the gold eval itself
         if step.kind == "rationales":     # never asked again: expected = at most
-            reqs = _planned(rec, lambda: s3.synthesize(step, synth))
+            reqs = planned(rec, lambda: s3.synthesize(step, synth))
             add(step, reqs, len(reqs), len(reqs), len(reqs))
             rationales = {lab: [PLACEHOLDER_RATIONALE] * task.rationale_keep for lab in task.label_names}
         elif step.kind in ("seed", "zerogen"):
             wanted = scaled(step.n, SEED_FACTOR)      # examples asked for, with the allowance for rejects
-            reqs = _planned(rec, lambda: s3.synthesize(replace(step, n=wanted), synth, rationales))
+            reqs = planned(rec, lambda: s3.synthesize(replace(step, n=wanted), synth, rationales))
             calls = len(reqs)      # --per-call N: ceil(wanted / N) list requests (--per-context: per context)
             most = synth.max_seed_requests(step.n, step.kind)
             a.update(seed_size=step.n, seed_requests=calls, seed_max_requests=most, per_request=synth.per_request)
             add(step, reqs, synth.first_pass_requests(step.n, step.kind), calls, most)
         else:   # extrapolation: prompts averaged over every mining example (the errors are not known yet)
-            reqs = _planned(rec, lambda: s3.synthesize(step, synth, sources=s3.mining))
+            reqs = planned(rec, lambda: s3.synthesize(step, synth, sources=s3.mining))
             n, most = (len(s3.mining), len(s3.mining)) if step.kind == "extrapolate_all" else (sources, max_sources)
             if step.kind == "extrapolate":
                 a.update(rounds=step.round, errors_per_round=errors, sources_per_round=sources,

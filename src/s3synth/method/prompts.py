@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import random
 import re
 from dataclasses import dataclass, field, replace
 from typing import Sequence
@@ -86,6 +87,63 @@ class PromptBuilder:
         if self.style == "paper" and sp.paper is None:
             return "fewshot"
         return self.style
+
+    def describe(self, stage: str, demos: int | None = None) -> str:
+        """What `stage`'s requests are, for status lines: the style actually sent, and for few-shot completion
+        prompts how many demonstrations they show (`demos`, default: the task's hand-written ones).
+
+        Example: "paper prompts"; "fewshot prompts: chat"; "fewshot prompts: completion with 4 demonstrations"
+        """
+        if stage == "zerogen":
+            return "zerogen completion prompts"
+        if self.stage_style(stage) == "paper":
+            return "paper prompts"
+        fs = self.task.stage(stage).fewshot
+        if fs.is_chat:
+            return "fewshot prompts: chat"
+        if stage == "rationale":
+            return "fewshot prompts: list completion"
+        n = len(fs.demos) if demos is None else demos
+        return f"fewshot prompts: completion with {n} demonstration{'' if n == 1 else 's'}"
+
+    def fallback(self, stage: str) -> str | None:
+        """One line when `stage` is not sent in the asked style because the task has no prompt of that style
+        for it (None when it is sent as asked).
+
+        Example (a task with paper prompts only, style fewshot): "stage seed: task t has no fewshot prompt for
+        it (prompts.seed.fewshot), so it sends its paper prompt: one chat message, no demonstrations"
+        """
+        used = self.stage_style(stage)
+        if stage == "zerogen" or used == self.style:
+            return None
+        what = ("one chat message, no demonstrations" if used == "paper"
+                else "the few-shot form instead of the paper's template")
+        return (f"stage {stage}: task {self.task.name} has no {self.style} prompt for it "
+                f"(prompts.{stage}.{self.style}), so it sends its {used} prompt: {what}")
+
+    def example_fields(self, stage: str, ex, rationales: dict | None, seed: int) -> dict:
+        """The fields of a real example shown as a seed demonstration: its text (cut to the stage's
+        `demo_max_words`), context, answer and label, with up to `rationale_k` of its label's rationales drawn
+        by (seed, example id)."""
+        sp = self.task.stage(stage)
+        rs = []
+        if rationales and rationales.get(ex.label):
+            rs = random.Random(f"{seed}:demo:{ex.id}").sample(
+                rationales[ex.label], min(self.task.rationale_k, len(rationales[ex.label])))
+        return self.fields(stage, text=ex.text, context=ex.context or "", answer=ex.answer, label=ex.label,
+                           rationales=rs, shorten=sp.fewshot.demo_max_words if sp.fewshot else None)
+
+    def handwritten_fields(self, stage: str, d: dict) -> dict:
+        """The fields of a demonstration written in the task file (`fewshot.demos`); an answer's position is
+        found in its context.
+
+        Example: {"context": "A b c.", "answer": "b", "text": "Q?", "new_text": "R?"}
+                 -> answer {"text": "b", "start": 2}
+        """
+        ctx = d.get("context", "")
+        ans = {"text": d["answer"], "start": max(ctx.find(d["answer"]), 0)} if d.get("answer") else None
+        return self.fields(stage, text=d.get("text", ""), context=ctx, answer=ans, label=d.get("label"),
+                           new_text=d.get("new_text", ""))
 
     def fields(self, stage: str, *, text="", context="", answer=None, label=None, rationales=(), n=None,
                new_text="", shorten: int | None = None) -> dict:
