@@ -403,6 +403,7 @@ def downloaded(server, repo_id: str) -> set[str]:
     return {p.rsplit("/", 1)[1] for m, p in server.stub.requests if m == "GET" and p.startswith(f"/{repo_id}/resolve/")}
 
 
+@pytest.mark.slow      # two fresh processes that train (about 8 s each on 2 cores)
 def test_train_by_hub_name_in_a_plain_shell(hub_server, gold, tmp_path):
     """Nothing set but the endpoint: the learner's weights land in ~/.cache/huggingface/hub, once."""
     out = tmp_path / "trained"
@@ -422,6 +423,7 @@ def test_train_by_hub_name_in_a_plain_shell(hub_server, gold, tmp_path):
     assert p.returncode == 0, p.stderr
 
 
+@pytest.mark.slow      # a fresh process that runs the whole loop
 def test_run_with_hub_learner_and_generator_under_hf_home(hub_server, gold, tmp_path):
     """HF_HOME alone places the cache (HF_HOME/hub): the generator and the learner are both fetched by name."""
     out = tmp_path / "run"
