@@ -34,7 +34,15 @@ def cli():
     """Synthesize a training set with an LLM by extrapolating a small model's errors (S3).
 
     \b
-    Quick start (offline, embedded models):
+    Your own task, from a CSV (columns body, priority) to a model:
+      s3synth new-task urgency --kind single --labels low,medium,high \\
+          --describe "how urgent a support ticket is" --data tickets.csv \\
+          --columns text=body,label=priority --out urgency.yaml
+      s3synth check-task urgency.yaml --gold-eval tickets.csv
+      s3synth run --task urgency.yaml --gold-eval tickets.csv --out runs/urgency
+
+    \b
+    A built-in task (offline, embedded models):
       s3synth tasks
       s3synth run --task rte --gold-eval gold.jsonl --test test.jsonl --out runs/rte
     """
