@@ -20,8 +20,12 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-# a Ray started by a test (or by a driver a test starts) binds and advertises 127.0.0.1 only; Ray reads
-# this when it is first imported, so it is set before any test module imports it
+# a Ray started in this process (ray.init, e.g. Ray Train's test) binds and advertises 127.0.0.1 only; Ray
+# reads this when it is first imported, so it is set before any test module imports it. On Linux "0" makes
+# Ray take 127.0.0.1 as this node's IP (services.get_node_ip_address), keep a driver's 127.0.0.1:PORT as
+# given (not swapped for the node's IP) and refuse `ray start --address`. Users do not set it: the cluster
+# of test_ray_executor.py is started by `ray start` without it (user_env), as are the `s3synth run`s that
+# join it, and s3synth sets it itself for its private Ray.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,7 +1,11 @@
-"""`--executor ray` against a real local Ray (2 CPUs, 127.0.0.1 only), started once for the module.
+"""`--executor ray` against a real Ray, started once for the module by `ray start --head` as a user starts
+it (2 CPUs, no RAY_* variable, a token in ~/.ray/auth_token: it checks tokens). This process joins it
+as Ray's `auto` does; `s3synth run` subprocesses join it at the address `ray start` printed.
 
-- the same S3 round through the local OpenAI-compatible stub with `--executor ray` and `--executor local`:
-  same seed set, added set and cache, every request sent once;
+- `s3synth run --ray-address` as `ray start` printed it, through the local OpenAI-compatible stub: the
+  same seed set, added set, final training set and cache as `--executor local`, every request sent once
+  (the same S3 round in this process: slow); a port nothing listens at: a one-line error at once, a
+  token that is not the cluster's: one too (slow: Ray retries it for about 20 s);
 - an actor killed (SIGKILL) mid-stage: the stage completes, every example from exactly one answer, no
   prompt answered before the kill is sent again (counted at the stub), at most the killed actor's
   requests in flight are repeated;
@@ -16,16 +20,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import secrets
+import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import cache_rows, plugin_env
+from conftest import SHARED, cache_rows, user_env
 from openai_stub import OpenAIStub
 
 from s3synth.errors import S3Error
@@ -33,22 +42,108 @@ from s3synth.io import read_jsonl
 from s3synth.llm import GenParams, Request, make_llm
 from s3synth.llm.cache import LLMCache
 from s3synth.llm.executor import make_executor
-from s3synth.llm.ray_executor import LOCALHOST_ENV
+from s3synth.llm.ray_executor import host_port, on_this_machine
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 's3synth[ray]' (scripts/setup.sh does)")
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    """One local Ray for the module (starting one costs seconds): 2 CPUs, every address on 127.0.0.1.
-    Yields its GCS address, for drivers in other processes (`--ray-address`)."""
-    assert os.environ.get(LOCALHOST_ENV) == "0"      # set by conftest before Ray's import; subprocesses inherit it
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024 ** 2, log_to_driver=False,
-             logging_level="WARNING")
-    address = ray.get_runtime_context().gcs_address
-    assert address.startswith("127.0.0.1:"), address
+def started_cluster():
+    """The module's Ray (starting one costs seconds), started as a user starts one: `ray start --head` (2
+    CPUs) in a shell with no RAY_* variable (`user_env`: neither conftest's RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER
+    nor the RAY_AUTH_MODE a local ray.init() puts in os.environ) and this user's HOME, whose
+    ~/.ray/auth_token (written here when missing, as `ray get-auth-token --generate` and every local
+    ray.init() write it) makes the cluster check every driver's token, as Ray >= 2.59 does by default. Its
+    own --temp-dir (short: Ray's socket paths have a length limit) leaves /tmp/ray/ray_current_cluster
+    alone; `--block` keeps its processes in the process group started here, which the teardown ends (`ray
+    stop` would stop every Ray of the machine). Yields (the address `ray start` printed, HOME, temp dir)."""
+    home = Path.home()
+    token = home / ".ray" / "auth_token"
+    if not (token.is_file() and token.stat().st_size):
+        token.parent.mkdir(exist_ok=True)
+        token.write_text(secrets.token_hex(32))
+    temp = Path(tempfile.mkdtemp(prefix="s3r-"))
+    log = temp / "start.log"
+    with open(log, "w") as out:
+        p = subprocess.Popen([sys.executable, "-c", "from ray.scripts.scripts import main; main()", "start",
+                              "--head", "--block", "--port", "0", "--num-cpus", "2", "--include-dashboard=false",
+                              "--object-store-memory", str(256 * 1024 ** 2), "--disable-usage-stats",
+                              "--temp-dir", str(temp)],
+                             env=user_env(home), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline, printed = time.time() + 120, None
+        while printed is None:      # "To add another node to this Ray cluster, run  ray start --address='IP:PORT'"
+            printed = re.search(r"ray start --address='([^']+)'", log.read_text())
+            assert p.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        assert "Token authentication is enabled for this Ray cluster" in log.read_text()
+        yield printed.group(1), home, temp
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait(30)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def local_ray(started_cluster):
+    """This process as a driver of `started_cluster`, joined as Ray's `auto` joins (it finds the cluster in
+    its temp dir and sends ~/.ray/auth_token). Yields the cluster's address, for drivers in other
+    processes (`--ray-address`)."""
+    address, _, temp = started_cluster
+    ray.init(address="auto", _temp_dir=str(temp), log_to_driver=False, logging_level="WARNING")
+    assert ray.get_runtime_context().gcs_address == address
     yield address
     ray.shutdown()
+
+
+def run_command(gold, out, *extra, rounds: int = 0) -> list[str]:
+    """`s3synth run` in a subprocess (the fake learner, no report): 24 seed examples from the OpenAI stub
+    (`--base-url` in `extra`), then `rounds` extrapolation rounds."""
+    return [sys.executable, "-c", "import fake_plugins; fake_plugins.main_without_reports()", "run",
+            "--task", "rte", "--gold-eval", str(gold), "--llm", "openai:stub-model", "--learner", "fake",
+            "--seed-size", "24", "--rounds", str(rounds), "--concurrency", "4", "--out", str(out), "-q", *extra]
+
+
+STUB_KEY = {"OPENAI_BASE_URL": "", "OPENAI_API_KEY": "sk-test"}
+
+
+@pytest.fixture(scope="module")
+def module_stub():
+    """One OpenAI stub for the module's `s3synth run`s: its URL is part of every cache key and request
+    seed, so runs compared with `local_run` ask this one (`fresh(stub)` before each)."""
+    with OpenAIStub() as stub:
+        yield stub
+
+
+def fresh(stub: OpenAIStub) -> OpenAIStub:
+    """`stub` with no request recorded and none held."""
+    stub.hold_after = None
+    stub.release.clear()
+    stub.received.clear()
+    stub.answered.clear()
+    return stub
+
+
+@pytest.fixture(scope="module")
+def local_run(module_stub, tmp_path_factory):
+    """`run_command` with --executor local against `module_stub` (about a second), once per number of
+    rounds: `local_run(rounds)` -> (gold file, run directory, the requests the stub got, as `body_id`s)."""
+    if not SHARED.exists():
+        pytest.skip(f"{SHARED} is not beside the repository")
+    d = tmp_path_factory.mktemp("local-run")
+    gold = gold_file(d, SHARED)
+    done: dict[int, tuple] = {}
+
+    def run(rounds: int) -> tuple:
+        if rounds not in done:
+            stub = fresh(module_stub)
+            r = subprocess.run(run_command(gold, d / f"rounds-{rounds}", "--base-url", stub.url, rounds=rounds),
+                               env=user_env(d, **STUB_KEY), capture_output=True, text=True, timeout=300, check=False)
+            assert r.returncode == 0, r.stderr
+            done[rounds] = gold, d / f"rounds-{rounds}", [body_id(b) for b in stub.bodies]
+        return done[rounds]
+
+    return run
 
 
 def gold_file(tmp_path, shared_data, n=40):
@@ -69,7 +164,9 @@ def body_id(b: dict) -> str:
     return json.dumps([b.get("messages") or b.get("prompt"), b.get("seed")])
 
 
+@pytest.mark.slow   # test_ray_address_printed_by_ray_start checks the same through `s3synth run`
 def test_s3_round_on_ray_equals_local(local_ray, tmp_path, shared_data):
+    """An S3 round in this process (RunConfig, S3.run) with `--executor ray` and `--executor local`."""
     from s3synth.config import RunConfig
     from s3synth.method import S3
 
@@ -96,6 +193,16 @@ def test_s3_round_on_ray_equals_local(local_ray, tmp_path, shared_data):
     for stage, st in m["stages"].items():   # same fingerprints: the executor is not an input of any stage
         assert st["fingerprint"] == json.loads((tmp_path / "local" / "manifest.json").read_text())[
             "stages"][stage]["fingerprint"], stage
+
+
+def running(pid: int) -> bool:
+    """Whether process `pid` runs (exited or a zombie: no)."""
+    import psutil   # a dependency of Ray
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def test_killed_actor_mid_stage(local_ray, tmp_path):
@@ -131,7 +238,11 @@ def test_killed_actor_mid_stage(local_ray, tmp_path):
         pids_before = set(ex.answers_by_worker)
         victim = min(pids_before)
         os.kill(victim, signal.SIGKILL)
-        time.sleep(1.0)
+        # the held requests go free once the driver has seen the job fail and stopped its other actor (freed
+        # before, that actor would send new requests, whose answers nobody reads: more repeats than in flight)
+        deadline = time.time() + 60
+        while (not ex.resubmitted or any(map(running, pids_before))) and time.time() < deadline:
+            time.sleep(0.05)
         stub.hold_after = None
         stub.release.set()
         t.join(180)
@@ -155,58 +266,118 @@ def test_killed_actor_mid_stage(local_ray, tmp_path):
     assert cache_rows(tmp_path / "cache.sqlite") == n
 
 
-def test_killed_driver_resumes_from_the_cache(local_ray, tmp_path, shared_data):
+def test_killed_driver_resumes_from_the_cache(started_cluster, local_run, module_stub, tmp_path):
     """`kill -9` a `s3synth run --executor ray` mid-seed, run it again: no prompt answered before the kill
-    is sent again, and the seed set equals that of an uninterrupted `--executor local` run."""
-    gold = gold_file(tmp_path, shared_data)
-
-    def cmd(out, *extra):
-        return [sys.executable, "-c", "import fake_plugins; fake_plugins.main_without_reports()", "run",
-                "--task", "rte", "--gold-eval", str(gold), "--llm", "openai:stub-model", "--learner", "fake",
-                "--seed-size", "24", "--rounds", "0", "--concurrency", "4", "--out", str(out), "-q", *extra]
-
-    env = plugin_env(OPENAI_BASE_URL="", OPENAI_API_KEY="sk-test")
-    ray_flags = ("--executor", "ray", "--ray-address", local_ray, "--executor-option", "actors=2")
-    with OpenAIStub() as stub:
-        base = ("--base-url", stub.url)
-        ref = subprocess.run(cmd(tmp_path / "ref", *base), check=False, env=env, capture_output=True, text=True, timeout=300)
-        assert ref.returncode == 0, ref.stderr
-        stub.received.clear()
-        stub.answered.clear()
-        stub.hold_after = 10
-        p = subprocess.Popen(cmd(tmp_path / "run", *base, *ray_flags), env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE)
-        db = tmp_path / "run" / "llm_cache.sqlite"
-        deadline = time.time() + 180
-        last, since = -1, time.time()     # 10 answered, the next ones hanging: until nothing new arrives for 1 s
-        while time.time() < deadline:
-            c = stub.count
-            if c != last:
-                last, since = c, time.time()
-            elif c > 10 and stub.in_flight == c - 10 and time.time() - since > 1.0 and cache_rows(db) >= 10:
-                break
-            time.sleep(0.1)
-        p.kill()                               # SIGKILL: no clean-up of any kind
-        p.wait(30)
-        assert cache_rows(db) == 10, p.stderr.read().decode()[-2000:]
-        answered_first = {body_id(b) for b in stub.answered}
-        in_flight = stub.count - 10
-        assert not (tmp_path / "run" / "seed.jsonl").exists()
-        n_before = stub.count
-        stub.hold_after = None
-        stub.release.set()
-        again = subprocess.run(cmd(tmp_path / "run", *base, *ray_flags), check=False, env=env, capture_output=True, text=True,
-                               timeout=300)
-        assert again.returncode == 0, again.stderr
-        sent = [body_id(b) for b in stub.bodies]
+    is sent again, and the seed set equals that of an uninterrupted `--executor local` run. The driver
+    joins the cluster of `ray start` at 127.0.0.1 and the port it printed, from a shell with no RAY_*
+    variable (before, that was refused: Ray's driver sends its token for `auto` only)."""
+    address, home, _ = started_cluster
+    gold, ref, _ = local_run(0)
+    env = user_env(home, **STUB_KEY)
+    loopback = f"127.0.0.1:{host_port(address)[1]}"
+    ray_flags = ("--executor", "ray", "--ray-address", loopback, "--executor-option", "actors=2")
+    stub = fresh(module_stub)
+    base = ("--base-url", stub.url)
+    stub.hold_after = 10
+    p = subprocess.Popen(run_command(gold, tmp_path / "run", *base, *ray_flags), env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    db = tmp_path / "run" / "llm_cache.sqlite"
+    deadline = time.time() + 180
+    last, since = -1, time.time()     # 10 answered, the next ones hanging: until nothing new arrives for 1 s
+    while time.time() < deadline and p.poll() is None:
+        c = stub.count
+        if c != last:
+            last, since = c, time.time()
+        elif c > 10 and stub.in_flight == c - 10 and time.time() - since > 1.0 and cache_rows(db) >= 10:
+            break
+        time.sleep(0.1)
+    p.kill()                               # SIGKILL: no clean-up of any kind
+    p.wait(30)
+    assert cache_rows(db) == 10, p.stderr.read().decode()[-2000:]
+    answered_first = {body_id(b) for b in stub.answered}
+    in_flight = stub.count - 10
+    assert not (tmp_path / "run" / "seed.jsonl").exists()
+    n_before = stub.count
+    stub.hold_after = None
+    stub.release.set()
+    again = subprocess.run(run_command(gold, tmp_path / "run", *base, *ray_flags), check=False, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    sent = [body_id(b) for b in stub.bodies]
     sent_again = sent[n_before:]
     repeats = len(sent) - len(set(sent))
     print(f"\nkilled driver: {n_before} requests sent before the kill ({len(answered_first)} answered and "
           f"committed, {in_flight} in flight), {len(sent_again)} sent by the resumed run, {repeats} repeats")
     assert sent_again and answered_first.isdisjoint(sent_again)
     assert repeats <= in_flight
-    assert read_jsonl(tmp_path / "run" / "seed.jsonl") == read_jsonl(tmp_path / "ref" / "seed.jsonl")
-    assert cache_table(tmp_path / "run" / "llm_cache.sqlite") == cache_table(tmp_path / "ref" / "llm_cache.sqlite")
+    assert read_jsonl(tmp_path / "run" / "seed.jsonl") == read_jsonl(ref / "seed.jsonl")
+    assert cache_table(tmp_path / "run" / "llm_cache.sqlite") == cache_table(ref / "llm_cache.sqlite")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_address_printed_by_ray_start(started_cluster, local_run, module_stub, tmp_path):
+    """`s3synth run --executor ray --ray-address` with the address `ray start --head` printed (the node's
+    IP), on the machine of a cluster that checks tokens, from a shell with no RAY_* variable (Ray's driver
+    sends its token for `auto` only: this driver was refused before): the same seed set, added set, final
+    training set, cache and stage fingerprints as `--executor local`, and as many requests, each sent once.
+    A port nothing listens at: exit 2 at once, with one line naming the cause and the ways out."""
+    address, home, _ = started_cluster
+    gold, ref, sent_local = local_run(1)
+    assert on_this_machine(host_port(address)[0])
+    closed = f"127.0.0.1:{free_port()}"
+    stub = fresh(module_stub)
+    base = ("--base-url", stub.url)
+    env = user_env(home, **STUB_KEY)
+    wrong = subprocess.Popen(run_command(gold, tmp_path / "wrong", *base, "--executor", "ray", "--ray-address", closed),
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        r = subprocess.run(run_command(gold, tmp_path / "ray", *base, "--executor", "ray", "--ray-address", address,
+                                       "--executor-option", "actors=1", rounds=1),
+                           env=env, capture_output=True, text=True, timeout=300, check=False)
+        assert r.returncode == 0, r.stderr[-3000:]
+        err = wrong.communicate(timeout=120)[1]
+    finally:
+        wrong.kill()
+        wrong.communicate()
+    sent_ray = [body_id(b) for b in stub.bodies]
+    assert len(sent_ray) == len(sent_local) and sorted(sent_ray) == sorted(sent_local)     # each once, as local
+    assert len(read_jsonl(ref / "round-1" / "added.jsonl")) > 0
+    for name in ("seed.jsonl", "round-1/added.jsonl", "final/train.jsonl"):
+        assert read_jsonl(tmp_path / "ray" / name) == read_jsonl(ref / name), name
+    assert cache_table(tmp_path / "ray" / "llm_cache.sqlite") == cache_table(ref / "llm_cache.sqlite")
+    m, m_local = (json.loads((d / "manifest.json").read_text()) for d in (tmp_path / "ray", ref))
+    assert m["invocations"][-1]["executor"] == {"name": "ray", "address": address, "actors": 1, "cpus_per_actor": 1.0}
+    # the executor is not an input of any stage: the same fingerprints
+    assert {k: st["fingerprint"] for k, st in m["stages"].items()} == {
+        k: st["fingerprint"] for k, st in m_local["stages"].items()}
+    assert (wrong.returncode, err.splitlines()) == (2, [
+        f"s3synth: error: --ray-address {closed}: nothing answers at {closed} (Connection refused) - pass the "
+        "address `ray start --head` printed (ray start --address='IP:PORT'), or --ray-address auto on the head node"])
+
+
+@pytest.mark.slow       # Ray retries a refused token for about 20 s before it gives up
+def test_a_refused_token_is_one_line(started_cluster, local_run, module_stub, tmp_path):
+    """A driver on the cluster's machine whose ~/.ray/auth_token is not the cluster's (another user's
+    HOME), at the address `ray start` printed: exit 2, one line naming the cause and the ways out."""
+    address, _, _ = started_cluster
+    gold, _, _ = local_run(0)
+    other = tmp_path / "other-home"
+    (other / ".ray").mkdir(parents=True)
+    (other / ".ray" / "auth_token").write_text(secrets.token_hex(32))
+    r = subprocess.run(run_command(gold, tmp_path / "run", "--base-url", fresh(module_stub).url, "--executor", "ray",
+                                   "--ray-address", address),
+                       env=user_env(other, **STUB_KEY), capture_output=True, text=True, timeout=300, check=False)
+    assert (r.returncode, r.stderr.strip().splitlines()[-1]) == (2, (
+        f"s3synth: error: the Ray cluster at {address} refused this driver: it checks a token (Ray >= 2.59 token "
+        "authentication) and the token in ~/.ray/auth_token is not the cluster's - on the head node pass the address "
+        "`ray start --head` printed or --ray-address auto; elsewhere give this driver the head's token: "
+        "RAY_AUTH_MODE=token RAY_AUTH_TOKEN=<output of `ray get-auth-token` on the head>"))
+    assert module_stub.count == 0         # refused before any request
 
 
 @pytest.mark.slow
@@ -269,6 +440,32 @@ def test_shards_keep_limits_over_the_cluster():
     assert Request.from_payload(json.loads(json.dumps(r.payload()))) == r     # how a request travels to an actor
 
 
+def test_which_token_a_driver_sends(tmp_path, monkeypatch):
+    """What a `--ray-address` driver sends a cluster that checks tokens, by where the token is and where the
+    cluster is (the text goes into the one-line error when the cluster refuses the driver). This process
+    imported Ray already, so it can no longer turn Ray's token mode on, and says so; a fresh `s3synth`
+    process does (test_ray_address_printed_by_ray_start)."""
+    from s3synth.llm.ray_executor import send_token
+
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)     # local_ray's ray.init() may have set RAY_AUTH_MODE
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert send_token("127.0.0.1:6379") == "this driver sent no token (none found here)"
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("t" * 64)
+    assert send_token("198.51.100.7:6379") == ("this driver sent no token (~/.ray/auth_token is not sent to "
+                                               "another machine)")
+    assert send_token("127.0.0.1:6379") == ("this driver sent no token (Ray was imported before "
+                                            "RAY_AUTH_MODE=token could be set)")
+    assert send_token("auto") == "the token in ~/.ray/auth_token is not the cluster's"
+    assert "RAY_AUTH_MODE" not in os.environ
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    assert send_token("127.0.0.1:6379") == "this driver sent no token (RAY_AUTH_MODE=disabled)"
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "u" * 64)
+    assert send_token("198.51.100.7:6379") == "the token in RAY_AUTH_TOKEN is not the cluster's"
+
+
 def test_bad_executor_settings_are_one_line(tmp_path):
     from click.testing import CliRunner
 
@@ -282,6 +479,7 @@ def test_bad_executor_settings_are_one_line(tmp_path):
                          (["--executor", "ray", "--executor-option", "nodes=2"], "unknown option nodes"),
                          (["--executor", "ray", "--executor-option", "resubmit=-2"], "resubmit=-2: -1 (no limit) or >= 0"),
                          (["--executor", "ray", "--ray-address", "somewhere"], "write auto, HOST:PORT"),
+                         (["--executor", "ray", "--ray-address", "head:port"], "write auto, HOST:PORT"),
                          (["--llm", "openai:m", "--batch", "--executor", "ray"], "exclude each other"),
                          (["--executor", "spark"], "unknown executor 'spark'; available: ")):
         r = CliRunner().invoke(cli, base + extra)

@@ -27,10 +27,24 @@ before the run stops). Answers already streamed back are never asked again; the 
 the dead actor (and on the others of its job) are. When it gives up, the run stops with every answer so
 far saved; the same command resumes.
 
+A first Ctrl-C or SIGTERM at the driver (s3synth.stop): the registry actor records it, the actors (asking
+it every STOP_POLL_S during a call) send no new request, and the answers in flight stream back and are
+saved before the run stops; a call that starts after that sends nothing.
+
 Ray: `address` (`--ray-address`) `auto` or `HOST:PORT` joins a running cluster (`ray start --head`),
 `ray://HOST:PORT` connects through Ray Client; none starts a private local Ray on 127.0.0.1 (no
 dashboard) for this run and shuts it down at the end. A Ray already initialised in this process (from
 Python) is used as it is. Every node of a cluster needs s3synth and the backend's packages installed.
+
+Token authentication (Ray >= 2.59; see docs/scale.md): a cluster started by `ray start --head` where a
+token exists (~/.ray/auth_token, left by `ray get-auth-token --generate` or by any local `ray.init()`,
+s3synth's private Ray included) checks every driver's token. Ray's driver sends its token for `auto` but
+never for an explicit HOST:PORT unless RAY_AUTH_MODE=token is set, so the address `ray start` printed was
+refused on its own machine. Here a HOST:PORT driver sends a token, as `auto` does, when RAY_AUTH_MODE is
+not set and the user handed one over (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH) or HOST is this machine and
+~/.ray/auth_token exists (a local file's token never goes to another machine). Before Ray's own retries
+(about 20 s) a HOST:PORT that nothing answers at is a one-line error; a refused token is one too, naming
+what was sent and the ways out.
 
 Not handled: autoscaling actor pools, GPUs for CPU backends (`num_gpus`), Ray Client with the vLLM path.
 """
@@ -42,14 +56,18 @@ import logging
 import math
 import os
 import queue
+import socket
 import sys
 import threading
+import time
 import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .. import stop
 from ..errors import LLMError, S3Error
 from .executor import Commit, Executor, Job
 
@@ -57,7 +75,11 @@ if TYPE_CHECKING:
     from .base import LLM
 
 STREAM_BLOCK_BYTES = 1        # Ray Data's target block size while a stage runs: a block per yield (see RayExecutor.run)
+STOP_POLL_S = 0.2             # how often an actor asks the registry whether the run is stopping (during a call)
 LOCALHOST_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"   # "0": a local Ray binds and advertises 127.0.0.1 only
+AUTH_MODE_ENV = "RAY_AUTH_MODE"     # "token": Ray's driver sends its token (read when Ray is first imported)
+HOME_TOKEN = "~/.ray/auth_token"   # the token `ray get-auth-token --generate` or a local ray.init() writes
+PROBE_S = 5.0                       # how long a HOST:PORT may take to accept a TCP connection
 
 
 def _import_ray(local: bool = False):
@@ -73,13 +95,115 @@ def _import_ray(local: bool = False):
     return ray
 
 
+def host_port(address: str | None) -> tuple[str, int] | None:
+    """(host, port) of a `--ray-address HOST:PORT`; None for none, `auto` and `ray://` (Ray Client).
+
+    Examples:
+        >>> host_port("10.0.0.5:6379"), host_port("[::1]:6379"), host_port("auto"), host_port("ray://h:10001")
+        (('10.0.0.5', 6379), ('::1', 6379), None, None)
+    """
+    if not address or address == "auto" or address.startswith("ray://"):
+        return None
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def on_this_machine(host: str) -> bool:
+    """Whether `host` (a name or an IP) is this machine: one of its addresses resolves to an interface here
+    (a socket binds to it), loopback included.
+
+    Examples:
+        >>> on_this_machine("127.0.0.1"), on_this_machine("localhost")
+        (True, True)
+        >>> on_this_machine("198.51.100.7")     # TEST-NET-2, nobody's address
+        False
+    """
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    for family, kind, _, _, sockaddr in infos:
+        try:
+            with socket.socket(family, kind) as s:
+                s.bind((sockaddr[0], 0))
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def token_source() -> str | None:
+    """Where Ray's driver would read a token from, in Ray's order (RAY_AUTH_TOKEN, the file named by
+    RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token), or None: no token on this machine."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return "RAY_AUTH_TOKEN"
+    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return "RAY_AUTH_TOKEN_PATH"
+    f = Path.home() / ".ray" / "auth_token"
+    return HOME_TOKEN if f.is_file() and f.stat().st_size else None
+
+
+def send_token(address: str) -> str:
+    """Make a driver joining `--ray-address HOST:PORT` send its token where Ray's `auto` would: RAY_AUTH_MODE
+    as the user set it; unset, token mode when the user handed a token over (RAY_AUTH_TOKEN,
+    RAY_AUTH_TOKEN_PATH) or HOST is this machine and ~/.ray/auth_token exists. Sets RAY_AUTH_MODE=token in
+    this process for that (Ray reads it when it is first imported: a process that imported Ray before keeps
+    Ray's reading). `auto`: Ray decides (a token if there is one). Returns what the driver sends, for the
+    message when the cluster refuses it."""
+    mode, source, hp = os.environ.get(AUTH_MODE_ENV), token_source(), host_port(address)
+    why = f"{AUTH_MODE_ENV}={mode}" if mode else "none found here"
+    if mode is None and source:
+        if address == "auto":
+            mode = "token"
+        elif source == HOME_TOKEN and not on_this_machine(hp[0]):
+            why = f"{source} is not sent to another machine"
+        elif "ray" in sys.modules:
+            why = f"Ray was imported before {AUTH_MODE_ENV}=token could be set"
+        else:
+            os.environ[AUTH_MODE_ENV] = mode = "token"
+    if (mode or "").lower() != "token":
+        return f"this driver sent no token ({why})"
+    return f"the token in {source} is not the cluster's" if source else "this driver has no token"
+
+
+def _refused_token(e: BaseException | None) -> bool:
+    """Whether Ray's connection error `e` (or one it came from) is the cluster refusing the driver's token."""
+    for _ in range(8):
+        if e is None:
+            return False
+        if type(e).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def probe(address: str) -> None:
+    """A one-line error, at once, when nothing accepts a TCP connection at `--ray-address HOST:PORT`
+    (Ray itself retries for about 20 s and then says only that it failed)."""
+    host, port = host_port(address)
+    try:
+        socket.create_connection((host, port), timeout=PROBE_S).close()
+    except OSError as e:
+        raise LLMError(f"--ray-address {address}: nothing answers at {host}:{port} ({e.strerror or e}) - pass the "
+                       "address `ray start --head` printed (ray start --address='IP:PORT'), or --ray-address auto "
+                       "on the head node") from None
+
+
 class _Registry:
     """A Ray actor (one per executor) holding the handles of each job's actors: a job that fails leaves
     its other actors running their calls (Ray Data releases them without killing them), and their
-    answers would never reach the driver, so the driver kills them before it resubmits."""
+    answers would never reach the driver, so the driver kills them before it resubmits. It also says
+    when the run is stopping (a first Ctrl-C at the driver): the actors then send no new request."""
 
     def __init__(self):
         self.actors: dict[int, list] = {}
+        self.stopped = False
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def stopping(self) -> bool:
+        return self.stopped
 
     def add(self, job: int, handle) -> None:
         self.actors.setdefault(job, []).append(handle)
@@ -107,9 +231,21 @@ class _Worker:
         self.cls, self.model, self.options, self.seed = cls, model, options, seed
         self.local = threading.local()
         self.pid = os.getpid()
+        self.registry, self._asked = registry, 0.0
         if registry is not None:    # so that the driver can stop this actor when its job fails
             import ray
             ray.get(registry.add.remote(job, ray.get_runtime_context().current_actor))
+
+    def _stopping(self) -> bool:
+        """True once the driver is stopping (asked of the registry at most every STOP_POLL_S); this
+        process's engines then send no new request (`stop.stopping()`)."""
+        if not stop.stopping() and self.registry is not None and time.monotonic() - self._asked >= STOP_POLL_S:
+            import ray
+
+            self._asked = time.monotonic()
+            if ray.get(self.registry.stopping.remote()):
+                stop.request()
+        return stop.stopping()
 
     def _out(self, batch: dict, rows: list, fatal: str = "") -> dict:
         import numpy as np
@@ -123,6 +259,8 @@ class _Worker:
         from .base import Completion, Request
 
         n = len(batch["index"])
+        if self._stopping():    # a call that starts after the driver began to stop: nothing is sent
+            return
         try:
             eng = getattr(self.local, "engine", None)
             if eng is None:
@@ -150,7 +288,11 @@ class _Worker:
         finished = False
         try:
             while not finished:
-                got = [ready.get()]
+                try:
+                    got = [ready.get(timeout=STOP_POLL_S)]
+                except queue.Empty:     # nothing finished: time to ask whether the driver is stopping
+                    got = []
+                self._stopping()
                 while True:         # everything finished by now goes in one block
                     try:
                         got.append(ready.get_nowait())
@@ -165,6 +307,8 @@ class _Worker:
             eng._emit = None
         th.join()
         exc, res, fatal = box.get("exc"), box.get("res"), ""
+        if exc is not None and stop.stopping():     # the engine stopped sending; what it answered went out above
+            return
         if exc is None and len(res) != n:
             exc = RuntimeError(f"backend returned {len(res)} answers for {n} requests")
         if isinstance(exc, S3Error):
@@ -251,7 +395,8 @@ class RayExecutor(Executor):
             if self.resubmit < -1:
                 raise S3Error(f"--executor-option resubmit={self.resubmit}: -1 (no limit) or >= 0")
             a = self.address
-            if a is not None and a != "auto" and not a.startswith("ray://") and ":" not in a:
+            if (a is not None and a != "auto" and not a.startswith("ray://")
+                    and not (a.rpartition(":")[0] and a.rpartition(":")[2].isdigit())):
                 raise S3Error(f"--ray-address {a!r}: write auto, HOST:PORT or ray://HOST:PORT")
 
     def __init__(self, **options):
@@ -268,18 +413,34 @@ class RayExecutor(Executor):
         """The connected `ray` module (connecting or starting a local Ray on first use)."""
         if self._ray is not None:
             return self._ray
+        hp = host_port(self.options.address)
+        # before Ray's import (Ray reads RAY_AUTH_MODE then); Ray Client (ray://) has no token
+        sent = send_token(self.options.address) if hp or self.options.address == "auto" else ""
         ray = _import_ray(local=not self.options.address)
         if not ray.is_initialized():
             o = self.options
             kw = {"log_to_driver": False, "logging_level": logging.WARNING}
+            if hp:
+                probe(o.address)
             try:
                 if o.address:
                     ray.init(address=o.address, **kw)
                 else:
                     extra = {"object_store_memory": o.object_store_mb * 1024 ** 2} if o.object_store_mb else {}
-                    ray.init(num_cpus=o.num_cpus or os.cpu_count() or 1, include_dashboard=False, **extra, **kw)
+                    # "local": a new Ray, never the cluster that /tmp/ray/ray_current_cluster (left by a
+                    # `ray start` that was not stopped) or RAY_ADDRESS names
+                    ray.init(address="local", num_cpus=o.num_cpus or os.cpu_count() or 1, include_dashboard=False,
+                             **extra, **kw)
                     self._started = True
-            except (ConnectionError, RuntimeError, ValueError) as e:
+                stop.reinstall()    # ray.init sets its own SIGTERM handler (sys.exit): a SIGTERM stops carefully
+            except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as e:
+                if o.address and _refused_token(e):
+                    raise LLMError(
+                        f"the Ray cluster at {o.address} refused this driver: it checks a token (Ray >= 2.59 token "
+                        f"authentication) and {sent or 'this driver sent a wrong one'} - on the head node pass the "
+                        "address `ray start --head` printed or --ray-address auto; elsewhere give this driver the "
+                        "head's token: RAY_AUTH_MODE=token RAY_AUTH_TOKEN=<output of `ray get-auth-token` on the "
+                        "head>") from None
                 where = f"the Ray cluster at {o.address}" if o.address else "a local Ray"
                 raise LLMError(f"cannot start or reach {where}: {str(e).splitlines()[0] if str(e) else e} - check "
                                "--ray-address (auto needs `ray start --head` on this machine)") from None
@@ -354,6 +515,7 @@ class RayExecutor(Executor):
                 if len(done) == len(items):
                     return
                 idle = 0 if len(done) > before else idle + 1
+                stop.raise_if_stopping()    # a stopping run sends nothing again
                 if 0 <= o.resubmit < idle:
                     raise LLMError(f"the Ray job failed ({e}); every answer received so far is saved - run the "
                                    "same command again to resume") from None
@@ -443,6 +605,11 @@ class RayExecutor(Executor):
                 first = str(e).strip().splitlines()[0] if str(e).strip() else ""
                 raise LLMError(f"the Ray Data LLM job failed ({type(e).__name__}: {first[:300]}); every answer "
                                "received so far is saved - run the same command again to resume") from None
+
+    def stop_sending(self) -> None:
+        """A first Ctrl-C: the actors (asking the registry during their calls) send no new request."""
+        if self._registry_actor is not None:
+            self._registry_actor.stop.remote()
 
     def close(self) -> None:
         if self._registry_actor is not None and self._ray is not None and self._ray.is_initialized():
