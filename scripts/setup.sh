@@ -23,7 +23,7 @@ if ! "$V/python" -c 'import importlib.metadata as m, sys; sys.exit(0 if m.versio
   say "installing torch 2.13.0 (CPU build)"
   pipi torch==2.13.0
 fi
-if ! has s3synth transformers sklearn cleanlab pyarrow pytest rapidfuzz matplotlib jinja2 datasets openai anthropic \
+if ! has s3synth transformers sklearn cleanlab pyarrow pytest xdist rapidfuzz matplotlib jinja2 datasets openai anthropic \
        ray pandas fsspec aiohttp onnxruntime onnxscript \
    || [ pyproject.toml -nt .venv/.s3synth-installed ]; then
   say "installing s3synth and its dependencies"

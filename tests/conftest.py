@@ -56,6 +56,12 @@ def _register_test_plugins() -> Path:
 PLUGIN_DIR = _register_test_plugins()
 
 
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto` (pyproject's addopts): a worker per core, at most 4 (each imports torch; the stub servers and the
+    Ray cluster gain nothing from more)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 def plugin_env(**extra) -> dict:
     """os.environ for a subprocess that should see the test plugins (`--learner fake`, `--llm echo:M`)."""
     path = os.pathsep.join([str(PLUGIN_DIR), str(TESTS)] + ([os.environ["PYTHONPATH"]]

@@ -269,6 +269,7 @@ def test_s3_round_with_openai_batches_equals_the_online_run(ostub, rte_gold, tmp
     assert OPENAI_KEY not in text
 
 
+@pytest.mark.slow       # a `s3synth run` process killed mid-batch, then run again
 def test_killed_while_a_batch_is_in_progress_rerun_polls_it_and_submits_nothing_new(ostub, rte_gold, tmp_path):
     """SIGKILL a real `s3synth run --batch` while its batch is in_progress; the same command again creates
     zero new batches for those requests: it finds the recorded batch, polls it and collects it."""

@@ -92,6 +92,7 @@ def test_tasks_and_help():
 
 
 
+@pytest.mark.slow       # a `s3synth run` process killed with SIGKILL, then run again
 def test_killed_run_resumes_and_pays_nothing_twice(tmp_path, shared_data):
     """SIGKILL a real `s3synth run` talking to a local OpenAI-compatible server mid-seed, run it again,
     and count at the server that no answered prompt is sent again; the seed equals an uninterrupted run's."""

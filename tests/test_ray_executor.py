@@ -205,6 +205,7 @@ def running(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow       # a Ray job killed and resubmitted (about 10 s)
 def test_killed_actor_mid_stage(local_ray, tmp_path):
     """SIGKILL one of two actors while requests hang at the server: its job fails, the driver sends the
     requests still unanswered in a new job; every request is answered once in the result, no prompt
@@ -266,6 +267,7 @@ def test_killed_actor_mid_stage(local_ray, tmp_path):
     assert cache_rows(tmp_path / "cache.sqlite") == n
 
 
+@pytest.mark.slow       # two `s3synth run` processes on the cluster (about 12 s)
 def test_killed_driver_resumes_from_the_cache(started_cluster, local_run, module_stub, tmp_path):
     """`kill -9` a `s3synth run --executor ray` mid-seed, run it again: no prompt answered before the kill
     is sent again, and the seed set equals that of an uninterrupted `--executor local` run. The driver
@@ -320,6 +322,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow       # two `s3synth run` processes, local and on the cluster (about 8 s)
 def test_ray_address_printed_by_ray_start(started_cluster, local_run, module_stub, tmp_path):
     """`s3synth run --executor ray --ray-address` with the address `ray start --head` printed (the node's
     IP), on the machine of a cluster that checks tokens, from a shell with no RAY_* variable (Ray's driver
@@ -401,6 +404,7 @@ def test_embedded_model_on_ray_equals_local(local_ray, tmp_path):
     assert cache_table(tmp_path / "ray.sqlite") == cache_table(tmp_path / "local.sqlite")
 
 
+@pytest.mark.slow       # a Ray job per wave until the budget stops it (about 5 s)
 def test_budget_holds_on_ray(local_ray, tmp_path):
     """A token budget cuts every Ray wave to what it still allows: the same requests are sent as with the
     local executor, and the spend never passes the budget."""
