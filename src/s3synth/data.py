@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import DataError, S3Error
+from .io import JSON_SUFFIXES, json_sha256
 
 if TYPE_CHECKING:
     from .tasks import Task
@@ -90,8 +91,6 @@ def source_record(source, *, revision: str | None = None) -> dict:
 
 # ---------------------------------------------------------------- raw rows
 
-JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
-DATA_SUFFIXES = (*JSON_SUFFIXES, ".csv", ".parquet")      # the data files `load_examples` reads
 
 
 def _read_rows(path: Path) -> list[tuple[int, dict]]:
@@ -392,9 +391,7 @@ def content_sha256(items) -> str:
 
     Example: content_sha256([Example("a b", "positive", id="g-1")]) == content_sha256 of the same row read
              from a file whose text column is called `body` under --columns text=body"""
-    rows = [x.to_dict() if isinstance(x, Example) else x for x in items]
-    blob = json.dumps(rows, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    return json_sha256(x.to_dict() if isinstance(x, Example) else x for x in items)
 
 
 # ---------------------------------------------------------------- rows a run writes for its user

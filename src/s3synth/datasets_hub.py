@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import DataError, S3Error
+from .io import json_sha256
 
 if TYPE_CHECKING:
     from .tasks import Task
@@ -108,11 +109,9 @@ class PythonRows:
 
     @property
     def sha256(self) -> str:
-        """The sha256 of the rows as JSON (data.content_sha256)."""
+        """The sha256 of the rows as JSON (io.json_sha256: what data.content_sha256 gives for rows)."""
         if self._sha is None:
-            from .data import content_sha256
-
-            self._sha = content_sha256(self.rows())
+            self._sha = json_sha256(self.rows())
         return self._sha
 
     @property

@@ -21,6 +21,20 @@ from typing import Any, Iterable
 
 from .errors import S3Error
 
+JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
+DATA_SUFFIXES = (*JSON_SUFFIXES, ".csv", ".parquet")      # the data files `data.load_examples` reads
+
+
+def json_sha256(rows: Iterable[Any]) -> str:
+    """The sha256 of `rows` as canonical JSON (sorted keys, UTF-8; what JSON cannot hold as its text).
+
+    Example: json_sha256([{"b": 1, "a": "x"}]) == json_sha256([{"a": "x", "b": 1}])"""
+    import hashlib
+
+    blob = json.dumps(list(rows), sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
 TEMP_RE = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")
 """The names of atomic_write_bytes' temp files: `.seed.jsonl.k3j_x9aq.tmp` for seed.jsonl."""
 

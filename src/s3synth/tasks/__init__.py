@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from ..data import DATA_SUFFIXES
+from ..io import DATA_SUFFIXES
 from ..errors import TaskError
 
 KINDS = ("single", "pair", "qa")
