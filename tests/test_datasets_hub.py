@@ -344,3 +344,23 @@ def test_load_run_gives_the_synthetic_and_the_real_rows_apart(tmp_path):
     assert len(real) == view.final["parts"]["gold"] == len(data["real"]) > 0
     assert all(r["id"].startswith("gold-") and r["stage"] is None for r in real)
     assert len(data["train"]) + len(real) == view.final["train_size"]
+
+
+@pytest.mark.slow      # a fresh process (the warnings go to the real stderr, which only a subprocess shows whole)
+def test_an_unreachable_hub_is_one_line_in_a_plain_shell(tmp_path):
+    """Nothing listens at HF_ENDPOINT and nothing is cached: at once (not after the library's ~25 s of retries),
+    stderr holds our one line only, not the library's retry warnings ("'...' thrown while requesting HEAD ..."),
+    and no run directory is made."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]      # closed once the socket is
+    out = tmp_path / "run"
+    p = _as_user(run_args("hf:nobody/nothing::test", out), tmp_path, HF_ENDPOINT=f"http://127.0.0.1:{port}")
+    assert p.returncode == 2
+    assert p.stderr == ("s3synth: error: hf:nobody/nothing::test: dataset nobody/nothing is not in the local Hugging "
+                        "Face cache and the Hub cannot be reached (ConnectError): run once where "
+                        "huggingface.co can be reached (it "
+                        "is kept in the Hugging Face cache), or give a data file\n"), p.stderr
+    assert not out.exists()

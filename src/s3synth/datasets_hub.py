@@ -252,14 +252,17 @@ def _library_mode(datasets, local_only: bool):
     """`datasets` and `huggingface_hub` offline within the block when `local_only` (they read HF_HUB_OFFLINE
     once, at import), and quiet (no bars under -q, no warnings); restored afterwards."""
     from huggingface_hub import constants
+    from huggingface_hub.utils import logging as hub_logging
 
     from .progress import is_quiet
 
-    was = (datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE, datasets.logging.get_verbosity())
+    was = (datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE, datasets.logging.get_verbosity(),
+           hub_logging.get_verbosity())
     bars_off = is_quiet() and datasets.is_progress_bar_enabled()
     if local_only:
         datasets.config.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE = True
     datasets.logging.set_verbosity_error()
+    hub_logging.set_verbosity_error()     # its retries' warnings ("... thrown while requesting HEAD ...")
     if bars_off:
         datasets.disable_progress_bars()
     try:
@@ -267,6 +270,7 @@ def _library_mode(datasets, local_only: bool):
     finally:
         datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE = was[0], was[1]
         datasets.logging.set_verbosity(was[2])
+        hub_logging.set_verbosity(was[3])
         if bars_off:
             datasets.enable_progress_bars()
 
@@ -283,6 +287,9 @@ def _load(spec: str, name: str, config: str | None, split: str | None, revision:
     way_out = ("run once where huggingface.co can be reached" + (" without --offline / HF_HUB_OFFLINE=1" if local_only
                                                                   else "") + " (it is kept in the Hugging Face "
                "cache), or give a data file")
+    if not local_only and (why := _unreachable(datasets.config.HF_ENDPOINT)):
+        # the datasets library would retry a dead endpoint for about 25 s before it reads the cache: read it now
+        local_only, offline_why = True, f"the Hub cannot be reached ({why})"
     with _library_mode(datasets, local_only):
         try:
             builder = datasets.load_dataset_builder(name, config, revision=revision)
@@ -315,6 +322,25 @@ def _load(spec: str, name: str, config: str | None, split: str | None, revision:
     info(f"dataset {out.spec}{at}: {len(ds)} row{'s' if len(ds) != 1 else ''}, commit {(sha or '?')[:12]}"
          + (" (from the local cache)" if local_only else ""))
     return out
+
+
+PROBE_S = 5.0       # how long the Hub's endpoint may take to answer before it counts as unreachable
+
+
+def _unreachable(endpoint: str) -> str | None:
+    """Why the Hub at `endpoint` cannot be reached (one HEAD request through huggingface_hub's own client, so
+    proxies and its client hook apply; no retries), or None when it answers at all.
+
+    Example: _unreachable("http://127.0.0.1:9") -> "ConnectError" (nothing listens on port 9)"""
+    from huggingface_hub import get_session
+
+    try:
+        get_session().head(endpoint, timeout=PROBE_S)
+    except Exception as e:
+        if not (isinstance(e, OSError) or type(e).__module__.startswith(("httpx", "httpcore"))):
+            raise
+        return type(e).__name__
+    return None
 
 
 def _builder_error(e: Exception, spec, name, config, revision, local_only, offline_why, way_out) -> S3Error:
