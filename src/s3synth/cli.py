@@ -387,7 +387,7 @@ def train(task_name, train_path, eval_path, test_path, columns, data_revision, l
         from pathlib import Path
 
         from .data import load_examples, parse_columns, source_record, stratified_split
-        from .datasets_hub import is_hub
+        from .datasets_hub import check_revision
         from .hub import offline_mode
         from .io import write_json, write_jsonl
         from .learners import learner_class, make_learner
@@ -404,9 +404,7 @@ def train(task_name, train_path, eval_path, test_path, columns, data_revision, l
             lrn = make_learner(learner, task, options, model_path=learner_path, seed=seed)
         cols = parse_columns(columns)
         given = {"train": train_path, "eval": eval_path, "test": test_path}
-        if data_revision and not any(map(is_hub, given.values())):
-            raise S3Error(f"--data-revision {data_revision!r}: applies to Hub datasets only (--train, --eval or "
-                          "--test hf:NAME...); drop it, or name a Hub dataset")
+        check_revision(data_revision, {f"--{name}": p for name, p in given.items()})
         with offline_mode(offline):     # hf: data: downloaded once into the Hugging Face cache, or found there
             tr, ev, te = (load_examples(p, task, id_prefix=name, columns=cols, revision=data_revision) if p else None
                           for name, p in given.items())
@@ -550,7 +548,7 @@ def new_task(name, kind, labels, describe, item, data, columns, out, force, seed
 @click.argument("task_file")
 @click.option("--gold-eval", "gold_eval", required=True, type=click.Path(),
               help="Real labelled examples (JSONL, CSV, Parquet or hf:NAME[:CONFIG][:SPLIT]), as for `run`.")
-@click.option("--columns", metavar=RunConfig.__dataclass_fields__["columns"].metadata.get("metavar"),
+@click.option("--columns", metavar=RunConfig.__dataclass_fields__["columns"].metadata["metavar"],
               help=RunConfig.__dataclass_fields__["columns"].metadata["help"])
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the demonstrations' draw, as for `run`.")
 @click.option("-v", "--verbose", is_flag=True, help="Tracebacks on errors.")

@@ -15,7 +15,7 @@ import typing
 from dataclasses import asdict, dataclass, field, fields
 
 from .data import parse_columns
-from .datasets_hub import PythonRows, is_hub, parse_spec, python_rows, refuse_placeholder
+from .datasets_hub import PythonRows, check_revision, is_hub, parse_spec, python_rows, refuse_placeholder
 from .errors import S3Error
 from .plugins import convert
 
@@ -225,9 +225,7 @@ class RunConfig:
                 parse_spec(getattr(self, name))
             except S3Error as e:
                 raise S3Error(f"--{name.replace('_', '-')} {e}") from None
-        if self.data_revision and not hub_inputs:
-            bad("data_revision", "applies to Hub datasets only (--gold-eval, --test or --contexts hf:NAME...); drop "
-                                 "it, or name a Hub dataset")
+        check_revision(self.data_revision, {f"--{n.replace('_', '-')}": getattr(self, n) for n in DATA_FIELDS})
         if self.ray_address and self.executor != "ray":
             raise S3Error(f"--ray-address {self.ray_address!r} needs --executor ray")
         if self.size is not None and self.size < 1:

@@ -91,8 +91,6 @@ def source_record(source, *, revision: str | None = None) -> dict:
 
 # ---------------------------------------------------------------- raw rows
 
-
-
 def _read_rows(path: Path) -> list[tuple[int, dict]]:
     """(line number, row dict) pairs; line numbers are 1-based (CSV: the header is line 1)."""
     if not path.exists():

@@ -439,6 +439,19 @@ def read_rows(source: Any, task: "Task | None" = None, *, revision: str | None =
     return rows_obj.where, list(enumerate(labelled_rows(rows_obj.rows(), features, task), start=1))
 
 
+def check_revision(revision: str | None, sources: dict[str, Any]) -> None:
+    """--data-revision applies to hf: inputs only: an S3Error naming the data options (`sources`: option ->
+    what it was given) when none of them is a Hub dataset.
+
+    Example: check_revision("v1", {"--train": "a.csv", "--test": None}) -> S3Error("--data-revision 'v1': applies
+             to Hub datasets only (--train or --test hf:NAME...); drop it, or name a Hub dataset")"""
+    if revision and not any(is_hub(v) for v in sources.values()):
+        names = list(sources)
+        options = ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+        raise S3Error(f"--data-revision {revision!r}: applies to Hub datasets only ({options} hf:NAME...); drop "
+                      "it, or name a Hub dataset")
+
+
 def record(source: Any, *, revision: str | None = None) -> dict:
     """What manifest.json's `inputs` holds of a Hub dataset (see HubData.record) or of rows from Python:
     {"path": "<DataFrame: 40 rows, sha256 1f2e3d4c5b6a>", "source": "python", "rows": 40, "sha256": ...}."""

@@ -96,15 +96,18 @@ def _import_ray(local: bool = False):
 
 
 def host_port(address: str | None) -> tuple[str, int] | None:
-    """(host, port) of a `--ray-address HOST:PORT`; None for none, `auto` and `ray://` (Ray Client).
+    """(host, port) of a `--ray-address HOST:PORT`; None for none, `auto` and `ray://` (Ray Client); an S3Error
+    for anything else.
 
     Examples:
         >>> host_port("10.0.0.5:6379"), host_port("[::1]:6379"), host_port("auto"), host_port("ray://h:10001")
         (('10.0.0.5', 6379), ('::1', 6379), None, None)
     """
-    if not address or address == "auto" or address.startswith("ray://"):
+    if address is None or address == "auto" or address.startswith("ray://"):
         return None
     host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise S3Error(f"--ray-address {address!r}: write auto, HOST:PORT or ray://HOST:PORT")
     return host.strip("[]"), int(port)
 
 
@@ -394,10 +397,7 @@ class RayExecutor(Executor):
                 raise S3Error(f"--executor-option num_cpus={self.num_cpus}: must be >= 1")
             if self.resubmit < -1:
                 raise S3Error(f"--executor-option resubmit={self.resubmit}: -1 (no limit) or >= 0")
-            a = self.address
-            if (a is not None and a != "auto" and not a.startswith("ray://")
-                    and not (a.rpartition(":")[0] and a.rpartition(":")[2].isdigit())):
-                raise S3Error(f"--ray-address {a!r}: write auto, HOST:PORT or ray://HOST:PORT")
+            host_port(self.address)     # a malformed address is refused there
 
     def __init__(self, **options):
         super().__init__(**options)
