@@ -1,5 +1,5 @@
-"""`s3synth new-task` writes a task file that loads and runs (tasks/author.py); `s3synth check-task` checks a
-task against real data and shows what the LLM would be asked (tasks/check.py). Data: tests/data/tickets.csv, 36 support tickets
+"""`s3synth new-task` writes a task file that loads and runs (author/write.py); `s3synth check-task` checks a
+task against real data and shows what the LLM would be asked (author/check.py). Data: tests/data/tickets.csv, 36 support tickets
 with the columns `body` and `priority` (low / medium / high, 12 each)."""
 
 import csv
@@ -19,8 +19,8 @@ from s3synth.io import read_json
 from s3synth.method import S3
 from s3synth.progress import set_quiet
 from s3synth.tasks import load_task
-from s3synth.tasks.author import draft_task, new_task, parse_draft, task_spec
-from s3synth.tasks.check import check_task
+from s3synth.author.write import draft_task, new_task, parse_draft, task_spec
+from s3synth.author.check import check_task
 
 TICKETS = Path(__file__).parent / "data" / "tickets.csv"
 NEW_URGENCY = ["new-task", "urgency", "--kind", "single", "--labels", "low,medium,high",

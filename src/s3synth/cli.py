@@ -530,7 +530,7 @@ def new_task(name, kind, labels, describe, item, data, columns, out, force, seed
       s3synth run --task tasks/urgency.yaml --gold-eval tickets.csv --out runs/urgency
     """
     def go():
-        from .tasks.author import new_task as write_task, task_spec
+        from .author.write import new_task as write_task, task_spec
 
         spec = task_spec(name, kind, labels, describe, item=item, columns=columns)
         res = write_task(spec, out or f"{name}.yaml", data=data, force=force, seed=seed)
@@ -564,7 +564,7 @@ def check_task(task_file, gold_eval, columns, seed, verbose):
       s3synth check-task imdb --gold-eval imdb.jsonl | less
     """
     def go():
-        from .tasks.check import check_task as check
+        from .author.check import check_task as check
 
         chk = check(task_file, gold_eval, columns=columns, seed=seed)
         click.echo(chk.report())

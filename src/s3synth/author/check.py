@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..data import Example, parse_columns
 from ..errors import DataError
-from . import STAGES, Task, load_task
+from ..tasks import STAGES, Task, load_task
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Task files written for the user (`s3synth new-task`; `tasks/check.py` checks them against real data).
+"""Task files written for the user (`s3synth new-task`; `author/check.py` checks them against real data).
 
 `draft_task` writes the YAML of a task of any kind from its label names and a few words on what the labels
 say: the fields (your data's columns), the label words, the paper-style template of every stage of its kind
@@ -26,7 +26,7 @@ import yaml
 
 from ..data import FIELD_NAMES, Example, load_examples, parse_columns
 from ..errors import DataError, S3Error
-from . import KINDS, Task, task_from_dict
+from ..tasks import KINDS, Task, task_from_dict
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 DEFAULT_FIELDS = {"single": {"text": "text", "label": "label"},
